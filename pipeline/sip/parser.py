@@ -1,0 +1,360 @@
+"""Parse the start line and headers of a SIP message (RFC 3261).
+
+Hot path: this runs once per captured packet, so it sticks to ``str`` methods
+(split/partition/find), which run in C, and keeps regular expressions off the
+per-line path.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from .errors import (
+    BAD_CSEQ,
+    BAD_START_LINE,
+    BAD_STATUS_CODE,
+    EMPTY,
+    MISSING_CALL_ID,
+    MISSING_CSEQ,
+    SipParseError,
+)
+from .message import SipMessage
+
+__all__ = ["COMPACT_HEADERS", "parse_sip"]
+
+#: Compact header forms (RFC 3261 7.3.3 plus the ones extensions registered).
+COMPACT_HEADERS: Final[dict[str, str]] = {
+    "i": "call-id",
+    "f": "from",
+    "t": "to",
+    "v": "via",
+    "m": "contact",
+    "l": "content-length",
+    "c": "content-type",
+    "e": "content-encoding",
+    "s": "subject",
+    "k": "supported",
+    "o": "event",
+    "u": "allow-events",
+    "r": "refer-to",
+    "b": "referred-by",
+    "x": "session-expires",
+}
+
+_is_token = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+").fullmatch
+# RFC 3261 allows LWS around the slashes of a Via's sent-protocol.
+_VIA_SLASH = re.compile(r"[ \t]*/[ \t]*")
+_WS: Final = " \t"
+_WS_CR: Final = " \t\r"
+
+
+def _to_int(text: str, max_digits: int) -> int | None:
+    # The length cap keeps int() away from its huge-number ValueError and from
+    # values no SIP field can hold.
+    if 0 < len(text) <= max_digits and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
+def _to_port(text: str) -> int | None:
+    port = _to_int(text.strip(_WS), 5)
+    return port if port is not None and port <= 65535 else None
+
+
+def _host_port(hostport: str) -> tuple[str | None, int | None]:
+    hostport = hostport.strip(_WS)
+    if hostport.startswith("["):
+        close = hostport.find("]")
+        if close < 0:
+            return hostport[1:] or None, None
+        rest = hostport[close + 1 :]
+        port = _to_port(rest[1:]) if rest.startswith(":") else None
+        return hostport[1:close] or None, port
+    host, sep, port_text = hostport.partition(":")
+    if not sep:
+        return host or None, None
+    if ":" in port_text:
+        # An IPv6 literal someone forgot to bracket: a port cannot be told apart.
+        return hostport, None
+    return host or None, _to_port(port_text)
+
+
+def _parse_uri(uri: str) -> tuple[str | None, str | None, int | None]:
+    """Return (user, host, port) of a sip:, sips: or tel: URI."""
+    scheme, sep, rest = uri.partition(":")
+    if not sep:
+        return None, None, None
+    scheme = scheme.strip(_WS).lower()
+    if scheme == "sip" or scheme == "sips":
+        at = rest.find("@")
+        user: str | None = None
+        if at >= 0:
+            user = rest[:at].partition(":")[0].strip(_WS) or None
+            rest = rest[at + 1 :]
+        host, port = _host_port(rest.partition(";")[0].partition("?")[0])
+        return user, host, port
+    if scheme == "tel":
+        return rest.partition(";")[0].strip(_WS) or None, None, None
+    return None, None, None
+
+
+def _unquote(value: str) -> tuple[str, int]:
+    """Read the quoted string at value[0]; return its text and the index after it."""
+    close = value.find('"', 1)
+    if close < 0:
+        return value[1:], len(value)
+    if "\\" not in value[1:close]:
+        return value[1:close], close + 1
+    out: list[str] = []
+    i = 1
+    n = len(value)
+    while i < n:
+        ch = value[i]
+        if ch == "\\" and i + 1 < n:
+            out.append(value[i + 1])
+            i += 2
+            continue
+        if ch == '"':
+            return "".join(out), i + 1
+        out.append(ch)
+        i += 1
+    return "".join(out), n
+
+
+def _parse_addr(value: str, first_only: bool) -> tuple[str | None, str | None, str]:
+    """Split a From/To/Contact-style value into (display, uri, header params).
+
+    In addr-spec form (no angle brackets) everything after the first ';'
+    belongs to the header, not to the URI (RFC 3261 20.10). With
+    ``first_only`` the value may hold a comma-separated list and only its
+    first element is read.
+    """
+    value = value.strip(_WS)
+    display: str | None
+    if value.startswith('"'):
+        display, after = _unquote(value)
+        rest = value[after:]
+        lt = rest.find("<")
+        if lt < 0:
+            return display or None, None, ""
+    else:
+        lt = value.find("<")
+        if first_only:
+            comma = value.find(",")
+            if comma >= 0 and (lt < 0 or comma < lt):
+                value = value[:comma]
+                lt = -1
+        if lt < 0:
+            uri, _, params = value.partition(";")
+            return None, uri.strip(_WS) or None, params
+        display = value[:lt].strip(_WS)
+        rest = value
+    gt = rest.find(">", lt)
+    if gt < 0:
+        return display or None, rest[lt + 1 :].strip(_WS) or None, ""
+    params = rest[gt + 1 :]
+    if first_only:
+        params = params.partition(",")[0]
+    return display or None, rest[lt + 1 : gt].strip(_WS) or None, params
+
+
+def _param(params: str, name: str) -> str | None:
+    """Value of the ``;name=value`` parameter (name in lower case)."""
+    if not params:
+        return None
+    for item in params.split(";"):
+        key, _, val = item.partition("=")
+        if key.strip(_WS).lower() == name:
+            return val.strip(_WS) or None
+    return None
+
+
+def _parse_via(value: str) -> tuple[str | None, str | None, int | None, str | None]:
+    """Return (transport, host, port, branch) of the first via in a Via value."""
+    first = value.partition(",")[0].strip(_WS)
+    parts = first.split(None, 1)
+    if len(parts) != 2 or parts[0].count("/") != 2:
+        parts = _VIA_SLASH.sub("/", first).split(None, 1)
+        if len(parts) != 2:
+            return None, None, None, None
+    transport = parts[0].rpartition("/")[2].upper() or None
+    sent_by, _, params = parts[1].partition(";")
+    host, port = _host_port(sent_by)
+    return transport, host, port, _param(params, "branch")
+
+
+def _split_head(payload: bytes) -> bytes:
+    """The start line and headers: everything before the first empty line."""
+    data = payload.lstrip(b"\r\n")
+    end = data.find(b"\n\r\n")
+    bare = data.find(b"\n\n", 0, end if end >= 0 else len(data))
+    if bare >= 0:
+        end = bare
+    return data if end < 0 else data[:end]
+
+
+def parse_sip(payload: bytes) -> SipMessage:
+    """Parse one SIP message; raise ``SipParseError`` (and nothing else) if unusable.
+
+    Bytes that are not UTF-8 are replaced by U+FFFD rather than failing, so a
+    message with a Latin-1 display name is still indexed and every string can be
+    encoded again (unlike ``surrogateescape``).
+    """
+    head = _split_head(payload)
+    if not head or head.isspace():
+        raise SipParseError(EMPTY)
+    lines = head.decode("utf-8", "replace").split("\n")
+    start = lines[0]
+
+    method: str | None = None
+    status_code: int | None = None
+    reason: str | None = None
+    request_uri: str | None = None
+    ruri_user: str | None = None
+    ruri_domain: str | None = None
+    if start[:4].upper() == "SIP/":
+        parts = start.split(None, 2)
+        if len(parts) < 2 or parts[0].upper() != "SIP/2.0":
+            raise SipParseError(BAD_START_LINE, "not a SIP/2.0 status line")
+        code = parts[1]
+        if len(code) != 3 or not (code.isascii() and code.isdigit()) or code[0] in "0789":
+            raise SipParseError(BAD_STATUS_CODE, code[:16])
+        status_code = int(code)
+        if len(parts) == 3:
+            reason = parts[2].strip(_WS_CR) or None
+        is_request = False
+    else:
+        parts = start.split()
+        if (
+            len(parts) != 3
+            or parts[2].upper() != "SIP/2.0"
+            or ":" not in parts[1]
+            or not _is_token(parts[0])
+        ):
+            raise SipParseError(BAD_START_LINE, "not a SIP/2.0 request line")
+        method = parts[0]
+        request_uri = parts[1]
+        ruri_user, ruri_domain, _ = _parse_uri(request_uri)
+        is_request = True
+
+    names: list[str] = []
+    values: list[str] = []
+    can_fold = False
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t"):
+            cont = line.strip(_WS_CR)
+            if can_fold and cont:
+                prev = values[-1]
+                values[-1] = f"{prev} {cont}" if prev else cont
+            continue
+        name, sep, value = line.partition(":")
+        name = name.strip(_WS).lower()
+        if not sep or not name:
+            # Not a header; skip it (and its continuation lines) rather than
+            # lose the whole message.
+            can_fold = False
+            continue
+        names.append(COMPACT_HEADERS.get(name, name))
+        values.append(value.strip(_WS_CR))
+        can_fold = True
+
+    # Built back to front so the first occurrence of each header wins.
+    first = dict(zip(reversed(names), reversed(values)))
+
+    call_id = first.get("call-id")
+    if not call_id:
+        raise SipParseError(MISSING_CALL_ID)
+    cseq = first.get("cseq")
+    if cseq is None:
+        raise SipParseError(MISSING_CSEQ)
+    cseq_parts = cseq.split()
+    if len(cseq_parts) != 2 or not _is_token(cseq_parts[1]):
+        raise SipParseError(BAD_CSEQ, cseq[:64])
+    cseq_number = _to_int(cseq_parts[0], 10)
+    if cseq_number is None:
+        raise SipParseError(BAD_CSEQ, cseq[:64])
+
+    from_display = from_user = from_domain = from_tag = None
+    value = first.get("from")
+    if value:
+        from_display, uri, params = _parse_addr(value, False)
+        if uri:
+            from_user, from_domain, _ = _parse_uri(uri)
+        from_tag = _param(params, "tag")
+
+    to_display = to_user = to_domain = to_tag = None
+    value = first.get("to")
+    if value:
+        to_display, uri, params = _parse_addr(value, False)
+        if uri:
+            to_user, to_domain, _ = _parse_uri(uri)
+        to_tag = _param(params, "tag")
+
+    via_transport = via_host = via_branch = None
+    via_port: int | None = None
+    value = first.get("via")
+    if value:
+        via_transport, via_host, via_port, via_branch = _parse_via(value)
+
+    contact_user = contact_host = None
+    contact_port: int | None = None
+    contact_expires: int | None = None
+    value = first.get("contact")
+    if value:
+        _, uri, params = _parse_addr(value, True)
+        if uri:
+            contact_user, contact_host, contact_port = _parse_uri(uri)
+        expires_param = _param(params, "expires")
+        if expires_param is not None:
+            contact_expires = _to_int(expires_param, 10)
+
+    value = first.get("expires")
+    expires = _to_int(value, 10) if value is not None else None
+    if expires is None:
+        expires = contact_expires
+
+    value = first.get("content-length")
+    content_length = _to_int(value, 10) if value is not None else None
+
+    pai_user = None
+    value = first.get("p-asserted-identity")
+    if value:
+        _, uri, _ = _parse_addr(value, True)
+        if uri:
+            pai_user = _parse_uri(uri)[0]
+
+    return SipMessage(
+        is_request=is_request,
+        method=method,
+        status_code=status_code,
+        reason=reason,
+        request_uri=request_uri,
+        ruri_user=ruri_user,
+        ruri_domain=ruri_domain,
+        call_id=call_id,
+        cseq_number=cseq_number,
+        cseq_method=cseq_parts[1],
+        from_display=from_display,
+        from_user=from_user,
+        from_domain=from_domain,
+        from_tag=from_tag,
+        to_display=to_display,
+        to_user=to_user,
+        to_domain=to_domain,
+        to_tag=to_tag,
+        via_transport=via_transport,
+        via_host=via_host,
+        via_port=via_port,
+        via_branch=via_branch,
+        contact_user=contact_user,
+        contact_host=contact_host,
+        contact_port=contact_port,
+        expires=expires,
+        user_agent=first.get("user-agent") or first.get("server") or None,
+        content_type=first.get("content-type") or None,
+        content_length=content_length,
+        reason_header=first.get("reason") or None,
+        p_asserted_identity_user=pai_user,
+        headers=tuple(zip(names, values)),
+    )

@@ -9,7 +9,6 @@ shared ones stay healthy for everybody else.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -97,8 +96,3 @@ async def database_dsn(postgres: EmbeddedPostgres) -> AsyncIterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     await create_database(postgres.dsn, name)
     yield postgres.dsn.rsplit("/", 1)[0] + "/" + name
-
-
-@pytest.fixture
-def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
-    return asyncio.DefaultEventLoopPolicy()

@@ -1,0 +1,218 @@
+"""Property tests: round trip, no stray exceptions on hostile input, framing invariance."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from itertools import pairwise
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.hep import (
+    HepChunk,
+    HepDecodeError,
+    HepPacket,
+    HepStreamFramer,
+    decode_packet,
+    encode_hep3,
+)
+from pipeline.hep.chunks import DEDICATED_TYPES, FIXED_BODY_SIZES
+
+VECTORS_DIR = Path(__file__).resolve().parent.parent / "data" / "hep-vectors"
+
+
+def _packets(folder: str) -> list[bytes]:
+    expected = json.loads((VECTORS_DIR / folder / "expected.json").read_text())
+    return [(VECTORS_DIR / folder / p["file"]).read_bytes() for p in expected["packets"]]
+
+
+ALL_VECTORS = [
+    data
+    for folder in ("kamailio_hep3_udp", "kamailio_hep2_udp", "kamailio_hep3_tcp", "hepjs_hep3_udp")
+    for data in _packets(folder)
+]
+TCP_FRAMES = _packets("kamailio_hep3_tcp")
+TCP_STREAM = b"".join(TCP_FRAMES)
+
+u8 = st.integers(0, 0xFF)
+u16 = st.integers(0, 0xFFFF)
+u32 = st.integers(0, 0xFFFFFFFF)
+
+ipv4 = u32.map(lambda i: socket.inet_ntop(socket.AF_INET, struct.pack(">I", i)))
+# Zero-heavy groups exercise "::" compression and IPv4-mapped forms, which random
+# 16-byte strings almost never hit.
+ipv6 = st.one_of(
+    st.binary(min_size=16, max_size=16),
+    st.lists(st.sampled_from([0, 0, 0, 1, 0xFFFF, 0x2001, 0xDB8]), min_size=8, max_size=8).map(
+        lambda groups: struct.pack(">8H", *groups)
+    ),
+).map(lambda b: socket.inet_ntop(socket.AF_INET6, b))
+ip = st.one_of(st.none(), ipv4, ipv6)
+text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+_variable_extra_types = st.integers(0x0014, 0xFFFF).filter(
+    lambda t: t not in DEDICATED_TYPES and t not in FIXED_BODY_SIZES
+)
+_fixed_extra_types = sorted(t for t in FIXED_BODY_SIZES if t not in DEDICATED_TYPES)
+
+extra_chunk = st.one_of(
+    # Vendor chunks: any type number, any body, including the generic fixed-size ones.
+    st.builds(HepChunk, st.integers(1, 0xFFFF), u16, st.binary(max_size=40)),
+    st.builds(HepChunk, st.just(0), _variable_extra_types, st.binary(max_size=40)),
+    st.sampled_from(_fixed_extra_types).flatmap(
+        lambda t: st.builds(
+            HepChunk,
+            st.just(0),
+            st.just(t),
+            st.binary(min_size=FIXED_BODY_SIZES[t], max_size=FIXED_BODY_SIZES[t]),
+        )
+    ),
+)
+
+packets = st.builds(
+    HepPacket,
+    version=st.just(3),
+    ip_family=st.one_of(st.none(), st.sampled_from([2, 10]), u8),
+    ip_proto=st.one_of(st.none(), u8),
+    src_ip=ip,
+    dst_ip=ip,
+    src_port=st.one_of(st.none(), u16),
+    dst_port=st.one_of(st.none(), u16),
+    ts_sec=u32,
+    ts_usec=u32,
+    proto_type=st.one_of(st.none(), u8),
+    capture_id=st.one_of(st.none(), u32),
+    keep_alive=st.one_of(st.none(), u16),
+    auth_key=st.one_of(st.none(), st.binary(max_size=40)),
+    payload=st.binary(max_size=2000),
+    payload_was_compressed=st.booleans(),
+    correlation_id=st.one_of(st.none(), text),
+    vlan=st.one_of(st.none(), u16),
+    node_name=st.one_of(st.none(), text),
+    extra_chunks=st.lists(extra_chunk, max_size=6),
+)
+
+
+@settings(max_examples=400)
+@given(packets)
+def test_encode_decode_round_trip(pkt: HepPacket) -> None:
+    data = encode_hep3(pkt)
+    out = decode_packet(data)
+    assert sum(length for _, _, length in out.chunk_order) == len(data) - 6
+    out.chunk_order = []
+    assert out == pkt
+    # A second trip is byte-identical (canonical encoding).
+    assert encode_hep3(out) == data
+
+
+def _decode_or_reason(data: bytes) -> None:
+    try:
+        pkt = decode_packet(data)
+    except HepDecodeError as exc:
+        assert exc.reason
+        return
+    assert isinstance(pkt, HepPacket)
+
+
+@settings(max_examples=1000)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_only_raise_hep_decode_error(data: bytes) -> None:
+    _decode_or_reason(data)
+
+
+@settings(max_examples=1000)
+@given(
+    # Plausible lengths (around the body size) reach the chunk parser; others don't.
+    total=st.one_of(st.integers(0, 0xFFFF), st.integers(0, 320)),
+    body=st.binary(max_size=300),
+    exact=st.booleans(),
+)
+def test_hep3_prefixed_bytes_only_raise_hep_decode_error(
+    total: int, body: bytes, exact: bool
+) -> None:
+    if exact:
+        total = 6 + len(body)
+    _decode_or_reason(b"HEP3" + struct.pack(">H", total) + body)
+
+
+raw_chunk = st.tuples(
+    st.one_of(st.just(0), u16),
+    st.one_of(st.integers(0, 0x2A), u16),
+    st.binary(max_size=30),
+    st.one_of(st.none(), u16),
+).map(lambda c: struct.pack(">HHH", c[0], c[1], 6 + len(c[2]) if c[3] is None else c[3]) + c[2])
+
+
+@settings(max_examples=1000)
+@given(st.lists(raw_chunk, max_size=12))
+def test_random_chunk_sequences_only_raise_hep_decode_error(chunks: list[bytes]) -> None:
+    body = b"".join(chunks)
+    _decode_or_reason(b"HEP3" + struct.pack(">H", (6 + len(body)) & 0xFFFF) + body)
+
+
+@st.composite
+def mutated_vector(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(st.sampled_from(ALL_VECTORS)))
+    for _ in range(draw(st.integers(1, 8))):
+        kind = draw(st.sampled_from(["flip", "set", "cut", "insert", "delete"]))
+        pos = draw(st.integers(0, max(len(data) - 1, 0)))
+        if kind == "flip" and data:
+            data[pos] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "set" and data:
+            data[pos] = draw(st.sampled_from([0x00, 0x01, 0x05, 0x06, 0x0A, 0xFF]))
+        elif kind == "cut":
+            del data[pos:]
+        elif kind == "insert":
+            data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
+        elif kind == "delete":
+            del data[pos : pos + draw(st.integers(1, 8))]
+    return bytes(data)
+
+
+@settings(max_examples=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_vector())
+def test_mutated_vectors_only_raise_hep_decode_error(data: bytes) -> None:
+    _decode_or_reason(data)
+    _decode_or_reason(memoryview(data))
+
+
+@settings(max_examples=500)
+@given(
+    cuts=st.lists(st.integers(0, len(TCP_STREAM)), max_size=60),
+    as_view=st.booleans(),
+)
+def test_framer_any_split_yields_the_same_frames(cuts: list[int], as_view: bool) -> None:
+    bounds = [0, *sorted(cuts), len(TCP_STREAM)]
+    framer = HepStreamFramer()
+    frames: list[bytes] = []
+    for start, stop in pairwise(bounds):
+        piece = TCP_STREAM[start:stop]
+        frames.extend(framer.feed(memoryview(piece) if as_view else piece))
+        assert framer.buffered < 0xFFFF
+    assert frames == TCP_FRAMES
+    assert framer.buffered == 0
+
+
+@settings(max_examples=200)
+@given(st.integers(1, 64))
+def test_framer_fixed_size_reads(size: int) -> None:
+    framer = HepStreamFramer()
+    frames: list[bytes] = []
+    for start in range(0, len(TCP_STREAM), size):
+        frames.extend(framer.feed(TCP_STREAM[start : start + size]))
+    assert frames == TCP_FRAMES
+
+
+@settings(max_examples=500)
+@given(st.lists(st.binary(max_size=80), max_size=8))
+def test_framer_arbitrary_bytes_only_raise_hep_decode_error(pieces: list[bytes]) -> None:
+    framer = HepStreamFramer()
+    try:
+        for piece in pieces:
+            for frame in framer.feed(piece):
+                _decode_or_reason(frame)
+    except HepDecodeError as exc:
+        assert exc.reason in {"bad_stream_magic", "bad_length", "frame_too_large"}

@@ -10,7 +10,6 @@ must carry defaults.
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,13 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from pipeline.records.fastread import (
+    AvroReadError,
+    Reader,
+    compile_reader,
+    missing_field_defaults,
+)
+from pipeline.records.fastwrite import Writer, compile_writer
 from pipeline.resources import schemas_dir
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -40,6 +46,7 @@ class _SchemaVersion:
     version: int
     parsed: Any
     fingerprint: bytes
+    read_body: Reader
 
 
 def _schema_version(path: Path) -> int:
@@ -52,7 +59,7 @@ def _load_versions(directory: Path) -> list[_SchemaVersion]:
     for path in sorted(directory.glob(SCHEMA_GLOB), key=_schema_version):
         parsed = fastavro.parse_schema(json.loads(path.read_text()))
         fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
-        versions.append(_SchemaVersion(_schema_version(path), parsed, fp))
+        versions.append(_SchemaVersion(_schema_version(path), parsed, fp, compile_reader(parsed)))
     if not versions:
         raise FileNotFoundError(f"no {SCHEMA_GLOB} in {directory}")
     return versions
@@ -64,9 +71,18 @@ class RecordCodec:
 
     versions: list[_SchemaVersion]
     _by_fingerprint: dict[bytes, _SchemaVersion] = field(init=False)
+    _defaults: dict[bytes, dict[str, Any]] = field(init=False)
+    _header: bytes = field(init=False)
+    _write_body: Writer = field(init=False)
 
     def __post_init__(self) -> None:
         self._by_fingerprint = {v.fingerprint: v for v in self.versions}
+        self._defaults = {
+            v.fingerprint: missing_field_defaults(v.parsed, self.writer.parsed)
+            for v in self.versions
+        }
+        self._header = SINGLE_OBJECT_MAGIC + self.writer.fingerprint
+        self._write_body = compile_writer(self.writer.parsed)
 
     @property
     def writer(self) -> _SchemaVersion:
@@ -77,11 +93,9 @@ class RecordCodec:
         return self.writer.fingerprint
 
     def encode(self, record: dict[str, Any]) -> bytes:
-        buffer = io.BytesIO()
-        buffer.write(SINGLE_OBJECT_MAGIC)
-        buffer.write(self.writer.fingerprint)
-        fastavro.schemaless_writer(buffer, self.writer.parsed, record)
-        return buffer.getvalue()
+        out = bytearray(self._header)
+        self._write_body(out, record)
+        return bytes(out)
 
     def decode(self, data: bytes) -> dict[str, Any]:
         if len(data) < HEADER_SIZE:
@@ -91,15 +105,17 @@ class RecordCodec:
         writer = self._by_fingerprint.get(bytes(data[2:HEADER_SIZE]))
         if writer is None:
             raise RecordDecodeError("unknown_schema", data[2:HEADER_SIZE].hex())
-        body = io.BytesIO(data[HEADER_SIZE:])
+        view = bytes(data)
         try:
-            record = fastavro.schemaless_reader(body, writer.parsed, self.writer.parsed)
-        except Exception as exc:  # fastavro raises assorted errors on corrupt bodies
-            raise RecordDecodeError("bad_body", f"{type(exc).__name__}: {exc}") from exc
-        if body.tell() != len(data) - HEADER_SIZE:
-            raise RecordDecodeError("trailing_bytes", f"{len(data) - HEADER_SIZE - body.tell()}")
-        if not isinstance(record, dict):
-            raise RecordDecodeError("bad_body", "not a record")
+            record, end = writer.read_body(view, HEADER_SIZE)
+        except (AvroReadError, IndexError) as exc:
+            raise RecordDecodeError("bad_body", str(exc) or "truncated") from exc
+        if end != len(view):
+            raise RecordDecodeError("trailing_bytes", f"{len(view) - end}")
+        defaults = self._defaults[writer.fingerprint]
+        if defaults:
+            for name, value in defaults.items():
+                record.setdefault(name, value)
         return record
 
 

@@ -1,8 +1,9 @@
 """Parse the start line and headers of a SIP message (RFC 3261).
 
 Hot path: this runs once per captured packet, so it sticks to ``str`` methods
-(split/partition/find), which run in C, and keeps regular expressions off the
-per-line path.
+(split/partition/find), which run in C, keeps regular expressions off the
+per-line path, and tries the common spelling of each construct before the
+general one.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .errors import (
     MISSING_CSEQ,
     SipParseError,
 )
-from .message import SipMessage
+from .message import SipMessage, _SipMessageBuilder
 
 __all__ = ["COMPACT_HEADERS", "parse_sip"]
 
@@ -48,55 +49,74 @@ _VIA_SLASH = re.compile(r"[ \t]*/[ \t]*")
 _WS: Final = " \t"
 _WS_CR: Final = " \t\r"
 
+# Raw header name as written -> canonical name. Senders use a handful of
+# spellings, so this saves the strip/lower/compact lookups on almost every
+# line; the cap keeps hostile traffic from growing it without bound.
+_NAME_CACHE: dict[str, str] = {}
+_NAME_CACHE_MAX: Final = 2048
+
+_Party = tuple[str | None, str | None, str | None, str | None]
+
 
 def _to_int(text: str, max_digits: int) -> int | None:
     # The length cap keeps int() away from its huge-number ValueError and from
-    # values no SIP field can hold.
+    # values no SIP field can hold; isascii() because isdigit() accepts
+    # digits int() refuses (superscripts).
     if 0 < len(text) <= max_digits and text.isascii() and text.isdigit():
         return int(text)
     return None
 
 
-def _to_port(text: str) -> int | None:
-    port = _to_int(text.strip(_WS), 5)
-    return port if port is not None and port <= 65535 else None
-
-
 def _host_port(hostport: str) -> tuple[str | None, int | None]:
-    hostport = hostport.strip(_WS)
-    if hostport.startswith("["):
+    """Split ``host[:port]`` / ``[v6]:port``; the brackets are dropped."""
+    if hostport[:1] == "[":
         close = hostport.find("]")
         if close < 0:
             return hostport[1:] or None, None
-        rest = hostport[close + 1 :]
-        port = _to_port(rest[1:]) if rest.startswith(":") else None
-        return hostport[1:close] or None, port
-    host, sep, port_text = hostport.partition(":")
-    if not sep:
-        return host or None, None
-    if ":" in port_text:
-        # An IPv6 literal someone forgot to bracket: a port cannot be told apart.
-        return hostport, None
-    return host or None, _to_port(port_text)
+        host = hostport[1:close]
+        port_text = hostport[close + 2 :] if hostport[close + 1 : close + 2] == ":" else ""
+    else:
+        host, sep, port_text = hostport.partition(":")
+        if not sep:
+            return host or None, None
+        if ":" in port_text:
+            # An IPv6 literal someone forgot to bracket: no port can be told apart.
+            return hostport, None
+    if 0 < len(port_text) <= 5 and port_text.isascii() and port_text.isdigit():
+        port = int(port_text)
+        return host or None, port if port <= 65535 else None
+    return host or None, None
 
 
 def _parse_uri(uri: str) -> tuple[str | None, str | None, int | None]:
-    """Return (user, host, port) of a sip:, sips: or tel: URI."""
-    scheme, sep, rest = uri.partition(":")
-    if not sep:
-        return None, None, None
-    scheme = scheme.strip(_WS).lower()
-    if scheme == "sip" or scheme == "sips":
-        at = rest.find("@")
-        user: str | None = None
-        if at >= 0:
-            user = rest[:at].partition(":")[0].strip(_WS) or None
-            rest = rest[at + 1 :]
-        host, port = _host_port(rest.partition(";")[0].partition("?")[0])
-        return user, host, port
-    if scheme == "tel":
-        return rest.partition(";")[0].strip(_WS) or None, None, None
-    return None, None, None
+    """Return (user, host, port) of a sip:, sips: or tel: URI; Nones otherwise."""
+    if uri[:4] == "sip:":
+        rest = uri[4:]
+    elif uri[:5] == "sips:":
+        rest = uri[5:]
+    else:
+        scheme, sep, rest = uri.partition(":")
+        if not sep:
+            return None, None, None
+        scheme = scheme.strip(_WS).lower()
+        if scheme == "tel":
+            # RFC 3966: the subscriber number plays the user's part; no host.
+            return rest.partition(";")[0].strip(_WS) or None, None, None
+        if scheme != "sip" and scheme != "sips":
+            return None, None, None
+    user: str | None = None
+    at = rest.find("@")
+    if at >= 0:
+        user = rest[:at]
+        if ":" in user:
+            user = user.partition(":")[0]  # drop a password
+        user = user or None
+        rest = rest[at + 1 :]
+    hostport = rest.partition(";")[0]
+    if "?" in hostport:
+        hostport = hostport.partition("?")[0]
+    host, port = _host_port(hostport.strip(_WS))
+    return user, host, port
 
 
 def _unquote(value: str) -> tuple[str, int]:
@@ -125,14 +145,14 @@ def _unquote(value: str) -> tuple[str, int]:
 def _parse_addr(value: str, first_only: bool) -> tuple[str | None, str | None, str]:
     """Split a From/To/Contact-style value into (display, uri, header params).
 
-    In addr-spec form (no angle brackets) everything after the first ';'
-    belongs to the header, not to the URI (RFC 3261 20.10). With
-    ``first_only`` the value may hold a comma-separated list and only its
-    first element is read.
+    The params string keeps its leading ';'. In addr-spec form (no angle
+    brackets) everything after the first ';' belongs to the header, not the
+    URI (RFC 3261 20.10). With ``first_only`` the value may be a
+    comma-separated list and only its first element is read.
     """
     value = value.strip(_WS)
     display: str | None
-    if value.startswith('"'):
+    if value[:1] == '"':
         display, after = _unquote(value)
         rest = value[after:]
         lt = rest.find("<")
@@ -146,23 +166,31 @@ def _parse_addr(value: str, first_only: bool) -> tuple[str | None, str | None, s
                 value = value[:comma]
                 lt = -1
         if lt < 0:
-            uri, _, params = value.partition(";")
-            return None, uri.strip(_WS) or None, params
+            semi = value.find(";")
+            if semi < 0:
+                return None, value.strip(_WS) or None, ""
+            return None, value[:semi].strip(_WS) or None, value[semi:]
         display = value[:lt].strip(_WS)
         rest = value
     gt = rest.find(">", lt)
     if gt < 0:
         return display or None, rest[lt + 1 :].strip(_WS) or None, ""
     params = rest[gt + 1 :]
-    if first_only:
+    if first_only and "," in params:
         params = params.partition(",")[0]
     return display or None, rest[lt + 1 : gt].strip(_WS) or None, params
 
 
-def _param(params: str, name: str) -> str | None:
-    """Value of the ``;name=value`` parameter (name in lower case)."""
+def _param(params: str, needle: str) -> str | None:
+    """Value of a header/URI parameter; ``needle`` is ``";name="`` in lower case."""
     if not params:
         return None
+    at = params.find(needle)
+    if at >= 0:
+        return params[at + len(needle) :].partition(";")[0].strip(_WS) or None
+    # Not in the usual spelling: parameter names are case-insensitive and LWS
+    # may surround ';' and '='.
+    name = needle[1:-1]
     for item in params.split(";"):
         key, _, val = item.partition("=")
         if key.strip(_WS).lower() == name:
@@ -170,18 +198,33 @@ def _param(params: str, name: str) -> str | None:
     return None
 
 
+def _parse_party(value: str | None) -> _Party:
+    """Return (display, user, domain, tag) of a From or To value."""
+    if not value:
+        return None, None, None, None
+    display, uri, params = _parse_addr(value, False)
+    user = domain = None
+    if uri:
+        user, domain, _ = _parse_uri(uri)
+    return display, user, domain, _param(params, ";tag=")
+
+
 def _parse_via(value: str) -> tuple[str | None, str | None, int | None, str | None]:
     """Return (transport, host, port, branch) of the first via in a Via value."""
-    first = value.partition(",")[0].strip(_WS)
+    first = value.partition(",")[0] if "," in value else value
     parts = first.split(None, 1)
     if len(parts) != 2 or parts[0].count("/") != 2:
         parts = _VIA_SLASH.sub("/", first).split(None, 1)
         if len(parts) != 2:
             return None, None, None, None
-    transport = parts[0].rpartition("/")[2].upper() or None
-    sent_by, _, params = parts[1].partition(";")
-    host, port = _host_port(sent_by)
-    return transport, host, port, _param(params, "branch")
+    proto, rest = parts
+    transport = proto[proto.rfind("/") + 1 :].upper() or None
+    semi = rest.find(";")
+    if semi < 0:
+        host, port = _host_port(rest.strip(_WS))
+        return transport, host, port, None
+    host, port = _host_port(rest[:semi].strip(_WS))
+    return transport, host, port, _param(rest[semi:], ";branch=")
 
 
 def _split_head(payload: bytes) -> bytes:
@@ -197,9 +240,10 @@ def _split_head(payload: bytes) -> bytes:
 def parse_sip(payload: bytes) -> SipMessage:
     """Parse one SIP message; raise ``SipParseError`` (and nothing else) if unusable.
 
-    Bytes that are not UTF-8 are replaced by U+FFFD rather than failing, so a
-    message with a Latin-1 display name is still indexed and every string can be
-    encoded again (unlike ``surrogateescape``).
+    Only the start line and headers are read; the body is ignored. Bytes that
+    are not UTF-8 become U+FFFD rather than failing the parse, so a message
+    with a Latin-1 display name is still indexed and every string it yields
+    can be encoded again (``surrogateescape`` strings cannot).
     """
     head = _split_head(payload)
     if not head or head.isspace():
@@ -233,34 +277,40 @@ def parse_sip(payload: bytes) -> SipMessage:
             or not _is_token(parts[0])
         ):
             raise SipParseError(BAD_START_LINE, "not a SIP/2.0 request line")
-        method = parts[0]
-        request_uri = parts[1]
+        method, request_uri = parts[0], parts[1]
         ruri_user, ruri_domain, _ = _parse_uri(request_uri)
         is_request = True
 
     names: list[str] = []
     values: list[str] = []
     can_fold = False
+    cached_name = _NAME_CACHE.get
     for line in lines[1:]:
-        if line[:1] in (" ", "\t"):
-            cont = line.strip(_WS_CR)
-            if can_fold and cont:
-                prev = values[-1]
-                values[-1] = f"{prev} {cont}" if prev else cont
-            continue
-        name, sep, value = line.partition(":")
-        name = name.strip(_WS).lower()
-        if not sep or not name:
-            # Not a header; skip it (and its continuation lines) rather than
-            # lose the whole message.
-            can_fold = False
-            continue
-        names.append(COMPACT_HEADERS.get(name, name))
+        raw_name, sep, value = line.partition(":")
+        # Cached raw names never start with SP/HT, so a hit is a header line.
+        name = cached_name(raw_name)
+        if name is None or not sep:
+            if line[:1] in (" ", "\t"):
+                cont = line.strip(_WS_CR)
+                if can_fold and cont:
+                    prev = values[-1]
+                    values[-1] = f"{prev} {cont}" if prev else cont
+                continue
+            name = raw_name.strip(_WS).lower()
+            if not sep or not name:
+                # Not a header: skip it (and its continuation lines) rather
+                # than lose the whole message.
+                can_fold = False
+                continue
+            name = COMPACT_HEADERS.get(name, name)
+            if len(_NAME_CACHE) < _NAME_CACHE_MAX:
+                _NAME_CACHE[raw_name] = name
+        names.append(name)
         values.append(value.strip(_WS_CR))
         can_fold = True
 
-    # Built back to front so the first occurrence of each header wins.
-    first = dict(zip(reversed(names), reversed(values)))
+    # Built back to front so that the first occurrence of each header wins.
+    first = dict(zip(reversed(names), reversed(values), strict=True))
 
     call_id = first.get("call-id")
     if not call_id:
@@ -275,21 +325,8 @@ def parse_sip(payload: bytes) -> SipMessage:
     if cseq_number is None:
         raise SipParseError(BAD_CSEQ, cseq[:64])
 
-    from_display = from_user = from_domain = from_tag = None
-    value = first.get("from")
-    if value:
-        from_display, uri, params = _parse_addr(value, False)
-        if uri:
-            from_user, from_domain, _ = _parse_uri(uri)
-        from_tag = _param(params, "tag")
-
-    to_display = to_user = to_domain = to_tag = None
-    value = first.get("to")
-    if value:
-        to_display, uri, params = _parse_addr(value, False)
-        if uri:
-            to_user, to_domain, _ = _parse_uri(uri)
-        to_tag = _param(params, "tag")
+    from_display, from_user, from_domain, from_tag = _parse_party(first.get("from"))
+    to_display, to_user, to_domain, to_tag = _parse_party(first.get("to"))
 
     via_transport = via_host = via_branch = None
     via_port: int | None = None
@@ -305,7 +342,7 @@ def parse_sip(payload: bytes) -> SipMessage:
         _, uri, params = _parse_addr(value, True)
         if uri:
             contact_user, contact_host, contact_port = _parse_uri(uri)
-        expires_param = _param(params, "expires")
+        expires_param = _param(params, ";expires=")
         if expires_param is not None:
             contact_expires = _to_int(expires_param, 10)
 
@@ -324,7 +361,7 @@ def parse_sip(payload: bytes) -> SipMessage:
         if uri:
             pai_user = _parse_uri(uri)[0]
 
-    return SipMessage(
+    msg = _SipMessageBuilder(
         is_request=is_request,
         method=method,
         status_code=status_code,
@@ -356,5 +393,8 @@ def parse_sip(payload: bytes) -> SipMessage:
         content_length=content_length,
         reason_header=first.get("reason") or None,
         p_asserted_identity_user=pai_user,
-        headers=tuple(zip(names, values)),
+        headers=tuple(zip(names, values, strict=True)),
     )
+    msg.__class__ = SipMessage  # see _SipMessageBuilder
+    result: SipMessage = msg
+    return result

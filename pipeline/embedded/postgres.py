@@ -38,7 +38,14 @@ def _ensure_system_user() -> str | None:
         pwd.getpwnam(SYSTEM_USER)
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SYSTEM_USER],
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                SYSTEM_USER,
+            ],
             check=True,
             capture_output=True,
         )
@@ -99,28 +106,72 @@ class EmbeddedPostgres:
         if not self.initialised():
             self.pgdata.mkdir(exist_ok=True)
             self._prepare_dirs()
-            self._run("initdb", "-D", str(self.pgdata), "--auth=trust", "--encoding=UTF8",
-                      "--locale=C", "-U", self.user)
+            self._run(
+                "initdb",
+                "-D",
+                str(self.pgdata),
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "-U",
+                self.user,
+            )
         if self.port == 0:
             self.port = free_tcp_port(self.host)
         options = f"-h {self.host} -p {self.port} -k {self.pgdata} -c fsync=on"
-        self._run("pg_ctl", "-D", str(self.pgdata), "-l", str(self.pgdata / "server.log"),
-                  "-o", options, "-w", "-t", "60", "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.pgdata),
+            "-l",
+            str(self.pgdata / "server.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         wait_for_tcp(self.host, self.port, 30)
         self._create_database()
 
     def _create_database(self) -> None:
         psql = _bin_dir() / "psql"
         check = subprocess.run(
-            [str(psql), "-h", self.host, "-p", str(self.port), "-U", self.user, "-d", "postgres",
-             "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'"],
-            check=True, capture_output=True, text=True,
+            [
+                str(psql),
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                self.user,
+                "-d",
+                "postgres",
+                "-tAc",
+                f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         )
         if check.stdout.strip() != "1":
             subprocess.run(
-                [str(psql), "-h", self.host, "-p", str(self.port), "-U", self.user, "-d", "postgres",
-                 "-c", f'CREATE DATABASE "{self.database}"'],
-                check=True, capture_output=True,
+                [
+                    str(psql),
+                    "-h",
+                    self.host,
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    self.user,
+                    "-d",
+                    "postgres",
+                    "-c",
+                    f'CREATE DATABASE "{self.database}"',
+                ],
+                check=True,
+                capture_output=True,
             )
 
     def stop(self, mode: str = "fast") -> None:

@@ -36,7 +36,9 @@ class _TextFormatter(logging.Formatter):
         fields = getattr(record, "fields", {}) or {}
         rendered = " ".join(f"{k}={v}" for k, v in fields.items())
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        text = f"{stamp} {record.levelname.lower():7} {record.name}: {record.getMessage()} {rendered}"
+        text = (
+            f"{stamp} {record.levelname.lower():7} {record.name}: {record.getMessage()} {rendered}"
+        )
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text.rstrip()

@@ -1,0 +1,100 @@
+"""Receiver throughput: highest loss-free UDP rate of receive -> decode -> Avro -> publish.
+
+Starts tansu and a `hep-ingest receive` process, then blasts kamailio_hep3_udp packets
+from a separate process at increasing rates (a few seconds each) and reads the
+receiver's /metrics: a step is loss-free when every packet sent was published and
+nothing was dropped (by the receiver or, as `received < sent`, by the kernel).
+
+    .venv/bin/python bench/receiver_bench.py [--rates 10000,20000,...] [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "integration")]
+
+from conftest import load_vectors  # noqa: E402
+from receiver_process import run_receiver_process  # noqa: E402
+
+from pipeline.embedded import EmbeddedKafka  # noqa: E402
+
+
+def blast(port: int, rate: int, seconds: float, packets: list[bytes]) -> None:
+    """Send `rate` packets/s for `seconds`, in 1 ms slices."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    target = ("127.0.0.1", port)
+    count = len(packets)
+    sent = 0
+    start = time.perf_counter()
+    total = int(rate * seconds)
+    while sent < total:
+        due = min(total, int((time.perf_counter() - start) * rate) + 1)
+        while sent < due:
+            try:
+                sock.sendto(packets[sent % count], target)
+            except BlockingIOError:
+                continue
+            sent += 1
+        time.sleep(0.0005)
+    sock.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rates", default="5000,10000,20000,30000,40000,60000,80000,100000")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    packets, _ = load_vectors("kamailio_hep3_udp")
+    tmp = Path(tempfile.mkdtemp(prefix="receiver-bench-"))
+    best = 0
+    with EmbeddedKafka(log_path=tmp / "tansu.log") as kafka, run_receiver_process(
+        tmp, kafka.bootstrap_servers, "bench", "--no-tcp"
+    ) as receiver:
+        receiver.wait_for_event("receiver_started")
+        time.sleep(1)
+        sent_total = 0
+        for rate in (int(r) for r in args.rates.split(",")):
+            sent = int(rate * args.seconds)
+            started = time.perf_counter()
+            proc = multiprocessing.Process(
+                target=blast, args=(receiver.udp_port, rate, args.seconds, packets)
+            )
+            proc.start()
+            proc.join()
+            send_s = time.perf_counter() - started
+            sent_total += sent
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                published = receiver.metric("hep_ingest_packets_published_total")
+                if published >= sent_total or receiver.metric("hep_ingest_queue_depth") == 0:
+                    time.sleep(0.5)
+                    if receiver.metric("hep_ingest_queue_depth") == 0:
+                        break
+                time.sleep(0.2)
+            received = receiver.metric("hep_ingest_packets_received_total")
+            published = receiver.metric("hep_ingest_packets_published_total")
+            dropped = receiver.metric("hep_ingest_packets_dropped_total")
+            lossless = published == sent_total and dropped == 0
+            print(
+                f"rate {rate:>7}/s  sent {sent_total:>8}  received {received:>9.0f}  "
+                f"published {published:>9.0f}  dropped {dropped:.0f}  "
+                f"(sender took {send_s:.1f}s)  {'OK' if lossless else 'LOSS'}",
+                flush=True,
+            )
+            if not lossless:
+                break
+            best = rate
+    print(f"highest loss-free rate: {best} packets/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""`hep-ingest receive`: HEP over UDP/TCP -> Avro records -> Kafka.
+
+    settings.py   ReceiverSettings (one frozen object, built by the CLI)
+    metrics.py    ReceiverMetrics on a registry handed in
+    intake.py     bytes -> (key, Avro value) or a counted refusal (the hot path, no I/O)
+    udp.py        DatagramProtocol over the intake; full queue = counted drop
+    tcp.py        Protocol + HepStreamFramer; full queue = paused reading
+    publisher.py  KafkaPublisher: bounded backlog, per-partition batches, retries
+    service.py    run_receiver(): wires the above, runs until `stop`
+"""
+
+from pipeline.receiver.metrics import ReceiverMetrics
+from pipeline.receiver.service import run_receiver
+from pipeline.receiver.settings import ReceiverSettings
+
+__all__ = ["ReceiverMetrics", "ReceiverSettings", "run_receiver"]

@@ -1,0 +1,122 @@
+"""The receiver's Prometheus metrics, bound to a registry handed in.
+
+Per-packet counters are plain integers that the hot path bumps without a lock or a
+label lookup; a collector turns them into counter families when the registry is
+scraped (or read with `registry.get_sample_value`). Per-batch metrics (publish latency)
+use prometheus_client's own Histogram.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+TRANSPORTS = ("udp", "tcp")
+VERSIONS = ("1", "2", "3")
+DROP_REASONS = ("queue_full", "shutdown")
+REJECT_REASONS = ("auth_missing", "auth_mismatch")
+
+
+class ReceiverMetrics:
+    """Counters the receiver's adapters bump; exported under hep_ingest_* names."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.received: Counter[tuple[str, str]] = Counter(
+            {(t, v): 0 for t in TRANSPORTS for v in VERSIONS}
+        )
+        self.decoded = 0
+        self.invalid: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter(dict.fromkeys(REJECT_REASONS, 0))
+        self.published = 0
+        self.dropped: Counter[str] = Counter(dict.fromkeys(DROP_REASONS, 0))
+        self.publish_retries = 0
+        self.tcp_connections_closed: Counter[str] = Counter()
+        self._queue_depth: Callable[[], int] = lambda: 0
+        self.publish_latency = Histogram(
+            "hep_ingest_publish_latency_seconds",
+            "Time from handing a batch to the Kafka producer to its acknowledgement.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        )
+        registry.register(_Collector(self))
+
+    def bind_queue_depth(self, depth: Callable[[], int]) -> None:
+        self._queue_depth = depth
+
+    def queue_depth(self) -> int:
+        return self._queue_depth()
+
+    def totals(self) -> dict[str, int]:
+        """A snapshot for progress logs."""
+        return {
+            "received": sum(self.received.values()),
+            "decoded": self.decoded,
+            "invalid": sum(self.invalid.values()),
+            "rejected": sum(self.rejected.values()),
+            "published": self.published,
+            "dropped": sum(self.dropped.values()),
+            "retries": self.publish_retries,
+        }
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: ReceiverMetrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._m
+        received = CounterMetricFamily(
+            "hep_ingest_packets_received",
+            "HEP packets read from a socket, by transport and HEP version (first byte).",
+            labels=["transport", "version"],
+        )
+        for (transport, version), value in dict(m.received).items():
+            received.add_metric([transport, version], value)
+        yield received
+        yield CounterMetricFamily(
+            "hep_ingest_packets_decoded", "Packets that decoded as HEP.", value=m.decoded
+        )
+        yield _labelled(
+            "hep_ingest_packets_invalid", "Packets that are not valid HEP, by reason.", m.invalid
+        )
+        yield _labelled(
+            "hep_ingest_packets_rejected",
+            "Valid packets refused by the auth key check, by reason.",
+            m.rejected,
+        )
+        yield CounterMetricFamily(
+            "hep_ingest_packets_published",
+            "Records acknowledged by Kafka.",
+            value=m.published,
+        )
+        yield _labelled(
+            "hep_ingest_packets_dropped",
+            "Accepted packets that were lost, by reason (queue_full, shutdown).",
+            m.dropped,
+        )
+        yield CounterMetricFamily(
+            "hep_ingest_publish_retries",
+            "Publish attempts that failed and were retried.",
+            value=m.publish_retries,
+        )
+        yield _labelled(
+            "hep_ingest_tcp_connections_closed",
+            "TCP connections closed by the receiver or the peer, by reason.",
+            m.tcp_connections_closed,
+        )
+        yield GaugeMetricFamily(
+            "hep_ingest_queue_depth",
+            "Records accepted and not yet acknowledged by Kafka.",
+            value=m.queue_depth(),
+        )
+
+
+def _labelled(name: str, documentation: str, values: Counter[str]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=["reason"])
+    for reason, value in dict(values).items():
+        family.add_metric([reason], value)
+    return family

@@ -1,0 +1,127 @@
+"""Composition: wire settings, metrics, intake, listeners and publisher; run until `stop`.
+
+`run_receiver` runs inside a loop it does not own (the CLI's, or `hep-ingest up`'s): it
+installs no signal handlers and picks no event loop policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from prometheus_client import CollectorRegistry
+
+from pipeline.observability import get_logger
+from pipeline.receiver.intake import Intake
+from pipeline.receiver.metrics import ReceiverMetrics
+from pipeline.receiver.publisher import KafkaPublisher
+from pipeline.receiver.settings import ReceiverSettings
+from pipeline.receiver.tcp import TcpListener
+from pipeline.receiver.udp import UdpProtocol, open_udp_listener
+from pipeline.records import load_codec
+
+log = get_logger("pipeline.receiver")
+
+
+async def run_receiver(
+    settings: ReceiverSettings,
+    registry: CollectorRegistry,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Receive HEP into Kafka until `stop` is set, then publish what was accepted.
+
+    Raises OSError when a listen address cannot be bound; broker trouble never raises.
+    """
+    metrics = ReceiverMetrics(registry)
+    publisher = KafkaPublisher(settings, metrics)
+    metrics.bind_queue_depth(lambda: publisher.depth)
+    intake = Intake(
+        codec=load_codec(),
+        metrics=metrics,
+        receiver_id=settings.receiver_id,
+        auth_key=settings.auth_key,
+        forward_auth_key=settings.forward_auth_key,
+    )
+    tcp = TcpListener(intake, publisher.offer, publisher.above_high_water, metrics)
+    publisher.set_low_water_callback(tcp.resume_all)
+
+    loop = asyncio.get_running_loop()
+    udp_transports: list[asyncio.DatagramTransport] = []
+    servers: list[asyncio.AbstractServer] = []
+    publisher.start()
+    progress: asyncio.Task[None] | None = None
+    try:
+        udp_bound = []
+        for host, port in settings.udp:
+            transport, bound, rcvbuf = await open_udp_listener(
+                host,
+                port,
+                rcvbuf_bytes=settings.udp_rcvbuf_bytes,
+                protocol_factory=lambda: UdpProtocol(intake, publisher.offer, metrics),
+            )
+            udp_transports.append(transport)
+            udp_bound.append(f"{bound[0]}:{bound[1]}")
+            if rcvbuf < settings.udp_rcvbuf_bytes:
+                log.warning(
+                    "udp_rcvbuf_capped",
+                    requested=settings.udp_rcvbuf_bytes,
+                    granted=rcvbuf,
+                    hint="raise net.core.rmem_max",
+                )
+        tcp_bound = []
+        for host, port in settings.tcp:
+            server = await loop.create_server(tcp.protocol, host, port, reuse_address=True)
+            servers.append(server)
+            tcp_bound.extend(
+                f"{sock.getsockname()[0]}:{sock.getsockname()[1]}" for sock in server.sockets
+            )
+        log.info(
+            "receiver_started",
+            udp=udp_bound,
+            tcp=tcp_bound,
+            bootstrap_servers=settings.bootstrap_servers,
+            topic=settings.topic,
+            receiver_id=settings.receiver_id,
+            auth_key_required=settings.auth_key is not None,
+            compression=settings.compression,
+        )
+        progress = loop.create_task(_log_progress(metrics, publisher, settings.progress_interval_s))
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("receiver_stopping", backlog=publisher.depth, grace_s=settings.shutdown_timeout_s)
+    finally:
+        for transport in udp_transports:
+            transport.close()
+        for server in servers:
+            server.close()
+        tcp.close_all()
+        for server in servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        if progress is not None:
+            progress.cancel()
+        await publisher.close(settings.shutdown_timeout_s)
+        log.info("receiver_stopped", **metrics.totals())
+
+
+async def _log_progress(metrics: ReceiverMetrics, publisher: KafkaPublisher, every: float) -> None:
+    last = metrics.totals()
+    last_time = time.monotonic()
+    while True:
+        await asyncio.sleep(every)
+        now = metrics.totals()
+        now_time = time.monotonic()
+        elapsed = max(now_time - last_time, 1e-9)
+        log.info(
+            "progress",
+            **now,
+            received_per_s=round((now["received"] - last["received"]) / elapsed, 1),
+            published_per_s=round((now["published"] - last["published"]) / elapsed, 1),
+            dropped_per_s=round((now["dropped"] - last["dropped"]) / elapsed, 1),
+            backlog=publisher.depth,
+            backlog_bytes=publisher.backlog_bytes,
+        )
+        last, last_time = now, now_time

@@ -1,0 +1,92 @@
+"""Every knob of the receiver, in one typed object built once (by the CLI) and passed down."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+from pipeline.observability.metrics import parse_host_port
+
+COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
+DEFAULT_LISTEN = "0.0.0.0:9060"
+
+
+def default_receiver_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def parse_listen(values: list[str] | tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    """['HOST:PORT', ...] -> ((host, port), ...); raises ValueError on a bad address."""
+    return tuple(parse_host_port(value) for value in values)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverSettings:
+    """What `hep-ingest receive` (or `up`) runs with. Validated on construction."""
+
+    bootstrap_servers: str = "localhost:9092"
+    topic: str = "hep"
+    udp: tuple[tuple[str, int], ...] = (("0.0.0.0", 9060),)
+    tcp: tuple[tuple[str, int], ...] = (("0.0.0.0", 9060),)
+    auth_key: bytes | None = None
+    forward_auth_key: bool = False
+    receiver_id: str = field(default_factory=default_receiver_id)
+    # Kafka producer
+    compression: str = "zstd"
+    batch_bytes: int = 1_000_000
+    linger_ms: int = 5
+    enable_idempotence: bool = False
+    request_timeout_ms: int = 30_000
+    create_topic: bool = True
+    partitions: int = 12
+    replication_factor: int = 1
+    # Bounded memory: the backlog held while the broker is slow or away.
+    queue_size: int = 1_000_000
+    max_backlog_bytes: int = 256 * 1024 * 1024
+    # TCP reading pauses above high water and resumes below low water (fractions of
+    # the bound); UDP drops only when the bound itself is reached.
+    tcp_high_water: float = 0.8
+    tcp_low_water: float = 0.5
+    udp_rcvbuf_bytes: int = 8 * 1024 * 1024
+    # Broker retries: bounded exponential backoff with jitter.
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 5.0
+    shutdown_timeout_s: float = 30.0
+    progress_interval_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.bootstrap_servers.strip():
+            raise ValueError("bootstrap servers must not be empty")
+        if not self.topic:
+            raise ValueError("topic must not be empty")
+        if not self.udp and not self.tcp:
+            raise ValueError("at least one --udp or --tcp listener is needed")
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}")
+        if self.auth_key is not None and not self.auth_key:
+            raise ValueError("auth key must not be empty")
+        positive = {
+            "batch_bytes": self.batch_bytes,
+            "queue_size": self.queue_size,
+            "max_backlog_bytes": self.max_backlog_bytes,
+            "partitions": self.partitions,
+            "replication_factor": self.replication_factor,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if self.linger_ms < 0:
+            raise ValueError("linger_ms must not be negative")
+        if not 0 < self.tcp_low_water < self.tcp_high_water <= 1:
+            raise ValueError("need 0 < tcp_low_water < tcp_high_water <= 1")
+        if not 0 < self.retry_initial_s <= self.retry_max_s:
+            raise ValueError("need 0 < retry_initial_s <= retry_max_s")
+        if self.shutdown_timeout_s < 0 or self.progress_interval_s <= 0:
+            raise ValueError("shutdown timeout must be >= 0 and progress interval > 0")
+
+    @property
+    def compression_type(self) -> str | None:
+        """The value aiokafka takes (None for no compression)."""
+        return None if self.compression == "none" else self.compression

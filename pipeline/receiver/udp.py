@@ -1,0 +1,98 @@
+"""UDP listener: one datagram is one HEP packet, handed to the intake without awaiting."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pipeline.observability import get_logger
+from pipeline.receiver.intake import Intake
+from pipeline.receiver.metrics import ReceiverMetrics
+from pipeline.records import ReceiveContext
+
+log = get_logger("pipeline.receiver.udp")
+
+Sink = Callable[[bytes | None, bytes], bool]
+_SENDER_CACHE_LIMIT = 4096
+
+
+class UdpProtocol(asyncio.DatagramProtocol):
+    """decode -> auth -> Avro -> queue, all in `datagram_received`; a full queue is a drop.
+
+    The intake catches and counts the codec's errors; nothing here awaits, so the event
+    loop reads the next datagram as soon as this one is queued.
+    """
+
+    def __init__(
+        self,
+        intake: Intake,
+        sink: Sink,
+        metrics: ReceiverMetrics,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._accept = intake.accept
+        self._context_of = intake.context
+        self._sink = sink
+        self._dropped = metrics.dropped
+        self._clock_ns = clock_ns
+        self._contexts: dict[Any, ReceiveContext] = {}
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        context = self._contexts.get(addr)
+        if context is None:
+            if len(self._contexts) >= _SENDER_CACHE_LIMIT:
+                self._contexts.clear()
+            context = self._contexts[addr] = self._context_of("udp", addr[0], addr[1])
+        record = self._accept(data, context, self._clock_ns() // 1000)
+        if record is not None and not self._sink(record[0], record[1]):
+            self._dropped["queue_full"] += 1
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors and the like: nothing to do for a receive-only socket.
+        log.debug("udp_error", error=repr(exc))
+
+
+def bind_udp_socket(host: str, port: int, rcvbuf_bytes: int) -> socket.socket:
+    """A non-blocking UDP socket bound to host:port with a large receive buffer."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if rcvbuf_bytes:
+            # SO_RCVBUFFORCE passes net.core.rmem_max when we may (CAP_NET_ADMIN).
+            force = getattr(socket, "SO_RCVBUFFORCE", None)
+            try:
+                if force is None:
+                    raise PermissionError
+                sock.setsockopt(socket.SOL_SOCKET, force, rcvbuf_bytes)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf_bytes)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def open_udp_listener(
+    host: str,
+    port: int,
+    *,
+    rcvbuf_bytes: int,
+    protocol_factory: Callable[[], UdpProtocol],
+) -> tuple[asyncio.DatagramTransport, tuple[str, int], int]:
+    """Bind and start listening; returns the transport, the bound address and the buffer size."""
+    sock = bind_udp_socket(host, port, rcvbuf_bytes)
+    bound = sock.getsockname()
+    rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    loop = asyncio.get_running_loop()
+    try:
+        transport, _ = await loop.create_datagram_endpoint(protocol_factory, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    return transport, (bound[0], bound[1]), rcvbuf

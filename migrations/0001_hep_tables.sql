@@ -13,6 +13,17 @@ RETURNS void
 LANGUAGE plpgsql
 AS $fn$
 BEGIN
+    -- Serialise creators: two sinks meeting a new HEP type at once would otherwise race
+    -- in CREATE TABLE IF NOT EXISTS and one would fail with a unique violation on
+    -- pg_type (SQLSTATE 23505, easily mistaken for a data error).
+    PERFORM pg_advisory_xact_lock(7522525140629959013);
+    -- An existing table is left alone: CREATE INDEX IF NOT EXISTS would still take a
+    -- SHARE lock on the table and every partition, blocking writers.
+    IF to_regclass(format('%I', table_name)) IS NOT NULL THEN
+        INSERT INTO hep_ingest_capture_tables (table_name) VALUES (table_name)
+        ON CONFLICT DO NOTHING;
+        RETURN;
+    END IF;
     EXECUTE format($ddl$
         CREATE TABLE IF NOT EXISTS %1$I (
             id              bigserial   NOT NULL,
@@ -67,6 +78,10 @@ BEGIN
             PRIMARY KEY (record_id, create_date)
         ) PARTITION BY RANGE (create_date)
     $ddl$, table_name);
+    EXECUTE format($c$COMMENT ON COLUMN %I.method IS 'SIP request method; NULL for responses (see cseq_method, status)'$c$, table_name);
+    EXECUTE format($c$COMMENT ON COLUMN %I.status IS 'SIP response status code; NULL for requests'$c$, table_name);
+    EXECUTE format($c$COMMENT ON COLUMN %I.cseq_method IS 'Method named in CSeq, for requests and responses alike: what a response answers'$c$, table_name);
+    EXECUTE format($c$COMMENT ON COLUMN %I.data_header IS 'HOMER data_header; for SIP responses its "method" key holds the status code, as heplify-server writes it'$c$, table_name);
     EXECUTE format('CREATE TABLE IF NOT EXISTS %I PARTITION OF %I DEFAULT',
                    table_name || '_default_part', table_name);
     EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %I (create_date)',

@@ -7,6 +7,8 @@ import importlib
 import typer
 
 COMMAND_MODULES = (
+    "pipeline.commands.analysis",
+    "pipeline.commands.database",
     "pipeline.commands.receive",
 )
 

@@ -1,0 +1,240 @@
+"""`hep-ingest calls`, `call` and `stats`: answers from the stored messages.
+
+The SQL lives in migrations/0002_analysis.sql and pipeline/analysis/queries.py; this
+module parses options, connects, and prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, TypeVar
+
+import asyncpg
+import typer
+
+from pipeline.analysis.formats import OutputFormat, render_rows, to_jsonable
+from pipeline.analysis.ladder import LadderMessage, message_label, render_ladder
+from pipeline.analysis.queries import (
+    CALL_COLUMNS,
+    CALL_COLUMNS_FULL,
+    CALL_FLOW_COLUMNS,
+    STATS_COLUMNS,
+    CallFilter,
+    fetch_call_flow,
+    fetch_calls,
+    fetch_stats,
+)
+
+T = TypeVar("T")
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_NAMED_INTERVALS = {"minute": "1m", "hour": "1h", "day": "1d", "week": "1w"}
+
+
+class CallState(StrEnum):
+    answered = "answered"
+    busy = "busy"
+    cancelled = "cancelled"
+    failed = "failed"
+    no_final_response = "no_final_response"
+
+
+class FlowFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90s', '15m', '1h', '2d', '1w', or hour/day/minute/week."""
+    match = _DURATION.fullmatch(_NAMED_INTERVALS.get(text.strip().lower(), text))
+    if match is None:
+        raise typer.BadParameter(f"expected a duration like 15m, 1h or 2d, got {text!r}")
+    return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+
+
+def parse_time(text: str, now: datetime) -> datetime:
+    """An ISO 8601 time (UTC unless it says otherwise), 'now', or a duration ago ('2h')."""
+    if text.strip().lower() == "now":
+        return now
+    if _DURATION.fullmatch(text):
+        return now - parse_duration(text)
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected an ISO time (2026-11-26T08:00), 'now' or a duration ago (2h), got {text!r}"
+        ) from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def resolve_dsn(dsn: str | None) -> str:
+    if dsn:
+        return dsn
+    try:
+        from pipeline.embedded.state import default_dsn
+    except ImportError:
+        found = None
+    else:
+        found = default_dsn()
+    if not found:
+        raise typer.BadParameter(
+            "no --dsn given and no database recorded by `hep-ingest up`", param_hint="--dsn"
+        )
+    return found
+
+
+def _run(dsn: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def main() -> T:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(main())
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+DsnOption = Annotated[
+    str | None,
+    typer.Option(
+        envvar="HEP_INGEST_DSN",
+        help="PostgreSQL DSN (default: the embedded database `hep-ingest up` recorded).",
+        show_default=False,
+    ),
+]
+_TIME_HELP = "ISO 8601 time (UTC unless given), 'now', or a duration ago: 30m, 2h, 1d."
+
+
+def calls(
+    dsn: DsnOption = None,
+    since: Annotated[
+        str, typer.Option(envvar="HEP_INGEST_CALLS_SINCE", help=f"Calls from. {_TIME_HELP}")
+    ] = "1d",
+    until: Annotated[
+        str, typer.Option(envvar="HEP_INGEST_CALLS_UNTIL", help=f"Calls until. {_TIME_HELP}")
+    ] = "now",
+    user: Annotated[
+        str | None,
+        typer.Option(envvar="HEP_INGEST_CALLS_USER",
+                     help="Only calls from or to this user (From, To or R-URI user)."),
+    ] = None,
+    status: Annotated[
+        int | None,
+        typer.Option(envvar="HEP_INGEST_CALLS_STATUS", help="Only calls with this final status."),
+    ] = None,
+    state: Annotated[
+        CallState | None,
+        typer.Option(envvar="HEP_INGEST_CALLS_STATE", help="Only calls in this state."),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(envvar="HEP_INGEST_CALLS_LIMIT", min=1, help="Most recent N calls.")
+    ] = 50,
+    fmt: Annotated[
+        OutputFormat,
+        typer.Option("--format", envvar="HEP_INGEST_FORMAT", help="Output format."),
+    ] = OutputFormat.table,
+) -> None:
+    """Recent calls, newest first: one row per INVITE dialog (sip_calls)."""
+    now = datetime.now(UTC)
+    query = CallFilter(
+        since=parse_time(since, now),
+        until=parse_time(until, now),
+        user=user,
+        status=status,
+        state=state.value if state is not None else None,
+        limit=limit,
+    )
+    rows = _run(resolve_dsn(dsn), lambda conn: fetch_calls(conn, query))
+    columns = CALL_COLUMNS if fmt is OutputFormat.table else CALL_COLUMNS_FULL
+    typer.echo(render_rows(rows, columns, fmt), nl=False)
+
+
+def ladder_messages(rows: list[dict[str, Any]]) -> list[LadderMessage]:
+    return [
+        LadderMessage(
+            time=row["create_date"],
+            src=row["src"] or "?",
+            dst=row["dst"] or "?",
+            label=message_label(row["method"], row["status"], row["reason"], row["cseq_method"]),
+            leg=row["leg"],
+        )
+        for row in rows
+    ]
+
+
+def call(
+    call_id: Annotated[str, typer.Argument(help="The Call-ID.")],
+    dsn: DsnOption = None,
+    since: Annotated[
+        str | None,
+        typer.Option(envvar="HEP_INGEST_CALL_SINCE",
+                     help=f"Only messages from (faster on big databases). {_TIME_HELP}"),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(envvar="HEP_INGEST_CALL_UNTIL", help=f"Only messages until. {_TIME_HELP}"),
+    ] = None,
+    fmt: Annotated[
+        FlowFormat,
+        typer.Option("--format", envvar="HEP_INGEST_CALL_FORMAT",
+                     help="table: a ladder diagram; json: the messages."),
+    ] = FlowFormat.table,
+) -> None:
+    """One call's message flow as a ladder diagram, with legs tied by correlation id."""
+    now = datetime.now(UTC)
+    start = parse_time(since, now) if since else None
+    end = parse_time(until, now) if until else None
+    rows = _run(resolve_dsn(dsn), lambda conn: fetch_call_flow(conn, call_id, start, end))
+    if not rows:
+        typer.echo(f"no messages with Call-ID {call_id!r}", err=True)
+        raise typer.Exit(1)
+    if fmt is FlowFormat.json:
+        data = [{c: to_jsonable(row.get(c)) for c in CALL_FLOW_COLUMNS} for row in rows]
+        typer.echo(json.dumps(data, indent=2))
+        return
+    typer.echo(f"Call-ID {call_id}: {len(rows)} messages")
+    typer.echo(render_ladder(ladder_messages(rows)), nl=False)
+
+
+def stats(
+    dsn: DsnOption = None,
+    since: Annotated[
+        str, typer.Option(envvar="HEP_INGEST_STATS_SINCE", help=f"Calls from. {_TIME_HELP}")
+    ] = "1d",
+    until: Annotated[
+        str, typer.Option(envvar="HEP_INGEST_STATS_UNTIL", help=f"Calls until. {_TIME_HELP}")
+    ] = "now",
+    interval: Annotated[
+        str,
+        typer.Option(envvar="HEP_INGEST_STATS_INTERVAL",
+                     help="Bucket size: 15m, 1h, 1d, or minute/hour/day/week."),
+    ] = "hour",
+    top: Annotated[
+        int, typer.Option(envvar="HEP_INGEST_STATS_TOP", min=1, help="Failure codes listed.")
+    ] = 3,
+    fmt: Annotated[
+        OutputFormat,
+        typer.Option("--format", envvar="HEP_INGEST_FORMAT", help="Output format."),
+    ] = OutputFormat.table,
+) -> None:
+    """Per interval: calls attempted and answered, ASR, ACD, PDD p50/p95, top failures."""
+    now = datetime.now(UTC)
+    start, end, bucket = parse_time(since, now), parse_time(until, now), parse_duration(interval)
+    rows = _run(resolve_dsn(dsn), lambda conn: fetch_stats(conn, start, end, bucket, top))
+    typer.echo(render_rows(rows, STATS_COLUMNS, fmt), nl=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("calls")(calls)
+    app.command("call")(call)
+    app.command("stats")(stats)

@@ -1,0 +1,493 @@
+"""PostgresSink: idempotent, durable batch writes of capture rows.
+
+One `write(rows)` is one transaction: every row is binary-COPYed into a per-connection
+temporary staging table, then ``INSERT INTO <table> SELECT ... ON CONFLICT
+(record_id, create_date) DO NOTHING`` moves it into its capture table. When `write`
+returns, every accepted row is committed; replaying a batch never duplicates a row.
+
+Errors, told apart by SQLSTATE class::
+
+    data errors (class 22, 23; values the client cannot encode)
+        -> the batch is bisected inside one transaction (savepoints) until the bad rows
+           are isolated; the others are stored, the bad ones returned as RejectedRow
+    transient errors (class 08, 53, 57P0x, 40001, 40P01, 55P03, timeouts, lost
+    connections, refused connections)
+        -> retried with bounded exponential backoff and jitter until success, the
+           policy's max_elapsed, or `stop()`: the consumer pauses, nothing is dropped
+    anything else (permissions, bugs) -> SinkError
+
+    SinkError
+     +-- SinkStoppedError   stop() was requested while a write was still retrying
+
+A capture table that does not exist yet (a HEP type seen for the first time) is
+created with ``hep_ingest_create_capture_table`` and given its partitions first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple, TypeVar
+
+import asyncpg
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_delay,
+    stop_never,
+    wait_exponential,
+    wait_random,
+)
+
+from pipeline.observability import get_logger
+from pipeline.postgres.migrate import apply_migrations
+from pipeline.postgres.partitions import (
+    DEFAULT_AHEAD,
+    DEFAULT_RETENTION_DAYS,
+    PartitionInterval,
+    capture_tables,
+    drop_expired_partitions,
+    ensure_partitions,
+)
+from pipeline.storage.rows import COLUMNS, CaptureRow
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+
+STAGING_TABLE = "hep_ingest_staging"
+_STAGING_COLUMNS = ("capture_table", *COLUMNS)
+_COLUMN_LIST = ", ".join(COLUMNS)
+# Any capture table gives the staging table its column types: they all share one shape.
+_CREATE_STAGING = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} ON COMMIT DELETE ROWS AS "
+    f"SELECT ''::text AS capture_table, {_COLUMN_LIST} FROM hep_proto_1_default WITH NO DATA"
+)
+_TABLE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+TRANSIENT_SQLSTATES = frozenset(
+    {"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03", "0A000"}
+)
+TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "53", "58"})
+DATA_SQLSTATE_CLASSES = frozenset({"22", "23"})
+
+
+class SinkError(Exception):
+    """The sink cannot store a batch (and retrying will not help)."""
+
+
+class SinkStoppedError(SinkError):
+    """`stop()` or `close()` was requested while the batch was not yet stored."""
+
+
+class RejectedRow(NamedTuple):
+    row: CaptureRow
+    reason: str  # "SQLSTATE: message", or "encode: message" for client-side errors
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Backoff for transient errors: exponential from `initial` to `maximum` seconds,
+    plus up to `jitter` seconds; give up after `max_elapsed` seconds (None: never,
+    only `stop()` ends the retries)."""
+
+    initial: float = 0.2
+    maximum: float = 10.0
+    jitter: float = 1.0
+    max_elapsed: float | None = None
+
+    @classmethod
+    def instant(cls, max_elapsed: float | None = 30.0) -> RetryPolicy:
+        return cls(initial=0.01, maximum=0.05, jitter=0.01, max_elapsed=max_elapsed)
+
+
+@dataclass(frozen=True, slots=True)
+class SinkSettings:
+    dsn: str
+    min_connections: int = 1
+    max_connections: int = 4
+    apply_migrations: bool = True
+    partition_interval: PartitionInterval = PartitionInterval.DAILY
+    partition_ahead: timedelta | int = DEFAULT_AHEAD  # an int counts intervals
+    retention_days: int = DEFAULT_RETENTION_DAYS
+    acquire_timeout: float = 10.0
+    command_timeout: float = 120.0
+    connect_timeout: float = 10.0
+    close_timeout: float = 10.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(slots=True)
+class SinkMetrics:
+    rows_written: Counter
+    rows_duplicate: Counter
+    batch_rows: Histogram
+    latency: Histogram
+    retries: Counter
+    rows_rejected: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> SinkMetrics:
+        return cls(
+            rows_written=Counter("hep_ingest_rows_written", "Rows stored, by capture table",
+                                 ["table"], registry=registry),
+            rows_duplicate=Counter("hep_ingest_rows_duplicate",
+                                   "Rows already stored (replays), by capture table",
+                                   ["table"], registry=registry),
+            batch_rows=Histogram("hep_ingest_write_batch_rows", "Rows per write() call",
+                                 buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000,
+                                          50000), registry=registry),
+            latency=Histogram("hep_ingest_write_latency_seconds",
+                              "Duration of write() calls, retries included",
+                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+                                       10, 30, 60), registry=registry),
+            retries=Counter("hep_ingest_write_retries", "Write attempts retried, by reason",
+                            ["reason"], registry=registry),
+            rows_rejected=Counter("hep_ingest_rows_rejected",
+                                  "Rows PostgreSQL refused, by SQLSTATE", ["reason"],
+                                  registry=registry),
+        )
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """A row's values are at fault: retrying the same row can never succeed."""
+    if isinstance(exc, _EncodeError | asyncpg.exceptions._base.DataError):  # client side
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        return (exc.sqlstate or "")[:2] in DATA_SQLSTATE_CLASSES
+    return False
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Retrying later may succeed: the server or the network, not the rows."""
+    if isinstance(exc, (OSError, TimeoutError, asyncpg.exceptions.InternalClientError)):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        state = exc.sqlstate or ""
+        return state in TRANSIENT_SQLSTATES or state[:2] in TRANSIENT_SQLSTATE_CLASSES
+    # "connection is closed", "another operation is in progress" after a connection broke
+    # mid-COPY: the sink terminates such a connection, a new one will do.
+    return isinstance(exc, asyncpg.InterfaceError) and not isinstance(
+        exc, asyncpg.exceptions._base.DataError
+    )
+
+
+def _retry_reason(exc: BaseException) -> str:
+    if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate:
+        return exc.sqlstate
+    return type(exc).__name__
+
+
+def _reject_reason(exc: BaseException) -> tuple[str, str]:
+    """(metric label, stored reason)."""
+    if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate:
+        return exc.sqlstate, f"{exc.sqlstate}: {exc}"
+    return "encode", f"encode: {exc}"
+
+
+def _check_table_name(table: str) -> None:
+    if not table.startswith("hep_proto_") or not set(table) <= _TABLE_NAME_CHARS:
+        raise SinkError(f"not a capture table name: {table!r}")
+
+
+class _EncodeError(Exception):
+    """The client could not encode a row's value for COPY."""
+
+
+class _UnknownTableError(Exception):
+    """A capture table vanished under us: forget what we knew and try again."""
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.execute(_CREATE_STAGING)
+
+
+class PostgresSink:
+    """Owns an asyncpg pool; see the module docstring for the write contract."""
+
+    def __init__(
+        self,
+        settings: SinkSettings,
+        *,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.metrics = SinkMetrics.create(registry if registry is not None else CollectorRegistry())
+        self._clock = clock
+        self._pool: asyncpg.Pool | None = None
+        self._known_tables: set[str] = set()
+        self._table_lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self, *, now: datetime | None = None) -> None:
+        """Connect (retrying transient failures), apply migrations if configured, and
+        make sure the partitions around `now` exist."""
+        s = self.settings
+        if s.apply_migrations:
+            await self._retrying(lambda: apply_migrations(s.dsn))
+        self._pool = await self._retrying(self._create_pool)
+        self._known_tables = set()
+        await self.maintain(now or self._clock(), raise_errors=True)
+
+    async def _create_pool(self) -> asyncpg.Pool:
+        s = self.settings
+        pool = await asyncpg.create_pool(
+            s.dsn,
+            min_size=s.min_connections,
+            max_size=s.max_connections,
+            init=_init_connection,
+            timeout=s.connect_timeout,
+            command_timeout=s.command_timeout,
+            server_settings={"application_name": "hep-ingest-sink"},
+        )
+        assert pool is not None
+        return pool
+
+    def stop(self) -> None:
+        """Ask writes still retrying to give up (with SinkStoppedError)."""
+        self._stopping.set()
+
+    async def close(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Stop retrying and close the pool, terminating it after `timeout` seconds."""
+        self.stop()
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), timeout or self.settings.close_timeout)
+        except TimeoutError:
+            log.warning("sink_close_timeout", timeout=timeout or self.settings.close_timeout)
+            pool.terminate()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise SinkError("the sink is not started")
+        return self._pool
+
+    # -- maintenance -------------------------------------------------------------------
+
+    async def maintain(
+        self, now: datetime, *, raise_errors: bool = False
+    ) -> tuple[list[str], list[str]]:
+        """Create partitions ahead and drop expired ones; return (created, dropped).
+
+        Failures are logged and left to the next call unless `raise_errors`."""
+        s = self.settings
+
+        async def run() -> tuple[list[str], list[str]]:
+            async with self.pool.acquire(timeout=s.acquire_timeout) as conn:
+                created = await ensure_partitions(
+                    conn, now=now, interval=s.partition_interval, ahead=s.partition_ahead
+                )
+                dropped = await drop_expired_partitions(
+                    conn, now=now, retention_days=s.retention_days
+                )
+                self._known_tables.update(t for t, _ in await capture_tables(conn))
+                return created, dropped
+
+        try:
+            return await self._retrying(run) if raise_errors else await run()
+        except Exception as exc:
+            if raise_errors:
+                raise
+            log.warning("partition_maintenance_failed", error=f"{type(exc).__name__}: {exc}")
+            return [], []
+
+    async def _ensure_tables(self, tables: Sequence[str]) -> None:
+        missing = [t for t in tables if t not in self._known_tables]
+        if not missing:
+            return
+        async with self._table_lock:
+            missing = [t for t in missing if t not in self._known_tables]
+            if not missing:
+                return
+            s = self.settings
+            async with self.pool.acquire(timeout=s.acquire_timeout) as conn:
+                for table in missing:
+                    _check_table_name(table)
+                    await conn.execute("SELECT hep_ingest_create_capture_table($1)", table)
+                    await ensure_partitions(
+                        conn,
+                        now=self._clock(),
+                        interval=s.partition_interval,
+                        ahead=s.partition_ahead,
+                        tables=[table],
+                    )
+                    log.info("capture_table_ready", table=table)
+                    self._known_tables.add(table)
+
+    # -- writes ------------------------------------------------------------------------
+
+    async def write(self, rows: Sequence[CaptureRow]) -> list[RejectedRow]:
+        """Store `rows` (committed when this returns); return the rows PostgreSQL
+        refused, with why. Transient errors are retried (see RetryPolicy)."""
+        if not rows:
+            return []
+        started = time.perf_counter()
+        tables = sorted({row.table for row in rows})
+        records = [(row.table, *row.values) for row in rows]
+
+        async def attempt() -> tuple[dict[str, int], list[RejectedRow]]:
+            await self._ensure_tables(tables)
+            return await self._write_once(rows, records, tables)
+
+        counts, rejected = await self._retrying(attempt)
+        m = self.metrics
+        per_table: dict[str, int] = defaultdict(int)
+        for row in rows:
+            per_table[row.table] += 1
+        for table, stored in counts.items():
+            m.rows_written.labels(table).inc(stored)
+        rejected_per_table: dict[str, int] = defaultdict(int)
+        for bad in rejected:
+            rejected_per_table[bad.row.table] += 1
+        for table, total in per_table.items():
+            duplicates = total - counts.get(table, 0) - rejected_per_table[table]
+            if duplicates > 0:
+                m.rows_duplicate.labels(table).inc(duplicates)
+        m.batch_rows.observe(len(rows))
+        m.latency.observe(time.perf_counter() - started)
+        return rejected
+
+    async def _write_once(
+        self,
+        rows: Sequence[CaptureRow],
+        records: list[tuple[Any, ...]],
+        tables: list[str],
+    ) -> tuple[dict[str, int], list[RejectedRow]]:
+        if self._stopping.is_set():
+            raise SinkStoppedError("the sink is stopping")
+        async with self.pool.acquire(timeout=self.settings.acquire_timeout) as conn:
+            try:
+                try:
+                    async with conn.transaction():
+                        return await self._stage_and_insert(conn, records, tables), []
+                except Exception as exc:
+                    if not is_data_error(exc):
+                        raise
+                    log.info("write_isolating_bad_rows", rows=len(rows),
+                             error=_reject_reason(exc)[1][:200])
+                counts: dict[str, int] = defaultdict(int)
+                rejected: list[RejectedRow] = []
+                async with conn.transaction():
+                    await self._isolate(conn, list(range(len(rows))), rows, records, counts,
+                                        rejected)
+                return dict(counts), rejected
+            except asyncpg.UndefinedTableError as exc:
+                self._known_tables.clear()
+                raise _UnknownTableError(str(exc)) from exc
+            except BaseException:
+                # A connection that failed mid-COPY can be left in a state asyncpg cannot
+                # recover ("another operation is in progress"): never hand it back.
+                conn.terminate()
+                raise
+
+    async def _isolate(
+        self,
+        conn: asyncpg.Connection,
+        indexes: list[int],
+        rows: Sequence[CaptureRow],
+        records: list[tuple[Any, ...]],
+        counts: dict[str, int],
+        rejected: list[RejectedRow],
+    ) -> None:
+        """Store the rows at `indexes`, bisecting around the ones PostgreSQL refuses."""
+        chunk = [records[i] for i in indexes]
+        tables = sorted({rows[i].table for i in indexes})
+        try:
+            async with conn.transaction():  # a savepoint
+                stored = await self._stage_and_insert(conn, chunk, tables)
+                await conn.execute(f"TRUNCATE {STAGING_TABLE}")
+        except Exception as exc:
+            if not is_data_error(exc):
+                raise
+            if len(indexes) == 1:
+                label, reason = _reject_reason(exc)
+                self.metrics.rows_rejected.labels(label).inc()
+                log.warning("row_rejected", table=rows[indexes[0]].table, reason=reason[:300])
+                rejected.append(RejectedRow(rows[indexes[0]], reason))
+                return
+            middle = len(indexes) // 2
+            await self._isolate(conn, indexes[:middle], rows, records, counts, rejected)
+            await self._isolate(conn, indexes[middle:], rows, records, counts, rejected)
+            return
+        for table, n in stored.items():
+            counts[table] += n
+
+    async def _stage_and_insert(
+        self, conn: asyncpg.Connection, records: list[tuple[Any, ...]], tables: list[str]
+    ) -> dict[str, int]:
+        try:
+            await conn.copy_records_to_table(
+                STAGING_TABLE, records=records, columns=_STAGING_COLUMNS
+            )
+        except (ValueError, TypeError, OverflowError) as exc:
+            if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+                raise
+            # asyncpg could not encode a value (an inet that is no address, ...).
+            raise _EncodeError(f"{type(exc).__name__}: {exc}") from exc
+        counts = {}
+        for table in tables:
+            status = await conn.execute(
+                f'INSERT INTO "{table}" ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} '
+                f"FROM {STAGING_TABLE} WHERE capture_table = $1 "
+                "ON CONFLICT (record_id, create_date) DO NOTHING",
+                table,
+            )
+            counts[table] = int(status.rsplit(" ", 1)[-1])
+        return counts
+
+    # -- retries -----------------------------------------------------------------------
+
+    async def _retrying(self, operation: Callable[[], Awaitable[T]]) -> T:
+        policy = self.settings.retry
+
+        def should_retry(exc: BaseException) -> bool:
+            return not self._stopping.is_set() and (
+                is_transient(exc) or isinstance(exc, _UnknownTableError)
+            )
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            reason = _retry_reason(exc) if exc else "unknown"
+            self.metrics.retries.labels(reason).inc()
+            log.warning("write_retry", attempt=state.attempt_number, reason=reason,
+                        error=str(exc)[:200],
+                        sleep=round(state.next_action.sleep, 3) if state.next_action else None)
+
+        async def sleep(seconds: float) -> None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), seconds)
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(should_retry),
+            wait=wait_exponential(multiplier=policy.initial, max=policy.maximum)
+            + wait_random(0, policy.jitter),
+            stop=stop_after_delay(policy.max_elapsed) if policy.max_elapsed else stop_never,
+            sleep=sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        async def call() -> T:
+            # tenacity awaits only coroutine functions; `operation` may be a lambda.
+            return await operation()
+
+        try:
+            return await retrying(call)
+        except SinkError:
+            raise
+        except Exception as exc:
+            if self._stopping.is_set() and is_transient(exc):
+                raise SinkStoppedError(f"stopped while retrying: {exc}") from exc
+            raise

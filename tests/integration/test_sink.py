@@ -1,0 +1,230 @@
+"""PostgresSink against a real PostgreSQL: idempotence, bad rows, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+from prometheus_client import CollectorRegistry
+
+from pipeline.embedded import EmbeddedPostgres
+from pipeline.hep import decode_packet
+from pipeline.postgres.sink import PostgresSink, RetryPolicy, SinkSettings
+from pipeline.records import ReceiveContext, RecordIdGenerator, packet_to_record
+from pipeline.storage import CaptureRow, build_row
+from tests.conftest import load_vectors
+
+pytestmark = pytest.mark.integration
+
+CONTEXT = ReceiveContext(transport="udp", sender_ip="127.0.0.1", sender_port=9, receiver_id="r1")
+
+
+def vector_records(name: str, ids: RecordIdGenerator) -> list[dict[str, Any]]:
+    packets, _ = load_vectors(name)
+    return [
+        packet_to_record(decode_packet(p), record_id=ids.next(),
+                         receive_time_us=1_795_664_046_000_000, context=CONTEXT)
+        for p in packets
+    ]
+
+
+def rows_of(records: list[dict[str, Any]]) -> list[CaptureRow]:
+    return [build_row(r, kafka_partition=0, kafka_offset=i) for i, r in enumerate(records)]
+
+
+def make_sink(dsn: str, registry: CollectorRegistry | None = None) -> PostgresSink:
+    policy = RetryPolicy(initial=0.05, maximum=0.5, jitter=0.05, max_elapsed=90)
+    return PostgresSink(SinkSettings(dsn, retry=policy), registry=registry)
+
+
+@pytest.fixture
+async def sink(database_dsn: str) -> AsyncIterator[PostgresSink]:
+    sink = make_sink(database_dsn, CollectorRegistry())
+    await sink.start(now=datetime(2026, 11, 26, 12, tzinfo=UTC))
+    yield sink
+    await sink.close(timeout=5)
+
+
+async def counts(dsn: str, *tables: str) -> dict[str, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in tables}
+    finally:
+        await conn.close()
+
+
+SIP_TABLES = ("hep_proto_1_call", "hep_proto_1_registration", "hep_proto_1_default")
+
+
+async def test_vectors_land_in_their_tables_once(sink: PostgresSink, database_dsn: str) -> None:
+    rows = rows_of(vector_records("kamailio_hep3_udp", RecordIdGenerator()))
+    assert await sink.write(rows) == []
+    expected = {"hep_proto_1_call": 130, "hep_proto_1_registration": 20,
+                "hep_proto_1_default": 20}
+    assert await counts(database_dsn, *SIP_TABLES) == expected
+    assert await sink.write(rows) == []  # a replay
+    assert await sink.write(rows[:7] + rows[:7]) == []  # duplicates within one batch
+    assert await counts(database_dsn, *SIP_TABLES) == expected
+    registry_value = sink.metrics.rows_written.labels("hep_proto_1_call")._value.get()
+    assert registry_value == 130
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        # The capture dates of the vectors have their own daily partition.
+        where = await conn.fetch("SELECT DISTINCT tableoid::regclass::text AS p "
+                                 "FROM hep_proto_1_call")
+        assert [r["p"] for r in where] == ["hep_proto_1_call_p20261126"]
+        row = await conn.fetchrow(
+            "SELECT method, status, cseq_method, data_header->>'method' AS homer_method "
+            "FROM hep_proto_1_call WHERE status = 180 LIMIT 1")
+        assert dict(row) == {"method": None, "status": 180, "cseq_method": "INVITE",
+                             "homer_method": "180"}
+    finally:
+        await conn.close()
+
+
+async def test_hepjs_vectors_and_a_new_hep_type(sink: PostgresSink, database_dsn: str) -> None:
+    ids = RecordIdGenerator()
+    records = vector_records("hepjs_hep3_udp", ids)
+    records.append({**records[0], "record_id": ids.next(), "proto_type": 54,
+                    "payload": b'{"cic": 1}'})
+    assert await sink.write(rows_of(records)) == []
+    got = await counts(database_dsn, "hep_proto_100_default", "hep_proto_54_default")
+    assert got == {"hep_proto_100_default": 1, "hep_proto_54_default": 1}
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        registered = await conn.fetchval(
+            "SELECT count(*) FROM hep_ingest_capture_tables WHERE table_name = "
+            "'hep_proto_54_default'")
+        assert registered == 1
+        parts = await conn.fetchval(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'hep_proto_54_default'::regclass")
+        assert parts >= 2  # DEFAULT + at least today's
+    finally:
+        await conn.close()
+
+
+async def test_bad_rows_are_returned_and_the_rest_stored(
+    sink: PostgresSink, database_dsn: str
+) -> None:
+    ids = RecordIdGenerator()
+    records = vector_records("kamailio_hep3_udp", ids)
+    records[17] = {**records[17], "src_ip": "not-an-address"}
+    rows = rows_of(records)
+    # A server-side data error too: a text value PostgreSQL refuses (NUL).
+    nul_values = list(rows[99].values)
+    nul_values[0] = "call\x00id"
+    rows[99] = CaptureRow(rows[99].table, tuple(nul_values))
+    rejected = await sink.write(rows)
+    assert sorted(r.row.value("kafka_offset") for r in rejected) == [17, 99]
+    reasons = {r.row.value("kafka_offset"): r.reason for r in rejected}
+    assert reasons[17].startswith("encode:")
+    assert reasons[99].startswith("22021")
+    total = sum((await counts(database_dsn, *SIP_TABLES)).values())
+    assert total == 168
+    assert sink.metrics.rows_rejected.labels("22021")._value.get() == 1
+    # The same batch again: nothing new, the same two rejected.
+    assert len(await sink.write(rows)) == 2
+    assert sum((await counts(database_dsn, *SIP_TABLES)).values()) == 168
+
+
+async def test_nul_payload_round_trips_byte_for_byte(
+    sink: PostgresSink, database_dsn: str
+) -> None:
+    ids = RecordIdGenerator()
+    base = vector_records("kamailio_hep3_udp", ids)[0]
+    payloads = [base["payload"] + b"\x00tail\xff\xfe", b"\x00", bytes(range(256))]
+    records = [{**base, "record_id": ids.next(), "payload": p} for p in payloads]
+    assert await sink.write(rows_of(records)) == []
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        for record, payload in zip(records, payloads, strict=True):
+            record_id = build_row(record, kafka_partition=None, kafka_offset=None).value(
+                "record_id")
+            stored = await conn.fetchval(
+                "SELECT hep_payload(raw, raw_bytes) FROM (SELECT * FROM hep_proto_1_call "
+                "UNION ALL SELECT * FROM hep_proto_1_default) t WHERE record_id = $1",
+                record_id)
+            assert stored == payload
+    finally:
+        await conn.close()
+
+
+def batches(count: int, size: int) -> list[list[CaptureRow]]:
+    ids = RecordIdGenerator()
+    template = vector_records("kamailio_hep3_udp", RecordIdGenerator())
+    out = []
+    for b in range(count):
+        records = [{**template[i % len(template)], "record_id": ids.next()} for i in range(size)]
+        out.append([build_row(r, kafka_partition=0, kafka_offset=b * size + i)
+                    for i, r in enumerate(records)])
+    return out
+
+
+async def test_terminated_connections_lose_and_duplicate_nothing(database_dsn: str) -> None:
+    sink = make_sink(database_dsn)
+    await sink.start(now=datetime(2026, 11, 26, tzinfo=UTC))
+    work = batches(20, 500)
+    stop = asyncio.Event()
+    killer = await asyncpg.connect(database_dsn)
+
+    async def kill() -> int:
+        killed = 0
+        while not stop.is_set():
+            killed += await killer.fetchval(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'hep-ingest-sink') t")
+            await asyncio.sleep(0.25)
+        return killed
+
+    killing = asyncio.create_task(kill())
+    try:
+        for batch in work:
+            assert await sink.write(batch) == []
+    finally:
+        stop.set()
+        killed = await killing
+        await killer.close()
+        await sink.close(timeout=5)
+    assert killed > 0
+    assert sum((await counts(database_dsn, *SIP_TABLES)).values()) == 20 * 500
+
+
+async def test_server_restart_mid_writes(fresh_postgres: EmbeddedPostgres) -> None:
+    registry = CollectorRegistry()
+    sink = make_sink(fresh_postgres.dsn, registry)
+    await sink.start(now=datetime(2026, 11, 26, tzinfo=UTC))
+    work = batches(40, 500)
+    restarter = threading.Thread(target=fresh_postgres.restart)
+    try:
+        for i, batch in enumerate(work):
+            if i == 3:
+                restarter.start()
+            assert await sink.write(batch) == []
+            await asyncio.sleep(0.02)
+    finally:
+        await asyncio.to_thread(restarter.join)
+        await sink.close(timeout=5)
+    assert sum((await counts(fresh_postgres.dsn, *SIP_TABLES)).values()) == 40 * 500
+    retried = sum(s.value for m in registry.collect() if m.name == "hep_ingest_write_retries"
+                  for s in m.samples if s.name.endswith("_total"))
+    assert retried > 0
+
+
+async def test_stop_ends_retries(fresh_postgres: EmbeddedPostgres) -> None:
+    from pipeline.postgres.sink import SinkStoppedError
+
+    sink = PostgresSink(SinkSettings(fresh_postgres.dsn, retry=RetryPolicy.instant(None)))
+    await sink.start(now=datetime(2026, 11, 26, tzinfo=UTC))
+    await asyncio.to_thread(fresh_postgres.stop, "immediate")
+    writing = asyncio.create_task(sink.write(batches(1, 10)[0]))
+    await asyncio.sleep(0.5)
+    assert not writing.done()  # paused, retrying: not dropped, not failed
+    sink.stop()
+    with pytest.raises(SinkStoppedError):
+        await writing
+    await sink.close(timeout=1)

@@ -29,6 +29,7 @@ from pipeline.analysis.queries import (
     fetch_calls,
     fetch_stats,
 )
+from pipeline.commands.dsn import database
 
 T = TypeVar("T")
 
@@ -73,32 +74,17 @@ def parse_time(text: str, now: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def resolve_dsn(dsn: str | None) -> str:
-    if dsn:
-        return dsn
-    try:
-        from pipeline.embedded.state import default_dsn
-    except ImportError:
-        found = None
-    else:
-        found = default_dsn()
-    if not found:
-        raise typer.BadParameter(
-            "no --dsn given and no database recorded by `hep-ingest up`", param_hint="--dsn"
-        )
-    return found
-
-
-def _run(dsn: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-    async def main() -> T:
-        conn = await asyncpg.connect(dsn)
+def _run(dsn: str | None, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def main(resolved: str) -> T:
+        conn = await asyncpg.connect(resolved)
         try:
             return await work(conn)
         finally:
             await conn.close()
 
     try:
-        return asyncio.run(main())
+        with database(dsn) as resolved:
+            return asyncio.run(main(resolved))
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -154,7 +140,7 @@ def calls(
         state=state.value if state is not None else None,
         limit=limit,
     )
-    rows = _run(resolve_dsn(dsn), lambda conn: fetch_calls(conn, query))
+    rows = _run(dsn, lambda conn: fetch_calls(conn, query))
     columns = CALL_COLUMNS if fmt is OutputFormat.table else CALL_COLUMNS_FULL
     typer.echo(render_rows(rows, columns, fmt), nl=False)
 
@@ -194,7 +180,7 @@ def call(
     now = datetime.now(UTC)
     start = parse_time(since, now) if since else None
     end = parse_time(until, now) if until else None
-    rows = _run(resolve_dsn(dsn), lambda conn: fetch_call_flow(conn, call_id, start, end))
+    rows = _run(dsn, lambda conn: fetch_call_flow(conn, call_id, start, end))
     if not rows:
         typer.echo(f"no messages with Call-ID {call_id!r}", err=True)
         raise typer.Exit(1)
@@ -230,7 +216,7 @@ def stats(
     """Per interval: calls attempted and answered, ASR, ACD, PDD p50/p95, top failures."""
     now = datetime.now(UTC)
     start, end, bucket = parse_time(since, now), parse_time(until, now), parse_duration(interval)
-    rows = _run(resolve_dsn(dsn), lambda conn: fetch_stats(conn, start, end, bucket, top))
+    rows = _run(dsn, lambda conn: fetch_stats(conn, start, end, bucket, top))
     typer.echo(render_rows(rows, STATS_COLUMNS, fmt), nl=False)
 
 

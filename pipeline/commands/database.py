@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated
 
 import typer
+
+from pipeline.commands.dsn import database
 
 _DSN_HELP = "PostgreSQL DSN (default: the embedded database `hep-ingest up` recorded)."
 
@@ -27,12 +29,12 @@ class Interval(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class MigrateSettings:
-    dsn: str
+    dsn: str | None
 
 
 @dataclass(frozen=True, slots=True)
 class PartitionsSettings:
-    dsn: str
+    dsn: str | None
     action: PartitionAction
     interval: Interval
     ahead: timedelta
@@ -50,21 +52,6 @@ def parse_duration(text: str) -> timedelta:
             "m": timedelta(minutes=value)}[unit]
 
 
-def resolve_dsn(dsn: str | None) -> str:
-    if dsn:
-        return dsn
-    try:
-        from pipeline.embedded.state import default_dsn
-    except ImportError:
-        found = None
-    else:
-        found = default_dsn()
-    if not found:
-        typer.echo("error: no --dsn given and `hep-ingest up` has recorded no database", err=True)
-        raise typer.Exit(2)
-    return found
-
-
 DsnOption = Annotated[
     str | None,
     typer.Option(envvar="HEP_INGEST_DSN", help=_DSN_HELP, show_default=False),
@@ -73,11 +60,12 @@ DsnOption = Annotated[
 
 def migrate(dsn: DsnOption = None) -> None:
     """Apply the database migrations not applied yet (safe to run from several hosts)."""
-    settings = MigrateSettings(dsn=resolve_dsn(dsn))
+    settings = MigrateSettings(dsn=dsn)
     from pipeline.postgres.migrate import MigrationError, apply_migrations
 
     try:
-        applied = asyncio.run(apply_migrations(settings.dsn))
+        with database(settings.dsn) as resolved:
+            applied = asyncio.run(apply_migrations(resolved))
     except MigrationError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -155,11 +143,12 @@ def partitions(
 ) -> None:
     """Show, create or drop the capture tables' time partitions."""
     settings = PartitionsSettings(
-        dsn=resolve_dsn(dsn), action=action, interval=interval,
+        dsn=dsn, action=action, interval=interval,
         ahead=parse_duration(ahead), retention_days=retention_days, dry_run=dry_run,
     )
     try:
-        asyncio.run(_run_partitions(settings))
+        with database(settings.dsn) as resolved:
+            asyncio.run(_run_partitions(replace(settings, dsn=resolved)))
     except (OSError, TimeoutError) as exc:
         typer.echo(f"error: cannot reach PostgreSQL: {exc}", err=True)
         raise typer.Exit(1) from exc

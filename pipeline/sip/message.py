@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, make_dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,3 +81,47 @@ _SipMessageBuilder: type = make_dataclass(
     kw_only=True,
     eq=False,
 )
+
+
+class SipSummary(NamedTuple):
+    """The `SipMessage` fields a capture row needs (same names, same values).
+
+    `summarise_sip` returns it: a tuple, so it is built without one call per
+    field and a row builder can unpack it in one step.
+    """
+
+    is_request: bool
+    method: str | None
+    status_code: int | None
+    reason: str | None
+    ruri_user: str | None
+    ruri_domain: str | None
+    call_id: str
+    cseq_number: int | None
+    cseq_method: str | None
+    from_user: str | None
+    from_domain: str | None
+    from_tag: str | None
+    to_user: str | None
+    to_domain: str | None
+    to_tag: str | None
+    via_branch: str | None
+    contact_user: str | None
+    contact_host: str | None
+    expires: int | None
+    user_agent: str | None
+    content_type: str | None
+    reason_header: str | None
+    p_asserted_identity_user: str | None
+
+    @property
+    def effective_method(self) -> str | None:
+        """The method a message belongs to: a response only names it in CSeq."""
+        return self.method if self.is_request else self.cseq_method
+
+    @property
+    def cseq(self) -> str | None:
+        """CSeq in its canonical ``"N METHOD"`` form."""
+        if self.cseq_number is None or self.cseq_method is None:
+            return None
+        return f"{self.cseq_number} {self.cseq_method}"

@@ -20,9 +20,9 @@ from .errors import (
     MISSING_CSEQ,
     SipParseError,
 )
-from .message import SipMessage, _SipMessageBuilder
+from .message import SipMessage, SipSummary, _SipMessageBuilder
 
-__all__ = ["COMPACT_HEADERS", "parse_sip"]
+__all__ = ["COMPACT_HEADERS", "parse_sip", "summarise_sip"]
 
 #: Compact header forms (RFC 3261 7.3.3 plus the ones extensions registered).
 COMPACT_HEADERS: Final[dict[str, str]] = {
@@ -229,7 +229,8 @@ def _parse_via(value: str) -> tuple[str | None, str | None, int | None, str | No
 
 def _split_head(payload: bytes) -> bytes:
     """The start line and headers: everything before the first empty line."""
-    data = payload.lstrip(b"\r\n")
+    lead = payload[:1]
+    data = payload.lstrip(b"\r\n") if lead == b"\r" or lead == b"\n" else payload
     end = data.find(b"\n\r\n")
     bare = data.find(b"\n\n", 0, end if end >= 0 else len(data))
     if bare >= 0:
@@ -237,26 +238,98 @@ def _split_head(payload: bytes) -> bytes:
     return data if end < 0 else data[:end]
 
 
-def parse_sip(payload: bytes) -> SipMessage:
-    """Parse one SIP message; raise ``SipParseError`` (and nothing else) if unusable.
+# Parsed header values, keyed by the raw (stripped) value. The same From, To,
+# Contact, Via and request URI recur across the messages of a dialog or
+# transaction, and re-parsing them is most of a message's cost on CPython. The
+# results are immutable tuples, so sharing them is safe; each cache is emptied
+# when full, which bounds memory under hostile traffic.
+_CACHE_MAX: Final = 4096
+# Longer values are parsed but not kept: at most 4096 x 512 characters per cache.
+_CACHE_VALUE_MAX: Final = 512
+_PARTY_CACHE: dict[str, _Party] = {}
+_VIA_CACHE: dict[str, tuple[str | None, str | None, int | None, str | None]] = {}
+_CONTACT_CACHE: dict[str, tuple[str | None, str | None, int | None, int | None]] = {}
+_URI_CACHE: dict[str, tuple[str | None, str | None, int | None]] = {}
+_PAI_CACHE: dict[str, str | None] = {}
 
-    Only the start line and headers are read; the body is ignored. Bytes that
-    are not UTF-8 become U+FFFD rather than failing the parse, so a message
-    with a Latin-1 display name is still indexed and every string it yields
-    can be encoded again (``surrogateescape`` strings cannot).
-    """
-    head = _split_head(payload)
-    if not head or head.isspace():
-        raise SipParseError(EMPTY)
-    lines = head.decode("utf-8", "replace").split("\n")
-    start = lines[0]
 
-    method: str | None = None
-    status_code: int | None = None
-    reason: str | None = None
-    request_uri: str | None = None
-    ruri_user: str | None = None
-    ruri_domain: str | None = None
+def _party(value: str) -> _Party:
+    result = _PARTY_CACHE.get(value)
+    if result is None:
+        result = _parse_party(value)
+        if len(value) <= _CACHE_VALUE_MAX:
+            if len(_PARTY_CACHE) >= _CACHE_MAX:
+                _PARTY_CACHE.clear()
+            _PARTY_CACHE[value] = result
+    return result
+
+
+def _via(value: str) -> tuple[str | None, str | None, int | None, str | None]:
+    result = _VIA_CACHE.get(value)
+    if result is None:
+        result = _parse_via(value)
+        if len(value) <= _CACHE_VALUE_MAX:
+            if len(_VIA_CACHE) >= _CACHE_MAX:
+                _VIA_CACHE.clear()
+            _VIA_CACHE[value] = result
+    return result
+
+
+def _uri(value: str) -> tuple[str | None, str | None, int | None]:
+    result = _URI_CACHE.get(value)
+    if result is None:
+        result = _parse_uri(value)
+        if len(value) <= _CACHE_VALUE_MAX:
+            if len(_URI_CACHE) >= _CACHE_MAX:
+                _URI_CACHE.clear()
+            _URI_CACHE[value] = result
+    return result
+
+
+def _parse_contact(value: str) -> tuple[str | None, str | None, int | None, int | None]:
+    """Return (user, host, port, expires parameter) of the first Contact."""
+    user = host = None
+    port: int | None = None
+    _, uri, params = _parse_addr(value, True)
+    if uri:
+        user, host, port = _parse_uri(uri)
+    expires_param = _param(params, ";expires=")
+    expires = _to_int(expires_param, 10) if expires_param is not None else None
+    return user, host, port, expires
+
+
+def _contact(value: str) -> tuple[str | None, str | None, int | None, int | None]:
+    result = _CONTACT_CACHE.get(value)
+    if result is None:
+        result = _parse_contact(value)
+        if len(value) <= _CACHE_VALUE_MAX:
+            if len(_CONTACT_CACHE) >= _CACHE_MAX:
+                _CONTACT_CACHE.clear()
+            _CONTACT_CACHE[value] = result
+    return result
+
+
+def _parse_pai(value: str) -> str | None:
+    _, uri, _ = _parse_addr(value, True)
+    return _parse_uri(uri)[0] if uri else None
+
+
+def _pai(value: str) -> str | None:
+    if value in _PAI_CACHE:
+        return _PAI_CACHE[value]
+    result = _parse_pai(value)
+    if len(value) <= _CACHE_VALUE_MAX:
+        if len(_PAI_CACHE) >= _CACHE_MAX:
+            _PAI_CACHE.clear()
+        _PAI_CACHE[value] = result
+    return result
+
+
+_Start = tuple[bool, str | None, int | None, str | None, str | None, str | None, str | None]
+
+
+def _start_line(start: str) -> _Start:
+    """(is_request, method, status_code, reason, request_uri, ruri_user, ruri_domain)."""
     if start[:4].upper() == "SIP/":
         parts = start.split(None, 2)
         if len(parts) < 2 or parts[0].upper() != "SIP/2.0":
@@ -264,23 +337,30 @@ def parse_sip(payload: bytes) -> SipMessage:
         code = parts[1]
         if len(code) != 3 or not (code.isascii() and code.isdigit()) or code[0] in "0789":
             raise SipParseError(BAD_STATUS_CODE, code[:16])
-        status_code = int(code)
-        if len(parts) == 3:
-            reason = parts[2].strip(_WS_CR) or None
-        is_request = False
-    else:
-        parts = start.split()
-        if (
-            len(parts) != 3
-            or parts[2].upper() != "SIP/2.0"
-            or ":" not in parts[1]
-            or not _is_token(parts[0])
-        ):
-            raise SipParseError(BAD_START_LINE, "not a SIP/2.0 request line")
-        method, request_uri = parts[0], parts[1]
-        ruri_user, ruri_domain, _ = _parse_uri(request_uri)
-        is_request = True
+        reason = (parts[2].strip(_WS_CR) or None) if len(parts) == 3 else None
+        return False, None, int(code), reason, None, None, None
+    parts = start.split()
+    if (
+        len(parts) != 3
+        or parts[2].upper() != "SIP/2.0"
+        or ":" not in parts[1]
+        or not _is_token(parts[0])
+    ):
+        raise SipParseError(BAD_START_LINE, "not a SIP/2.0 request line")
+    request_uri = parts[1]
+    ruri_user, ruri_domain, _ = _uri(request_uri)
+    return True, parts[0], None, None, request_uri, ruri_user, ruri_domain
 
+
+def _head_lines(payload: bytes) -> list[str]:
+    head = _split_head(payload)
+    if not head or head.isspace():
+        raise SipParseError(EMPTY)
+    return head.decode("utf-8", "replace").split("\n")
+
+
+def _collect(lines: list[str]) -> tuple[list[str], list[str]]:
+    """Canonical names and values of the header lines (``lines[1:]``), unfolded."""
     names: list[str] = []
     values: list[str] = []
     can_fold = False
@@ -308,10 +388,10 @@ def parse_sip(payload: bytes) -> SipMessage:
         names.append(name)
         values.append(value.strip(_WS_CR))
         can_fold = True
+    return names, values
 
-    # Built back to front so that the first occurrence of each header wins.
-    first = dict(zip(reversed(names), reversed(values), strict=True))
 
+def _call_id_cseq(first: dict[str, str]) -> tuple[str, int, str]:
     call_id = first.get("call-id")
     if not call_id:
         raise SipParseError(MISSING_CALL_ID)
@@ -324,27 +404,41 @@ def parse_sip(payload: bytes) -> SipMessage:
     cseq_number = _to_int(cseq_parts[0], 10)
     if cseq_number is None:
         raise SipParseError(BAD_CSEQ, cseq[:64])
+    return call_id, cseq_number, cseq_parts[1]
 
-    from_display, from_user, from_domain, from_tag = _parse_party(first.get("from"))
-    to_display, to_user, to_domain, to_tag = _parse_party(first.get("to"))
 
-    via_transport = via_host = via_branch = None
-    via_port: int | None = None
+_NO_PARTY: Final[_Party] = (None, None, None, None)
+_NO_VIA: Final = (None, None, None, None)
+_NO_CONTACT: Final = (None, None, None, None)
+
+
+def parse_sip(payload: bytes) -> SipMessage:
+    """Parse one SIP message; raise ``SipParseError`` (and nothing else) if unusable.
+
+    Only the start line and headers are read; the body is ignored. Bytes that
+    are not UTF-8 become U+FFFD rather than failing the parse, so a message
+    with a Latin-1 display name is still indexed and every string it yields
+    can be encoded again (``surrogateescape`` strings cannot).
+    """
+    lines = _head_lines(payload)
+    is_request, method, status_code, reason, request_uri, ruri_user, ruri_domain = (
+        _start_line(lines[0])
+    )
+    names, values = _collect(lines)
+    # Built back to front so that the first occurrence of each header wins.
+    first = dict(zip(reversed(names), reversed(values), strict=True))
+    call_id, cseq_number, cseq_method = _call_id_cseq(first)
+
+    value = first.get("from")
+    from_display, from_user, from_domain, from_tag = _party(value) if value else _NO_PARTY
+    value = first.get("to")
+    to_display, to_user, to_domain, to_tag = _party(value) if value else _NO_PARTY
     value = first.get("via")
-    if value:
-        via_transport, via_host, via_port, via_branch = _parse_via(value)
-
-    contact_user = contact_host = None
-    contact_port: int | None = None
-    contact_expires: int | None = None
+    via_transport, via_host, via_port, via_branch = _via(value) if value else _NO_VIA
     value = first.get("contact")
-    if value:
-        _, uri, params = _parse_addr(value, True)
-        if uri:
-            contact_user, contact_host, contact_port = _parse_uri(uri)
-        expires_param = _param(params, ";expires=")
-        if expires_param is not None:
-            contact_expires = _to_int(expires_param, 10)
+    contact_user, contact_host, contact_port, contact_expires = (
+        _contact(value) if value else _NO_CONTACT
+    )
 
     value = first.get("expires")
     expires = _to_int(value, 10) if value is not None else None
@@ -354,12 +448,8 @@ def parse_sip(payload: bytes) -> SipMessage:
     value = first.get("content-length")
     content_length = _to_int(value, 10) if value is not None else None
 
-    pai_user = None
     value = first.get("p-asserted-identity")
-    if value:
-        _, uri, _ = _parse_addr(value, True)
-        if uri:
-            pai_user = _parse_uri(uri)[0]
+    pai_user = _pai(value) if value else None
 
     msg = _SipMessageBuilder(
         is_request=is_request,
@@ -371,7 +461,7 @@ def parse_sip(payload: bytes) -> SipMessage:
         ruri_domain=ruri_domain,
         call_id=call_id,
         cseq_number=cseq_number,
-        cseq_method=cseq_parts[1],
+        cseq_method=cseq_method,
         from_display=from_display,
         from_user=from_user,
         from_domain=from_domain,
@@ -398,3 +488,59 @@ def parse_sip(payload: bytes) -> SipMessage:
     msg.__class__ = SipMessage  # see _SipMessageBuilder
     result: SipMessage = msg
     return result
+
+
+def summarise_sip(payload: bytes) -> SipSummary:
+    """The fields a capture row needs, as `parse_sip` would give them.
+
+    Same acceptance rules and errors as `parse_sip`, and every field equals the
+    `SipMessage` field of the same name; it skips the rest (the ``headers``
+    tuple, displays, Via host and port, Content-Length), which the row builder
+    never reads.
+    """
+    lines = _head_lines(payload)
+    is_request, method, status_code, reason, _, ruri_user, ruri_domain = _start_line(lines[0])
+    names, values = _collect(lines)
+    first = dict(zip(reversed(names), reversed(values), strict=True))
+    call_id, cseq_number, cseq_method = _call_id_cseq(first)
+    get = first.get
+
+    value = get("from")
+    _, from_user, from_domain, from_tag = _party(value) if value else _NO_PARTY
+    value = get("to")
+    _, to_user, to_domain, to_tag = _party(value) if value else _NO_PARTY
+    value = get("via")
+    via_branch = _via(value)[3] if value else None
+    value = get("contact")
+    contact_user, contact_host, _, contact_expires = _contact(value) if value else _NO_CONTACT
+    value = get("expires")
+    expires = _to_int(value, 10) if value is not None else None
+    if expires is None:
+        expires = contact_expires
+    value = get("p-asserted-identity")
+
+    return SipSummary(
+        is_request,
+        method,
+        status_code,
+        reason,
+        ruri_user,
+        ruri_domain,
+        call_id,
+        cseq_number,
+        cseq_method,
+        from_user,
+        from_domain,
+        from_tag,
+        to_user,
+        to_domain,
+        to_tag,
+        via_branch,
+        contact_user,
+        contact_host,
+        expires,
+        get("user-agent") or get("server") or None,
+        get("content-type") or None,
+        get("reason") or None,
+        _pai(value) if value else None,
+    )

@@ -31,7 +31,16 @@ from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Final
 
 from pipeline.hep.chunks import proto_type_name
-from pipeline.sip import SipMessage, SipParseError, parse_sip, scan_call_id
+from pipeline.sip import SipParseError, SipSummary, scan_call_id, summarise_sip
+
+try:
+    # asyncpg's own UUID: a uuid.UUID subclass (equal, hashable, str() alike) built
+    # from 16 bytes about ten times faster, and the one its binary codec writes
+    # without a conversion.
+    from asyncpg.pgproto.pgproto import UUID as _UUID
+except ImportError:  # pragma: no cover - asyncpg is a dependency
+    def _UUID(raw: bytes) -> uuid.UUID:
+        return uuid.UUID(bytes=raw)
 
 #: Every column a sink writes, in the order of `CaptureRow.values` (all of the
 #: capture table's columns except the bigserial ``id``).
@@ -95,6 +104,8 @@ _SMALLINT_MAX: Final = 32767
 _INT_MAX: Final = 2**31 - 1
 _BIGINT_MAX: Final = 2**63 - 1
 _dumps = json.dumps
+_timedelta = timedelta
+_NO_SIP_VALUES: Final = (None,) * 19
 _escape = encode_basestring_ascii
 
 
@@ -123,8 +134,6 @@ def table_for(proto_type: int | None, sip_method: str | None = None) -> str:
     return UNKNOWN_TYPE_TABLE
 
 
-def _micros_to_datetime(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)
 
 
 def _clean(text: str | None) -> str | None:
@@ -134,11 +143,6 @@ def _clean(text: str | None) -> str | None:
     return text.replace("\x00", "")
 
 
-def _bounded(value: int | None, limit: int) -> int | None:
-    """An integer that fits its column, else NULL (the jsonb headers keep the value)."""
-    if value is None or -limit - 1 <= value <= limit:
-        return value
-    return None
 
 
 def _payload_text(payload: bytes) -> tuple[str, bytes | None]:
@@ -168,59 +172,55 @@ _SIP_DATA_HEADER: Final = "{" + ",".join(f'"{key}":%s' for key in _SIP_DATA_KEYS
 _EMPTY_JSON_STRING: Final = '""'
 
 
-def _json_string(text: str | None) -> str:
-    return _escape(text) if text else _EMPTY_JSON_STRING
 
 
-def _protocol_header(record: dict[str, Any], correlation_id: str | None,
-                     node_name: str | None, store_auth_key: bool) -> str:
+def _protocol_header(record: dict[str, Any], proto_type: int | None,
+                     correlation_id: str | None, node_name: str | None,
+                     store_auth_key: bool) -> str:
     """HOMER's protocol_header as JSON text (heplify-server's keys and types)."""
     capture_time = record["capture_time"]
     capture_id = record.get("capture_id")
+    get = record.get
+    # _escape("") is '""': absent strings are written as empty JSON strings.
     text = _PROTOCOL_HEADER % (
-        record.get("ip_family") or 0,
-        record.get("ip_proto") or 0,
-        _json_string(record.get("src_ip")),
-        _json_string(record.get("dst_ip")),
-        record.get("src_port") or 0,
-        record.get("dst_port") or 0,
+        get("ip_family") or 0,
+        get("ip_proto") or 0,
+        _escape(get("src_ip") or ""),
+        _escape(get("dst_ip") or ""),
+        get("src_port") or 0,
+        get("dst_port") or 0,
         capture_time // 1_000_000,
         capture_time % 1_000_000,
-        record.get("proto_type") if record.get("proto_type") is not None else 1,
+        proto_type if proto_type is not None else 1,
         # heplify-server writes the capture id as a string.
         _escape(str(capture_id)) if capture_id is not None else _EMPTY_JSON_STRING,
-        _json_string(correlation_id),
-        _json_string(record.get("transport")),
-        _json_string(record.get("receiver_id")),
+        _escape(correlation_id or ""),
+        _escape(get("transport") or ""),
+        _escape(get("receiver_id") or ""),
     )
     if node_name:
         text += ',"nodeName":' + _escape(node_name)
-    if store_auth_key and record.get("auth_key") is not None:
+    if store_auth_key and get("auth_key") is not None:
         text += ',"capturePass":' + _escape(_clean(record["auth_key"]) or "")
     return text + "}"
-
-
-def _sip_data_header(sip: SipMessage, clean: bool) -> str:
-    """HOMER's data_header for SIP: "" for absent values, as HOMER queries expect."""
-    # For a response HOMER's `method` is the status code, as heplify-server writes it.
-    method = sip.method if sip.is_request else str(sip.status_code)
-    values = (
-        sip.call_id, method, sip.cseq, sip.ruri_user, sip.ruri_domain, sip.from_user,
-        sip.from_domain, sip.from_tag, sip.to_user, sip.to_domain, sip.to_tag,
-        sip.contact_user, sip.contact_host, sip.user_agent, sip.p_asserted_identity_user,
-        sip.content_type, sip.reason_header,
-        str(sip.expires) if sip.expires is not None else None,
-    )
-    if clean:
-        # The parser saw the payload's NUL bytes; jsonb rejects even an escaped \u0000.
-        values = tuple(_clean(v) for v in values)
-    return _SIP_DATA_HEADER % tuple([_escape(v) if v else _EMPTY_JSON_STRING for v in values])
 
 
 def _clean_values(values: list[Any]) -> None:
     for i, value in enumerate(values):
         if type(value) is str and "\x00" in value:
             values[i] = value.replace("\x00", "")
+
+
+def _non_sip_data_header(record: dict[str, Any], proto_type: int | None,
+                         node_name: str | None, parse_error: str | None, sid: str) -> str:
+    if parse_error is not None:
+        return _dumps({"callid": sid, "parse_error": parse_error})
+    capture_id = record.get("capture_id")
+    return _dumps({
+        # heplify-server's keys for non-SIP payloads.
+        "node": node_name or (str(capture_id) if capture_id is not None else ""),
+        "proto": proto_type_name(proto_type).lower() if proto_type is not None else "",
+    })
 
 
 def build_row(
@@ -233,88 +233,163 @@ def build_row(
     """The capture-table row of one decoded Avro HEP record."""
     proto_type = record.get("proto_type")
     payload = record["payload"]
-    raw, raw_bytes = _payload_text(payload)
-    correlation_id = _clean(record.get("correlation_id"))
-    node_name = _clean(record.get("node_name"))
-    protocol_header = _protocol_header(record, correlation_id, node_name, store_auth_key)
+    raw_bytes: bytes | None = None
+    if b"\x00" not in payload:
+        try:
+            raw = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raw, raw_bytes = _payload_text(payload)
+    else:
+        raw, raw_bytes = _payload_text(payload)
+    correlation_id = record.get("correlation_id")
+    if correlation_id is not None and "\x00" in correlation_id:
+        correlation_id = correlation_id.replace("\x00", "")
+    node_name = record.get("node_name")
+    if node_name is not None and "\x00" in node_name:
+        node_name = node_name.replace("\x00", "")
+    protocol_header = _protocol_header(
+        record, proto_type, correlation_id, node_name, store_auth_key
+    )
 
-    sip: SipMessage | None = None
+    sip: SipSummary | None = None
     parse_error: str | None = None
-    sid = correlation_id or ""
     if proto_type is None or proto_type == 1:
         try:
-            sip = parse_sip(payload)
+            sip = summarise_sip(payload)
         except SipParseError as exc:
             parse_error = exc.reason
-            scanned = scan_call_id(payload)
-            if scanned:
-                sid = _clean(scanned.decode("utf-8", "replace")) or sid
+
+    rid = record["record_id"]
+    record_id = _UUID(rid if type(rid) is bytes else bytes(rid))
+    hep_version = record["hep_version"]
+    capture_id = record.get("capture_id")
+    ip_family = record.get("ip_family")
+    ip_proto = record.get("ip_proto")
+    # Integers that do not fit their column become NULL (the JSON headers keep them).
+    if hep_version is not None and not -32768 <= hep_version <= _SMALLINT_MAX:
+        hep_version = None
+    if capture_id is not None and not -_BIGINT_MAX - 1 <= capture_id <= _BIGINT_MAX:
+        capture_id = None
+    if ip_family is not None and not -32768 <= ip_family <= _SMALLINT_MAX:
+        ip_family = None
+    if ip_proto is not None and not -32768 <= ip_proto <= _SMALLINT_MAX:
+        ip_proto = None
+    hep_type = proto_type
+    if hep_type is not None and not -32768 <= hep_type <= _SMALLINT_MAX:
+        hep_type = None
 
     if sip is not None:
-        table = table_for(proto_type, sip.effective_method)
-        sid = sip.call_id
-        data_header = _sip_data_header(sip, raw_bytes is not None)
-        sip_values: tuple[Any, ...] = (
-            sip.call_id,
-            sip.method if sip.is_request else None,
-            _bounded(sip.status_code, _SMALLINT_MAX),
-            sip.reason,
-            _bounded(sip.cseq_number, _BIGINT_MAX),
-            sip.cseq_method,
-            sip.from_user,
-            sip.from_domain,
-            sip.from_tag,
-            sip.to_user,
-            sip.to_domain,
-            sip.to_tag,
-            sip.ruri_user,
-            sip.ruri_domain,
-            sip.user_agent,
-            sip.via_branch,
-            sip.contact_user,
-            sip.contact_host,
-            _bounded(sip.expires, _INT_MAX),
+        (is_request, method, status_code, reason, ruri_user, ruri_domain, call_id,
+         cseq_number, cseq_method, from_user, from_domain, from_tag, to_user, to_domain,
+         to_tag, via_branch, contact_user, contact_host, expires, user_agent, content_type,
+         reason_header, pai_user) = sip
+        if is_request:
+            table = table_for(proto_type, method)
+            homer_method = method
+        else:
+            table = table_for(proto_type, cseq_method)
+            # For a response HOMER's `method` is the status code, as heplify-server
+            # writes it.
+            homer_method = str(status_code)
+            method = None
+        # HOMER's data_header for SIP: "" for absent values, as HOMER queries expect.
+        header_values = (
+            call_id, homer_method, f"{cseq_number} {cseq_method}", ruri_user or "",
+            ruri_domain or "", from_user or "", from_domain or "", from_tag or "",
+            to_user or "", to_domain or "", to_tag or "", contact_user or "",
+            contact_host or "", user_agent or "", pai_user or "", content_type or "",
+            reason_header or "", str(expires) if expires is not None else "",
+        )
+        if raw_bytes is not None:
+            # The parser saw the payload's NUL bytes; jsonb rejects even an escaped \u0000.
+            header_values = tuple([v.replace("\x00", "") for v in header_values])
+        data_header = _SIP_DATA_HEADER % tuple(map(_escape, header_values))
+        if status_code is not None and not -32768 <= status_code <= _SMALLINT_MAX:
+            status_code = None
+        if cseq_number is not None and not -_BIGINT_MAX - 1 <= cseq_number <= _BIGINT_MAX:
+            cseq_number = None
+        if expires is not None and not -_INT_MAX - 1 <= expires <= _INT_MAX:
+            expires = None
+        values: Any = (
+            call_id,
+            _EPOCH + _timedelta(0, 0, record["capture_time"]),
+            protocol_header,
+            data_header,
+            raw,
+            raw_bytes,
+            record_id,
+            hep_version,
+            hep_type,
+            capture_id,
+            node_name,
+            correlation_id,
+            ip_family,
+            ip_proto,
+            record.get("src_ip"),
+            record.get("src_port"),
+            record.get("dst_ip"),
+            record.get("dst_port"),
+            record.get("vlan"),
+            _EPOCH + _timedelta(0, 0, record["receive_time"]),
+            call_id,
+            method,
+            status_code,
+            reason,
+            cseq_number,
+            cseq_method,
+            from_user,
+            from_domain,
+            from_tag,
+            to_user,
+            to_domain,
+            to_tag,
+            ruri_user,
+            ruri_domain,
+            user_agent,
+            via_branch,
+            contact_user,
+            contact_host,
+            expires,
             None,
+            kafka_partition,
+            kafka_offset,
         )
     else:
         table = table_for(proto_type)
+        sid = correlation_id or ""
         if parse_error is not None:
-            data_header = _dumps({"callid": sid, "parse_error": parse_error})
-        else:
-            capture_id = record.get("capture_id")
-            data_header = _dumps({
-                # heplify-server's keys for non-SIP payloads.
-                "node": node_name or (str(capture_id) if capture_id is not None else ""),
-                "proto": proto_type_name(proto_type).lower() if proto_type is not None else "",
-            })
-        sip_values = (None,) * 19 + (parse_error,)
-
-    values = [
-        sid,
-        _micros_to_datetime(record["capture_time"]),
-        protocol_header,
-        data_header,
-        raw,
-        raw_bytes,
-        uuid.UUID(bytes=bytes(record["record_id"])),
-        _bounded(record["hep_version"], _SMALLINT_MAX),
-        _bounded(proto_type, _SMALLINT_MAX),
-        _bounded(record.get("capture_id"), _BIGINT_MAX),
-        node_name,
-        correlation_id,
-        _bounded(record.get("ip_family"), _SMALLINT_MAX),
-        _bounded(record.get("ip_proto"), _SMALLINT_MAX),
-        record.get("src_ip"),
-        record.get("src_port"),
-        record.get("dst_ip"),
-        record.get("dst_port"),
-        record.get("vlan"),
-        _micros_to_datetime(record["receive_time"]),
-        *sip_values,
-        kafka_partition,
-        kafka_offset,
-    ]
+            scanned = scan_call_id(payload)
+            if scanned:
+                sid = _clean(scanned.decode("utf-8", "replace")) or sid
+        values = (
+            sid,
+            _EPOCH + _timedelta(0, 0, record["capture_time"]),
+            protocol_header,
+            _non_sip_data_header(record, proto_type, node_name, parse_error, sid),
+            raw,
+            raw_bytes,
+            record_id,
+            hep_version,
+            hep_type,
+            capture_id,
+            node_name,
+            correlation_id,
+            ip_family,
+            ip_proto,
+            record.get("src_ip"),
+            record.get("src_port"),
+            record.get("dst_ip"),
+            record.get("dst_port"),
+            record.get("vlan"),
+            _EPOCH + _timedelta(0, 0, record["receive_time"]),
+            *_NO_SIP_VALUES,
+            parse_error,
+            kafka_partition,
+            kafka_offset,
+        )
     if raw_bytes is not None:
         # The SIP parser saw the same bytes: its strings may carry NUL too.
-        _clean_values(values)
-    return CaptureRow(table, tuple(values))
+        cleaned = list(values)
+        _clean_values(cleaned)
+        values = tuple(cleaned)
+    return CaptureRow(table, values)

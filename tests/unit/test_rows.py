@@ -281,3 +281,24 @@ def test_build_row_never_raises(payload: bytes, proto: int | None,
             assert "\x00" not in value
     restored = values["raw_bytes"] if values["raw_bytes"] is not None else values["raw"].encode()
     assert restored == payload
+
+
+@pytest.mark.parametrize(
+    "raw_id", [b"\x02" * 16, bytearray(b"\x02" * 16), memoryview(b"\x02" * 16)]
+)
+def test_record_id_is_a_uuid_whatever_bytes_type(raw_id: Any) -> None:
+    row = build_row(record(sip("OPTIONS sip:x@y SIP/2.0", "OPTIONS"), record_id=raw_id),
+                    kafka_partition=0, kafka_offset=0)
+    value = row.value("record_id")
+    assert isinstance(value, uuid.UUID)
+    assert value == uuid.UUID(bytes=b"\x02" * 16)
+    assert str(value) == str(uuid.UUID(bytes=b"\x02" * 16))
+
+
+@pytest.mark.parametrize("micros", [0, 1, 999_999, 1_700_000_000_999_999, -1, 2**53 + 1])
+def test_timestamps_are_exact(micros: int) -> None:
+    row = build_row(record(b"x", proto_type=5, capture_time=micros, receive_time=micros),
+                    kafka_partition=0, kafka_offset=0)
+    want = datetime(1970, 1, 1, tzinfo=UTC) + (micros * (datetime.min - datetime.min).resolution)
+    assert row.value("create_date") == want
+    assert row.value("receive_time") == want

@@ -19,8 +19,10 @@ from pipeline.sip import (
     REASONS,
     SipMessage,
     SipParseError,
+    SipSummary,
     parse_sip,
     scan_call_id,
+    summarise_sip,
 )
 
 VECTORS = Path(__file__).parent.parent / "data" / "hep-vectors"
@@ -702,3 +704,140 @@ def test_real_captures(vector_set: str, packet: dict[str, Any]) -> None:
         assert not msg.is_request
         assert msg.status_code == expected["status"]
     assert scan_call_id(payload) == expected["call_id"].encode()
+
+
+# --- summarise_sip: the row builder's subset must equal parse_sip ----------------------
+
+_SUMMARY_FIELDS = SipSummary._fields
+
+
+def assert_summary_agrees(payload: bytes) -> None:
+    try:
+        msg = parse_sip(payload)
+    except SipParseError as err:
+        with pytest.raises(SipParseError) as caught:
+            summarise_sip(payload)
+        assert caught.value.reason == err.reason
+        return
+    summary = summarise_sip(payload)
+    assert summary == tuple(getattr(msg, name) for name in _SUMMARY_FIELDS)
+    assert summary.effective_method == msg.effective_method
+    assert summary.cseq == msg.cseq
+    # A second parse (served from the value caches) gives the same answer.
+    assert parse_sip(payload) == msg
+    assert summarise_sip(payload) == summary
+
+
+_HEADER_LINES = st.sampled_from(
+    [
+        "Via: SIP/2.0/UDP h.example;branch=z9hG4bKx",
+        "v: SIP/2.0/TCP [2001:db8::1]:5061;rport;branch=z9hG4bKy",
+        "Via  : SIP / 2.0 / UDP h2.example:5070 ;branch=b2, SIP/2.0/UDP h3",
+        "From: <sip:a@b>;tag=1",
+        'f: "A \\"q\\"" <sips:a:pw@b:5061;user=phone>;TAG=2',
+        "From: sip:x@y;tag=3",
+        "To: sip:c@d",
+        "t: <tel:+1555;phone-context=x>;tag=t9",
+        'TO: "Bob" <sip:bob@example.com> ; tag = z',
+        "Contact: <sip:a@h:5060>;expires=60",
+        "m: sip:u@host;expires=30, <sip:v@other>",
+        "Contact: *",
+        "Expires: 3600",
+        "Expires: nope",
+        "User-Agent: phone/1.0",
+        "Server: pbx",
+        "user-agent:",
+        "c: application/sdp",
+        "Content-Type: text/plain",
+        "Reason: Q.850;cause=16",
+        "P-Asserted-Identity: <sip:pai@x>, <tel:+1>",
+        "P-Asserted-Identity: \"N\" sip:p2@y",
+        "Subject: folded\r\n over two lines",
+        "From: <sip:fold@x>\r\n\t;tag=folded",
+        " leading-space: continuation of the previous header",
+        "no colon here",
+        "X-Call-ID: decoy",
+        "i-not-a-call-id: x",
+        "Content-Length: 0",
+        "l: 12",
+        "Via: caf\u00e9/2.0/UDP h;branch=\u00e9",
+        "From: \u00c9mile <sip:\u00e9@x>;tag=\u00fc",
+    ]
+)
+
+
+@st.composite
+def summary_messages(draw: st.DrawFn) -> bytes:
+    headers = draw(st.lists(_HEADER_LINES, max_size=10))
+    name = draw(st.sampled_from(["Call-ID", "i", "CALL-ID", "call-id "]))
+    headers.insert(draw(st.integers(0, len(headers))), f"{name}: {draw(_CALL_ID_CHARS)}")
+    if draw(st.booleans()):
+        cseq_method = draw(st.sampled_from(["INVITE", "REGISTER", "BYE", "x y"]))
+        headers.insert(draw(st.integers(0, len(headers))), f"CSeq: 7 {cseq_method}")
+    start = draw(
+        st.sampled_from(
+            [
+                "INVITE sip:bob@example.com SIP/2.0",
+                "REGISTER sips:registrar.example.com:5061;transport=tls SIP/2.0",
+                "MESSAGE tel:+15551234 SIP/2.0",
+                "OPTIONS sip:[2001:db8::9]:5070 SIP/2.0",
+                "SIP/2.0 200 OK",
+                "SIP/2.0 183",
+                "SIP/2.0 099 Bad",
+                "HTTP/1.1 200 OK",
+            ]
+        )
+    )
+    eol = draw(st.sampled_from(["\r\n", "\n"]))
+    lead = draw(st.sampled_from(["", "\r\n"]))
+    text = lead + eol.join([start, *headers]).replace("\r\n", eol) + eol + eol + "v=0\r\n"
+    return text.encode()
+
+
+@settings(max_examples=500)
+@given(summary_messages())
+def test_summarise_agrees_with_parse_on_generated_messages(payload: bytes) -> None:
+    assert_summary_agrees(payload)
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_summarise_agrees_with_parse_on_mutated_messages(data: st.DataObject) -> None:
+    payload = bytearray(data.draw(st.sampled_from([INVITE, sip(*RESPONSE_LINES)])))
+    for _ in range(data.draw(st.integers(1, 8))):
+        pos = data.draw(st.integers(0, len(payload)))
+        byte = data.draw(_SIP_ALPHABET | st.integers(0, 255))
+        if data.draw(st.booleans()):
+            payload.insert(pos, byte)
+        elif pos < len(payload):
+            payload[pos] = byte
+    assert_summary_agrees(bytes(payload))
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=400))
+def test_summarise_agrees_with_parse_on_arbitrary_bytes(payload: bytes) -> None:
+    assert_summary_agrees(payload)
+
+
+@pytest.mark.parametrize(("case_id", "payload", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_summarise_agrees_on_cases(case_id: str, payload: bytes, expected: dict[str, Any]) -> None:
+    assert_summary_agrees(payload)
+
+
+@pytest.mark.parametrize(("vector_set", "packet"), vector_cases())
+def test_summarise_agrees_on_real_captures(vector_set: str, packet: dict[str, Any]) -> None:
+    assert_summary_agrees(sip_payload((VECTORS / vector_set / packet["file"]).read_bytes()))
+
+
+def test_value_caches_stay_bounded() -> None:
+    from pipeline.sip import parser
+
+    for i in range(parser._CACHE_MAX + 10):
+        parse_sip(sip(f"OPTIONS sip:u{i}@h SIP/2.0", f"From: <sip:f{i}@x>;tag={i}",
+                      f"To: <sip:t{i}@y>", "Call-ID: c", "CSeq: 1 OPTIONS",
+                      f"Via: SIP/2.0/UDP h;branch={i}", f"Contact: <sip:c{i}@h>",
+                      f"P-Asserted-Identity: <sip:p{i}@h>"))
+    for cache in (parser._PARTY_CACHE, parser._VIA_CACHE, parser._CONTACT_CACHE,
+                  parser._URI_CACHE, parser._PAI_CACHE):
+        assert 0 < len(cache) <= parser._CACHE_MAX

@@ -8,8 +8,10 @@ import typer
 
 COMMAND_MODULES = (
     "pipeline.commands.analysis",
+    "pipeline.commands.consume",
     "pipeline.commands.database",
     "pipeline.commands.receive",
+    "pipeline.commands.up",
 )
 
 

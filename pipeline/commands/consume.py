@@ -1,0 +1,192 @@
+"""`hep-ingest consume`: consumer-group workers from Kafka into PostgreSQL (or stdout)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+HELP = """Consume HEP records from Kafka and store them in PostgreSQL.
+
+Runs one worker of the consumer group --group: start several (on one host or many)
+to share the topic's partitions. Offsets are committed only once rows are committed
+in PostgreSQL and undecodable records are on the dead-letter topic, so a crash or a
+restart never loses a record, and replays never duplicate a row. SIGTERM or Ctrl-C
+finishes the batch being written, commits and exits.
+"""
+
+
+class SinkChoice(StrEnum):
+    postgres = "postgres"
+    stdout = "stdout"
+
+
+class PartitionInterval(StrEnum):
+    daily = "daily"
+    hourly = "hourly"
+
+
+def _default_dsn() -> str | None:
+    try:
+        from pipeline.embedded.state import default_dsn
+    except ImportError:
+        return None
+    return default_dsn()
+
+
+def consume(
+    bootstrap_servers: Annotated[
+        str, typer.Option(envvar="HEP_INGEST_BOOTSTRAP_SERVERS", help="Kafka bootstrap servers.")
+    ] = "127.0.0.1:9092",
+    topic: Annotated[str, typer.Option(envvar="HEP_INGEST_TOPIC", help="Kafka topic.")] = "hep",
+    group: Annotated[
+        str, typer.Option(envvar="HEP_INGEST_GROUP", help="Kafka consumer group.")
+    ] = "hep-ingest",
+    sink: Annotated[
+        SinkChoice,
+        typer.Option(
+            envvar="HEP_INGEST_SINK",
+            help="postgres stores rows; stdout prints them as JSON lines (debugging).",
+        ),
+    ] = SinkChoice.postgres,
+    dsn: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HEP_INGEST_DSN",
+            help="PostgreSQL DSN.",
+            show_default="the embedded database `hep-ingest up` recorded",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int,
+        typer.Option(envvar="HEP_INGEST_BATCH_SIZE", min=1, help="Rows per database write."),
+    ] = 10_000,
+    flush_interval: Annotated[
+        float,
+        typer.Option(
+            envvar="HEP_INGEST_FLUSH_INTERVAL",
+            min=0.001,
+            help="Seconds before a batch that is not full is written.",
+        ),
+    ] = 1.0,
+    retention_days: Annotated[
+        int,
+        typer.Option(
+            envvar="HEP_INGEST_RETENTION_DAYS", min=1, help="Drop partitions older than this."
+        ),
+    ] = 14,
+    partition_interval: Annotated[
+        PartitionInterval,
+        typer.Option(envvar="HEP_INGEST_PARTITION_INTERVAL", help="Capture table partition span."),
+    ] = PartitionInterval.daily,
+    partitions_ahead: Annotated[
+        int,
+        typer.Option(
+            envvar="HEP_INGEST_PARTITIONS_AHEAD", min=0, help="Partitions created in advance."
+        ),
+    ] = 2,
+    dead_letter_topic: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HEP_INGEST_DEAD_LETTER_TOPIC",
+            help="Topic for records that cannot be stored.",
+            show_default="<topic>.dlq",
+        ),
+    ] = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(envvar="HEP_INGEST_METRICS", help="Serve Prometheus /metrics on HOST:PORT."),
+    ] = None,
+    migrate: Annotated[
+        bool,
+        typer.Option(
+            "--migrate/--no-migrate",
+            envvar="HEP_INGEST_MIGRATE",
+            help="Apply database migrations at start.",
+        ),
+    ] = True,
+    store_auth_key: Annotated[
+        bool,
+        typer.Option(
+            envvar="HEP_INGEST_STORE_AUTH_KEY",
+            help="Store the HEP capture password in protocol_header (it is a credential).",
+        ),
+    ] = False,
+    log_level: Annotated[
+        str, typer.Option(envvar="HEP_INGEST_LOG_LEVEL", help="debug, info, warning, error.")
+    ] = "info",
+    log_format: Annotated[
+        str, typer.Option(envvar="HEP_INGEST_LOG_FORMAT", help="json or text (on stderr).")
+    ] = "json",
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from pipeline.consumer.service import run_consumer
+    from pipeline.consumer.settings import ConsumerSettings
+    from pipeline.observability import configure_logging, get_logger, serve_metrics
+    from pipeline.observability.metrics import parse_host_port
+
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter("--log-format must be text or json")
+    if metrics:
+        try:
+            parse_host_port(metrics)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    if sink is SinkChoice.postgres and not dsn:
+        dsn = _default_dsn()
+        if not dsn:
+            raise typer.BadParameter(
+                "no --dsn given and no database recorded by `hep-ingest up`", param_hint="--dsn"
+            )
+    configure_logging(log_level, log_format)
+    log = get_logger("pipeline.consumer")
+    settings = ConsumerSettings(
+        bootstrap_servers=bootstrap_servers,
+        topic=topic,
+        group=group,
+        sink=sink.value,
+        dsn=dsn,
+        batch_size=batch_size,
+        flush_interval=flush_interval,
+        retention_days=retention_days,
+        partition_interval=partition_interval.value,
+        partitions_ahead=partitions_ahead,
+        dead_letter_topic=dead_letter_topic or None,
+        migrate=migrate,
+        store_auth_key=store_auth_key,
+    )
+    registry = CollectorRegistry()
+    if metrics:
+        serve_metrics(registry, metrics)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await run_consumer(settings, registry, stop)
+
+    try:
+        _run(main())
+    except Exception as exc:  # the worker's own failures (not transient ones): exit 1
+        log.error("consumer_failed", error=repr(exc), exc_info=True)
+        print(f"hep-ingest consume: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from exc
+
+
+def _run(main: object) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)  # type: ignore[arg-type]
+        return
+    uvloop.run(main)  # type: ignore[arg-type]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("consume", help=HELP)(consume)

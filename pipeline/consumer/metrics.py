@@ -1,0 +1,46 @@
+"""Consumer metrics, bound to the registry handed in."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class ConsumerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.records_consumed = Counter(
+            "hep_ingest_records_consumed_total",
+            "Kafka records fetched by this consumer (before decoding).",
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "hep_ingest_dead_letter_total",
+            "Records sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "hep_ingest_consumer_lag",
+            "Records behind the partition's high watermark (highwater - position).",
+            ["partition"],
+            registry=registry,
+        )
+        self.lag_total = Gauge(
+            "hep_ingest_consumer_lag_total",
+            "Sum of hep_ingest_consumer_lag over the assigned partitions.",
+            registry=registry,
+        )
+        self.commits = Counter(
+            "hep_ingest_commit_total",
+            "Successful offset commits.",
+            registry=registry,
+        )
+        self.kafka_retries = Counter(
+            "hep_ingest_kafka_retries_total",
+            "Retries after transient Kafka errors (fetch, commit, dead-letter publish).",
+            registry=registry,
+        )
+        self.assigned_partitions = Gauge(
+            "hep_ingest_consumer_assigned_partitions",
+            "Partitions currently assigned to this consumer.",
+            registry=registry,
+        )

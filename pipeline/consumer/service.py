@@ -1,0 +1,130 @@
+"""Composition of one consumer worker: sink, dead-letter publisher, Kafka consumer.
+
+`run_consumer` installs no signal handler and no event-loop policy: the `consume`
+command and `hep-ingest up` own those and set `stop`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from contextlib import AsyncExitStack
+
+from aiokafka import AIOKafkaConsumer
+from prometheus_client import CollectorRegistry
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+
+from pipeline.consumer.dead_letter import DeadLetterPublisher
+from pipeline.consumer.metrics import ConsumerMetrics
+from pipeline.consumer.retry import backoff, is_transient
+from pipeline.consumer.settings import ConsumerSettings
+from pipeline.consumer.sink import Sink
+from pipeline.consumer.worker import ConsumerWorker
+from pipeline.observability import get_logger
+from pipeline.records import load_codec
+
+log = get_logger("pipeline.consumer")
+
+
+async def build_sink(settings: ConsumerSettings, registry: CollectorRegistry) -> Sink:
+    if settings.sink == "stdout":
+        from pipeline.consumer.stdout_sink import StdoutSink
+
+        return StdoutSink()
+    from pipeline.postgres.partitions import PartitionInterval
+    from pipeline.postgres.sink import PostgresSink, SinkSettings
+
+    assert settings.dsn is not None  # checked by ConsumerSettings
+    interval = PartitionInterval(settings.partition_interval)
+    return PostgresSink(
+        SinkSettings(
+            dsn=settings.dsn,
+            apply_migrations=settings.migrate,
+            partition_interval=interval,
+            partition_ahead=interval.step * settings.partitions_ahead,
+            retention_days=settings.retention_days,
+        ),
+        registry=registry,
+    )
+
+
+async def run_consumer(
+    settings: ConsumerSettings,
+    registry: CollectorRegistry,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Consume `settings.topic` into the sink until `stop` is set."""
+    metrics = ConsumerMetrics(registry)
+    client_id = f"{settings.client_id}-{socket.gethostname()}"
+    async with AsyncExitStack() as stack:
+        sink = await build_sink(settings, registry)
+        await sink.start()
+        stack.push_async_callback(sink.close)
+
+        dead_letters = DeadLetterPublisher(
+            settings.bootstrap_servers,
+            settings.dead_letter_topic_name,
+            retry=settings.retry,
+            on_retry=metrics.kafka_retries.inc,
+            client_id=f"{client_id}-dlq",
+        )
+        await dead_letters.start()
+        stack.push_async_callback(dead_letters.stop)
+
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=settings.group,
+            client_id=client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=settings.batch_size,
+            # Enough prefetch for a full batch of ~500-byte records per partition.
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+        )
+        worker = ConsumerWorker(
+            consumer=consumer,
+            sink=sink,
+            dead_letters=dead_letters,
+            codec=load_codec(),
+            settings=settings,
+            metrics=metrics,
+        )
+        consumer.subscribe([settings.topic], listener=worker.rebalance_listener)
+
+        def before_sleep(state: RetryCallState) -> None:
+            metrics.kafka_retries.inc()
+            error = state.outcome.exception() if state.outcome is not None else None
+            log.warning("kafka_start_retry", error=repr(error))
+
+        stack.push_async_callback(consumer.stop)  # also cleans up after a failed start
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(is_transient),
+                wait=backoff(settings.retry),
+                stop=lambda _state: stop.is_set(),
+                before_sleep=before_sleep,
+                reraise=True,
+            ):
+                with attempt:
+                    await consumer.start()
+        except Exception:
+            if stop.is_set():  # asked to stop while the broker was still unreachable
+                log.info("consumer_stopped_before_start")
+                return
+            raise
+
+        log.info(
+            "consumer_started",
+            topic=settings.topic,
+            group=settings.group,
+            sink=settings.sink,
+            dead_letter_topic=settings.dead_letter_topic_name,
+            batch_size=settings.batch_size,
+            flush_interval=settings.flush_interval,
+        )
+        if ready is not None:
+            ready.set()
+        await worker.run(stop)
+    log.info("consumer_stopped")

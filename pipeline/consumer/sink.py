@@ -1,0 +1,29 @@
+"""What the worker needs from a sink; PostgresSink and StdoutSink both fit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from pipeline.storage.rows import CaptureRow
+
+
+class Rejected(Protocol):
+    @property
+    def row(self) -> CaptureRow: ...
+
+    @property
+    def reason(self) -> str: ...
+
+
+class Sink(Protocol):
+    async def start(self) -> None: ...
+
+    async def write(self, rows: Sequence[CaptureRow]) -> Sequence[Any]:
+        """Store `rows` durably; return the rejected ones (objects shaped like Rejected)."""
+        ...
+
+    async def maintain(self, now: datetime) -> object: ...
+
+    async def close(self) -> None: ...

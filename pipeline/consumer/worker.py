@@ -1,0 +1,551 @@
+"""The consumer loop: fetch, decode, write, commit what is durable.
+
+One batch is written while the next one is fetched and decoded (at most one write in
+flight, so decoding, which is CPU-bound, overlaps the database's own work). A batch's
+offsets (last + 1 per partition) are committed only after its rows are committed in
+the sink and its dead letters are acknowledged by the broker.
+
+While a write is slow (the database is down and the sink retries), the next batch
+fills up and the worker pauses its partitions instead of fetching further; it keeps
+calling ``getmany`` so that the group does not consider it dead, and resumes when the
+write completes.
+
+On a rebalance, ``on_partitions_revoked`` waits for the write in flight, commits what
+is durable, and drops the records of revoked partitions that were fetched but not
+written: their new owner reads them again from the committed offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import ConsumerStoppedError, IllegalStateError, KafkaError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+)
+
+from pipeline.consumer.dead_letter import DeadLetter, DeadLetterPublisher
+from pipeline.consumer.metrics import ConsumerMetrics
+from pipeline.consumer.retry import backoff, is_transient
+from pipeline.consumer.settings import ConsumerSettings
+from pipeline.consumer.sink import Sink
+from pipeline.observability import get_logger
+from pipeline.records import RecordCodec, RecordDecodeError
+from pipeline.storage.rows import CaptureRow, build_row
+
+log = get_logger("pipeline.consumer")
+
+# While paused for backpressure, call getmany this often so the group keeps us.
+_KEEPALIVE_SECONDS = 1.0
+_LAG_INTERVAL = 1.0
+# Records decoded between two yields to the event loop while a write is in flight.
+_DECODE_SLICE = 2000
+
+
+@dataclass(slots=True)
+class _PartitionChunk:
+    rows: list[CaptureRow] = field(default_factory=list)
+    sources: list[ConsumerRecord[bytes, bytes]] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    next_offset: int = -1
+
+
+@dataclass(slots=True)
+class _Batch:
+    parts: dict[TopicPartition, _PartitionChunk] = field(default_factory=dict)
+    records: int = 0
+    started: float = 0.0
+
+    def drop(self, partitions: Iterable[TopicPartition]) -> int:
+        dropped = 0
+        for tp in partitions:
+            chunk = self.parts.pop(tp, None)
+            if chunk is not None:
+                dropped += len(chunk.rows) + len(chunk.dead)
+        self.records -= dropped
+        return dropped
+
+    def offsets(self) -> dict[TopicPartition, int]:
+        return {tp: chunk.next_offset for tp, chunk in self.parts.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class _WriteResult:
+    offsets: dict[TopicPartition, int]
+    written: int
+    dead_letters: int
+
+
+@dataclass(slots=True)
+class _Progress:
+    consumed: int = 0
+    written: int = 0
+    dead_letters: int = 0
+    last_log: float = 0.0
+    consumed_at_last_log: int = 0
+    written_at_last_log: int = 0
+
+
+class ConsumerWorker:
+    """Drives one AIOKafkaConsumer; owns neither it, the sink nor the publisher."""
+
+    def __init__(
+        self,
+        *,
+        consumer: AIOKafkaConsumer,
+        sink: Sink,
+        dead_letters: DeadLetterPublisher,
+        codec: RecordCodec,
+        settings: ConsumerSettings,
+        metrics: ConsumerMetrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._consumer = consumer
+        self._sink = sink
+        self._dead_letters = dead_letters
+        self._codec = codec
+        self._settings = settings
+        self._metrics = metrics
+        self._clock = clock
+        self._building = _Batch()
+        self._in_flight: asyncio.Task[_WriteResult] | None = None
+        self._lock = asyncio.Lock()
+        self._assigned: set[TopicPartition] = set()
+        self._durable: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        self._progress = _Progress()
+        self._stop = asyncio.Event()
+        self._next_maintain = 0.0
+        self._next_lag = 0.0
+        self._lag_total = 0
+
+    # -- rebalance -----------------------------------------------------------------
+
+    @property
+    def rebalance_listener(self) -> ConsumerRebalanceListener:
+        return _RebalanceListener(self)
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self._lock:
+            try:
+                await self._settle_in_flight()
+            except Exception as exc:  # the main loop reports it; commit what we can
+                log.warning("write_failed_during_rebalance", error=repr(exc))
+            await self._commit()
+            dropped = self._building.drop(revoked)
+            for tp in revoked:
+                self._durable.pop(tp, None)
+                self._committed.pop(tp, None)
+                self._assigned.discard(tp)
+                self._forget_lag(tp)
+            self._metrics.assigned_partitions.set(len(self._assigned))
+            if revoked:
+                log.info(
+                    "partitions_revoked",
+                    partitions=sorted(tp.partition for tp in revoked),
+                    dropped_unwritten=dropped,
+                )
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._assigned = set(assigned)
+        self._metrics.assigned_partitions.set(len(self._assigned))
+        log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
+
+    # -- main loop -----------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set, then finish the write in flight and commit."""
+        self._stop = stop
+        settings = self._settings
+        now = self._clock()
+        self._progress.last_log = now
+        await self._maintain()
+        self._next_maintain = now + settings.maintain_interval
+        try:
+            while not stop.is_set():
+                batch = self._building
+                if batch.records < settings.batch_size:
+                    if batch.records:
+                        wait = batch.started + settings.flush_interval - self._clock()
+                    else:
+                        wait = settings.flush_interval
+                    chunk = min(settings.batch_size - batch.records, _DECODE_SLICE)
+                    data = await self._fetch(max(0.0, wait), chunk)
+                    self._add(data)
+                    if self._in_flight is not None:
+                        # Decoding is CPU-bound: let the write's I/O (COPY) move on.
+                        await asyncio.sleep(0)
+                if self._in_flight is not None and self._in_flight.done():
+                    await self._complete_in_flight(backpressure=False)
+                batch = self._building
+                now = self._clock()
+                if batch.records and (
+                    batch.records >= settings.batch_size
+                    or now - batch.started >= settings.flush_interval
+                ):
+                    await self._complete_in_flight(backpressure=True)
+                    if self._in_flight is None:  # else stopping with the write still out
+                        self._launch(self._building)
+                await self._periodic()
+        finally:
+            await self._drain()
+
+    def _launch(self, batch: _Batch) -> None:
+        self._building = _Batch()
+        self._in_flight = asyncio.create_task(self._write(batch), name="hep-ingest-write")
+
+    async def _drain(self) -> None:
+        if self._in_flight is None:
+            return
+        try:
+            await asyncio.wait_for(
+                self._complete_in_flight(backpressure=False), self._settings.shutdown_timeout
+            )
+        except TimeoutError:
+            log.warning("shutdown_write_abandoned", timeout=self._settings.shutdown_timeout)
+        finally:
+            task, self._in_flight = self._in_flight, None
+            if task is not None and not task.done():
+                task.cancel()
+            self._log_progress(force=True)
+
+    # -- fetch and decode ----------------------------------------------------------
+
+    async def _fetch(
+        self, wait: float, max_records: int
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        """getmany, retrying transient Kafka errors until they pass or we stop."""
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_retry_fetch),
+                wait=backoff(self._settings.retry),
+                stop=lambda _state: self._stop.is_set(),
+                before_sleep=self._before_retry("fetch"),
+                reraise=True,
+            ):
+                with attempt:
+                    return await self._consumer.getmany(  # type: ignore[no-any-return]
+                        timeout_ms=int(wait * 1000), max_records=max_records
+                    )
+        except (KafkaError, OSError):
+            if self._stop.is_set():
+                return {}
+            raise
+        return {}
+
+    def _add(self, data: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        if not data:
+            return
+        batch = self._building
+        decode = self._codec.decode
+        store_auth_key = self._settings.store_auth_key
+        added = 0
+        for tp, messages in data.items():
+            if not messages:
+                continue
+            if tp not in self._assigned:
+                # Revoked while the fetch was on its way; the new owner reads these.
+                continue
+            chunk = batch.parts.get(tp)
+            if chunk is None:
+                chunk = batch.parts[tp] = _PartitionChunk()
+            rows = chunk.rows
+            sources = chunk.sources
+            partition = tp.partition
+            for message in messages:
+                value = message.value
+                try:
+                    if value is None:
+                        raise RecordDecodeError("no_value", "tombstone or empty record")
+                    record = decode(value)
+                    if type(record["capture_time"]) is not int:
+                        _times_to_micros(record)
+                    row = build_row(
+                        record,
+                        kafka_partition=partition,
+                        kafka_offset=message.offset,
+                        store_auth_key=store_auth_key,
+                    )
+                except RecordDecodeError as exc:
+                    chunk.dead.append(_dead_letter(message, exc.reason, exc.detail))
+                    continue
+                except Exception as exc:  # a record we decoded but cannot map: keep it aside
+                    chunk.dead.append(
+                        _dead_letter(message, "row_build_error", f"{type(exc).__name__}: {exc}")
+                    )
+                    continue
+                rows.append(row)
+                sources.append(message)
+            chunk.next_offset = messages[-1].offset + 1
+            added += len(messages)
+        if added:
+            if batch.records == 0:
+                batch.started = self._clock()
+            batch.records += added
+            self._progress.consumed += added
+            self._metrics.records_consumed.inc(added)
+
+    # -- write and commit ----------------------------------------------------------
+
+    async def _write(self, batch: _Batch) -> _WriteResult:
+        rows: list[CaptureRow] = []
+        sources: list[ConsumerRecord[bytes, bytes]] = []
+        dead: list[DeadLetter] = []
+        for chunk in batch.parts.values():
+            rows.extend(chunk.rows)
+            sources.extend(chunk.sources)
+            dead.extend(chunk.dead)
+        publish = asyncio.create_task(self._dead_letters.publish(dead)) if dead else None
+        try:
+            rejected: Sequence[Any] = await self._sink.write(rows) if rows else []
+            if rejected:
+                index = {id(row): i for i, row in enumerate(rows)}
+                more = []
+                for item in rejected:
+                    position = index.get(id(item.row))
+                    if position is None:
+                        position = rows.index(item.row)
+                    reason = str(item.reason)
+                    more.append(_dead_letter(sources[position], "rejected", reason))
+                await self._dead_letters.publish(more)
+                dead.extend(more)
+            if publish is not None:
+                await publish
+        except BaseException:
+            if publish is not None and not publish.done():
+                publish.cancel()
+            raise
+        for letter in dead:
+            self._metrics.dead_letters.labels(reason=letter.reason).inc()
+        if dead:
+            log.warning(
+                "dead_letters_published",
+                count=len(dead),
+                topic=self._dead_letters.topic,
+                sample_reason=dead[0].reason,
+                sample_detail=dead[0].detail[:200],
+                sample_source=f"{dead[0].topic}/{dead[0].partition}/{dead[0].offset}",
+            )
+        return _WriteResult(batch.offsets(), len(rows) - len(rejected), len(dead))
+
+    async def _settle_in_flight(self) -> None:
+        """Wait for the write in flight (if any) and mark its offsets durable."""
+        task = self._in_flight
+        if task is None:
+            return
+        try:
+            result = await asyncio.shield(task)
+        finally:
+            if task.done() and self._in_flight is task:
+                self._in_flight = None
+        for tp, offset in result.offsets.items():
+            if tp in self._assigned and offset > self._durable.get(tp, -1):
+                self._durable[tp] = offset
+        self._progress.written += result.written
+        self._progress.dead_letters += result.dead_letters
+
+    async def _complete_in_flight(self, *, backpressure: bool) -> None:
+        async with self._lock:
+            task = self._in_flight
+            if task is None:
+                return
+            if backpressure and not task.done():
+                await self._wait_paused(task)
+                if not task.done():  # stopping: _drain waits for it, bounded
+                    return
+            await self._settle_in_flight()
+            await self._commit()
+
+    async def _wait_paused(self, task: asyncio.Task[_WriteResult]) -> None:
+        """Backpressure: fetch nothing more until the write completes."""
+        paused = set(self._consumer.assignment())
+        self._consumer.pause(*paused)
+        started = self._clock()
+        warned = False
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=_KEEPALIVE_SECONDS)
+                if task.done() or self._stop.is_set():
+                    break
+                if not warned and self._clock() - started > 5:
+                    warned = True
+                    log.warning(
+                        "write_slow_paused_fetching", waited_s=round(self._clock() - started)
+                    )
+                # Keeps the member alive (max.poll.interval). Paused partitions return
+                # nothing; partitions assigned meanwhile might, and must be kept.
+                self._add(await self._fetch(0.0, 1 + self._settings.batch_size))
+        finally:
+            current = self._consumer.assignment()
+            still = [tp for tp in self._consumer.paused() if tp in current]
+            if still:
+                self._consumer.resume(*still)
+            if warned:
+                log.info("write_resumed", waited_s=round(self._clock() - started, 1))
+
+    async def _commit(self) -> None:
+        """Commit the durable offsets of assigned partitions that moved since last time."""
+
+        def pending() -> dict[TopicPartition, int]:
+            assigned = self._consumer.assignment()
+            return {
+                tp: offset
+                for tp, offset in self._durable.items()
+                if tp in assigned and offset > self._committed.get(tp, -1)
+            }
+
+        offsets = pending()
+        if not offsets:
+            return
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(is_transient),
+                wait=backoff(self._settings.retry),
+                stop=stop_after_attempt(self._settings.retry.commit_attempts),
+                before_sleep=self._before_retry("commit"),
+                reraise=True,
+            ):
+                with attempt:
+                    offsets = pending()
+                    if offsets:
+                        # aiokafka retries a commit for as long as the coordinator is
+                        # unknown; bound each attempt so a stop is never stuck here.
+                        await asyncio.wait_for(
+                            self._consumer.commit(offsets), self._settings.commit_timeout
+                        )
+        except (KafkaError, OSError, TimeoutError) as exc:
+            # Durable but not committed: the next commit carries these offsets again;
+            # if the partition moves to another worker it re-reads them (deduplicated).
+            log.warning("commit_failed", error=repr(exc), partitions=len(offsets))
+            return
+        self._committed.update(offsets)
+        self._metrics.commits.inc()
+
+    def _before_retry(self, what: str) -> Callable[[RetryCallState], None]:
+        def before_sleep(state: RetryCallState) -> None:
+            self._metrics.kafka_retries.inc()
+            error = state.outcome.exception() if state.outcome is not None else None
+            log.warning(
+                "kafka_retry",
+                operation=what,
+                attempt=state.attempt_number,
+                error=repr(error),
+                sleep_s=round(state.upcoming_sleep, 2),
+            )
+
+        return before_sleep
+
+    # -- periodic work -------------------------------------------------------------
+
+    async def _periodic(self) -> None:
+        now = self._clock()
+        if now >= self._next_lag:
+            self._next_lag = now + _LAG_INTERVAL
+            await self._update_lag()
+        if now >= self._next_maintain:
+            self._next_maintain = now + self._settings.maintain_interval
+            # Not alongside a write: both would compete for the same connections.
+            await self._complete_in_flight(backpressure=True)
+            await self._maintain()
+        self._log_progress()
+
+    async def _maintain(self) -> None:
+        try:
+            await self._sink.maintain(datetime.now(UTC))
+        except Exception as exc:  # rows still land in the DEFAULT partition
+            log.warning("maintenance_failed", error=repr(exc))
+
+    async def _update_lag(self) -> None:
+        total = 0
+        for tp in list(self._assigned):
+            highwater = self._consumer.highwater(tp)
+            if highwater is None:
+                continue
+            try:
+                position = await asyncio.wait_for(self._consumer.position(tp), 0.05)
+            except (TimeoutError, IllegalStateError, KafkaError):
+                continue
+            lag = max(0, highwater - position)
+            total += lag
+            self._metrics.lag.labels(partition=str(tp.partition)).set(lag)
+        self._lag_total = total
+        self._metrics.lag_total.set(total)
+
+    def _forget_lag(self, tp: TopicPartition) -> None:
+        with contextlib.suppress(KeyError):
+            self._metrics.lag.remove(str(tp.partition))
+
+    def _log_progress(self, *, force: bool = False) -> None:
+        progress = self._progress
+        now = self._clock()
+        elapsed = now - progress.last_log
+        if not force and elapsed < self._settings.progress_interval:
+            return
+        consumed = progress.consumed - progress.consumed_at_last_log
+        written = progress.written - progress.written_at_last_log
+        log.info(
+            "progress",
+            consumed=progress.consumed,
+            written=progress.written,
+            dead_letters=progress.dead_letters,
+            rate_per_s=round(written / elapsed) if elapsed > 0 else 0,
+            consumed_per_s=round(consumed / elapsed) if elapsed > 0 else 0,
+            lag=self._lag_total,
+            partitions=sorted(tp.partition for tp in self._assigned),
+        )
+        progress.last_log = now
+        progress.consumed_at_last_log = progress.consumed
+        progress.written_at_last_log = progress.written
+
+
+class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: ConsumerWorker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._worker.on_partitions_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._worker.on_partitions_assigned(set(assigned))
+
+
+def _retry_fetch(exc: BaseException) -> bool:
+    if isinstance(exc, ConsumerStoppedError | IllegalStateError):
+        return False
+    return isinstance(exc, KafkaError | OSError)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _times_to_micros(record: dict[str, Any]) -> None:
+    """fastavro reads timestamp-micros as datetime; build_row takes epoch microseconds."""
+    for name in ("capture_time", "receive_time"):
+        value = record.get(name)
+        if isinstance(value, datetime):
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=UTC)
+            delta = value - _EPOCH
+            record[name] = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _dead_letter(message: ConsumerRecord[bytes, bytes], reason: str, detail: str) -> DeadLetter:
+    return DeadLetter(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+        reason=reason,
+        detail=detail,
+    )

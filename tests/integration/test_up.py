@@ -1,0 +1,252 @@
+"""`hep-ingest up` as a user runs it: one command from HEP on a socket to rows.
+
+The command runs as a subprocess on free ports with a fresh data directory (embedded
+tansu and PostgreSQL). Real Kamailio HEP3 goes in over UDP; all 170 packets must come
+out as rows through the DSN the command printed; SIGINT must stop it with exit code 0
+and leave no broker or database process behind. A second `up` on the same directory
+finds the rows again, and `hep-ingest calls` finds the database with no flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from conftest import load_vectors
+
+from pipeline.embedded import free_tcp_port, free_udp_port
+from pipeline.embedded.state import embedded_database
+
+pytestmark = pytest.mark.integration
+
+HEP_INGEST = str(Path(sys.executable).with_name("hep-ingest"))
+DSN_PATTERN = re.compile(r"^PostgreSQL\s+(postgresql://\S+)")
+KAFKA_PATTERN = re.compile(r"^Kafka\s+(\S+):(\d+)\s")
+
+
+class Up:
+    """A running `hep-ingest up` whose stdout is collected line by line."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [HEP_INGEST, "up", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.errors: list[str] = []
+        self._changed = threading.Condition()
+        self._readers = [
+            threading.Thread(target=self._pump, args=(self.process.stdout, self.lines)),
+            threading.Thread(target=self._pump, args=(self.process.stderr, self.errors)),
+        ]
+        for reader in self._readers:
+            reader.daemon = True
+            reader.start()
+
+    def _pump(self, stream: object, into: list[str]) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            with self._changed:
+                into.append(line.rstrip("\n"))
+                self._changed.notify_all()
+
+    def wait_for_line(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines:
+                    match = pattern.search(line)
+                    if match:
+                        return match
+                left = deadline - time.monotonic()
+                if left <= 0 or self.process.poll() is not None:
+                    raise AssertionError(
+                        f"no line matching {pattern.pattern!r} (exit {self.process.poll()})\n"
+                        f"stdout:\n{self.stdout}\nstderr:\n{self.stderr}"
+                    )
+                self._changed.wait(min(left, 0.2))
+
+    def interrupt(self, timeout: float = 60) -> int:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        for reader in self._readers:
+            reader.join(5)
+        return code
+
+    @property
+    def stdout(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.errors)
+
+
+def processes_mentioning(*needles: str) -> list[str]:
+    """Command lines of live processes that mention any needle (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            raw = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        cmdline = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+        if cmdline and any(needle in cmdline for needle in needles):
+            found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
+async def _count_rows(dsn: str) -> int:
+    """Rows across every HEP capture table (a parent counts its partitions)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        tables = await conn.fetch(
+            "SELECT relname FROM pg_class WHERE relkind IN ('p', 'r') AND NOT relispartition"
+            " AND relname LIKE 'hep\\_proto\\_%'"
+        )
+        total = 0
+        for table in tables:
+            total += await conn.fetchval(f'SELECT count(*) FROM "{table["relname"]}"')
+        return total
+    finally:
+        await conn.close()
+
+
+def count_rows(dsn: str) -> int:
+    return asyncio.run(_count_rows(dsn))
+
+
+def wait_for_rows(dsn: str, expected: int, up: Up, timeout: float = 90) -> int:
+    deadline = time.monotonic() + timeout
+    rows = -1
+    while time.monotonic() < deadline:
+        assert up.process.poll() is None, f"up exited early\n{up.stdout}\n{up.stderr}"
+        rows = count_rows(dsn)
+        if rows >= expected:
+            return rows
+        time.sleep(0.5)
+    raise AssertionError(f"{rows} rows after {timeout}s, expected {expected}\n{up.stderr}")
+
+
+def send_udp(packets: list[bytes], port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for packet in packets:
+            sock.sendto(packet, ("127.0.0.1", port))
+            time.sleep(0.001)
+
+
+def capture_day(expected: dict[str, Any]) -> str:
+    """ISO time one day before the first packet of a vector set."""
+    first = min(p["ts_sec"] for p in expected["packets"])
+    return datetime.fromtimestamp(first - 86400, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.fixture
+def up_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEP_INGEST_")}
+    env["HEP_INGEST_DATA_DIR"] = str(tmp_path / "unused-default")  # --data-dir must win
+    env["PYTHONUNBUFFERED"] = "1"
+    yield env
+
+
+def run_calls(
+    env: dict[str, str], data_dir: Path, expected: dict[str, Any]
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [HEP_INGEST, "calls"],
+        # No flags: the data directory alone leads to the database. The window is
+        # widened because the capture's timestamps are fixed and `calls` looks at the
+        # last day by default.
+        env={**env, "HEP_INGEST_DATA_DIR": str(data_dir),
+             "HEP_INGEST_CALLS_SINCE": capture_day(expected)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_up_stores_kamailio_hep_and_stops_clean(tmp_path: Path, up_env: dict[str, str]) -> None:
+    packets, expected = load_vectors("kamailio_hep3_udp")
+    assert len(packets) == 170
+    data_dir = tmp_path / "data"
+    udp_port, tcp_port = free_udp_port(), free_tcp_port()
+    args = [
+        "--data-dir", str(data_dir),
+        "--udp", f"127.0.0.1:{udp_port}",
+        "--tcp", f"127.0.0.1:{tcp_port}",
+        "--kafka-port", "0",
+        "--pg-port", "0",
+        "--status-interval", "0.5",
+    ]  # fmt: skip
+
+    first = Up(args, up_env)
+    try:
+        dsn = first.wait_for_line(DSN_PATTERN, 180).group(1)
+        kafka_port = first.wait_for_line(KAFKA_PATTERN, 1).group(2)
+        assert f"HEP UDP     127.0.0.1:{udp_port}" in first.stdout
+        assert f"HEP TCP     127.0.0.1:{tcp_port}" in first.stdout
+        send_udp(packets, udp_port)
+        assert wait_for_rows(dsn, 170, first) == 170
+        # The live status line (a plain line when stdout is not a terminal).
+        first.wait_for_line(re.compile(r"^status: received 170  published 170  stored 170"), 20)
+    finally:
+        code = first.interrupt()
+    assert code == 0, f"exit {code}\n{first.stderr}"
+    leftovers = processes_mentioning(str(data_dir), f"127.0.0.1:{kafka_port}")
+    assert leftovers == [], leftovers
+
+    # With `up` stopped, `hep-ingest calls` (no flags) starts the data directory's
+    # database for the one command, finds the calls, and stops it again.
+    invite_call_ids = {
+        p["sip"]["call_id"]
+        for p in expected["packets"]
+        if (p.get("sip") or {}).get("method") == "INVITE"
+    }
+    calls = run_calls(up_env, data_dir, expected)
+    assert calls.returncode == 0, calls.stderr
+    assert invite_call_ids and any(cid in calls.stdout for cid in invite_call_ids), calls.stdout
+    assert processes_mentioning(str(data_dir)) == []
+    with embedded_database(data_dir) as stopped_dsn:
+        assert stopped_dsn == dsn
+        assert count_rows(stopped_dsn) == 170
+    assert processes_mentioning(str(data_dir)) == []
+
+    # The data directory keeps the rows; the second run reuses the remembered port,
+    # so the DSN a user pasted into psql still works.
+    second = Up(["--data-dir", str(data_dir), "--udp", f"127.0.0.1:{udp_port}", "--tcp",
+                 f"127.0.0.1:{tcp_port}"], up_env)  # fmt: skip
+    try:
+        assert second.wait_for_line(DSN_PATTERN, 180).group(1) == dsn
+        second_kafka_port = second.wait_for_line(KAFKA_PATTERN, 1).group(2)
+        assert count_rows(dsn) == 170
+        calls = run_calls(up_env, data_dir, expected)
+        assert calls.returncode == 0, calls.stderr
+        assert invite_call_ids and any(cid in calls.stdout for cid in invite_call_ids), calls.stdout
+    finally:
+        code = second.interrupt()
+    assert code == 0, f"exit {code}\n{second.stderr}"
+    assert "status: received 0" in second.stdout  # the final status line
+    leftovers = processes_mentioning(str(data_dir), f"127.0.0.1:{second_kafka_port}")
+    assert leftovers == [], leftovers

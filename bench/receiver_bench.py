@@ -6,12 +6,14 @@ receiver's /metrics: a step is loss-free when every packet sent was published an
 nothing was dropped (by the receiver or, as `received < sent`, by the kernel).
 
     .venv/bin/python bench/receiver_bench.py [--rates 10000,20000,...] [--seconds 5]
+        [--receiver-arg=--linger-ms=20 ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import socket
 import sys
 import tempfile
@@ -25,6 +27,15 @@ from conftest import load_vectors  # noqa: E402
 from receiver_process import run_receiver_process  # noqa: E402
 
 from pipeline.embedded import EmbeddedKafka  # noqa: E402
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def blast(port: int, rate: int, seconds: float, packets: list[bytes]) -> None:
@@ -52,19 +63,27 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rates", default="5000,10000,20000,30000,40000,60000,80000,100000")
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--receiver-arg",
+        action="append",
+        default=[],
+        help="extra `hep-ingest receive` option (repeatable): --receiver-arg=--linger-ms=20",
+    )
     args = parser.parse_args()
     packets, _ = load_vectors("kamailio_hep3_udp")
     tmp = Path(tempfile.mkdtemp(prefix="receiver-bench-"))
     best = 0
     with EmbeddedKafka(log_path=tmp / "tansu.log") as kafka, run_receiver_process(
-        tmp, kafka.bootstrap_servers, "bench", "--no-tcp"
+        tmp, kafka.bootstrap_servers, "bench", "--no-tcp", *args.receiver_arg
     ) as receiver:
         receiver.wait_for_event("receiver_started")
         time.sleep(1)
         sent_total = 0
+        published_before = 0.0
         for rate in (int(r) for r in args.rates.split(",")):
             sent = int(rate * args.seconds)
             started = time.perf_counter()
+            cpu_before = cpu_seconds(receiver.process.pid)
             proc = multiprocessing.Process(
                 target=blast, args=(receiver.udp_port, rate, args.seconds, packets)
             )
@@ -80,14 +99,20 @@ def main() -> None:
                     if receiver.metric("hep_ingest_queue_depth") == 0:
                         break
                 time.sleep(0.2)
+            cpu_used = cpu_seconds(receiver.process.pid) - cpu_before
             received = receiver.metric("hep_ingest_packets_received_total")
             published = receiver.metric("hep_ingest_packets_published_total")
+            # Receiver CPU per published packet: the cost that caps one process on a
+            # dedicated core, whatever else the machine is running.
+            per_packet_us = cpu_used / max(published - published_before, 1) * 1e6
+            published_before = published
             dropped = receiver.metric("hep_ingest_packets_dropped_total")
             lossless = published == sent_total and dropped == 0
             print(
                 f"rate {rate:>7}/s  sent {sent_total:>8}  received {received:>9.0f}  "
                 f"published {published:>9.0f}  dropped {dropped:.0f}  "
-                f"(sender took {send_s:.1f}s)  {'OK' if lossless else 'LOSS'}",
+                f"(sender took {send_s:.1f}s)  receiver cpu {per_packet_us:.1f} us/packet  "
+                f"{'OK' if lossless else 'LOSS'}",
                 flush=True,
             )
             if not lossless:

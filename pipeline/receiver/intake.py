@@ -16,6 +16,7 @@ from pipeline.hep.errors import HepDecodeError
 from pipeline.receiver.metrics import ReceiverMetrics
 from pipeline.records import ReceiveContext, RecordCodec, RecordIdGenerator
 from pipeline.records.mapping import packet_to_record, record_key
+from pipeline.records.packetwrite import packet_encoder
 
 # The HEP version label from a packet's first byte: "HEP3"/"EEP1" are v3, 1 and 2 are
 # v1/v2; anything else is counted as "other" (and will fail to decode).
@@ -35,6 +36,7 @@ class Intake:
         "_auth_key",
         "_contexts",
         "_encode",
+        "_encode_packet",
         "_forward_auth_key",
         "_ids",
         "_metrics",
@@ -53,6 +55,9 @@ class Intake:
         encode: Callable[[dict[str, Any]], bytes] | None = None,
     ) -> None:
         self._encode = encode or codec.encode
+        # HepPacket -> Avro bytes without the intermediate dict (same bytes); a custom
+        # `encode` or an unknown schema layout takes the generic path.
+        self._encode_packet = packet_encoder(codec) if encode is None else None
         self._metrics = metrics
         self._receiver_id = receiver_id
         self._auth_key = auth_key
@@ -95,6 +100,9 @@ class Intake:
             if not hmac.compare_digest(packet.auth_key, expected):
                 metrics.rejected["auth_mismatch"] += 1
                 return None
+        encode_packet = self._encode_packet
+        if encode_packet is not None:
+            return record_key(packet), encode_packet(packet, self._ids.next(), now_us, context)
         record = packet_to_record(
             packet, record_id=self._ids.next(), receive_time_us=now_us, context=context
         )

@@ -89,6 +89,11 @@ class RecordCodec:
         return self.versions[-1]
 
     @property
+    def header(self) -> bytes:
+        """The single-object prefix of every value written: magic + writer fingerprint."""
+        return self._header
+
+    @property
     def fingerprint(self) -> bytes:
         return self.writer.fingerprint
 

@@ -185,3 +185,89 @@ def test_truncated_body_is_a_bad_body() -> None:
     with pytest.raises(RecordDecodeError) as info:
         codec.decode(data + b"\x00")
     assert info.value.reason == "trailing_bytes"
+
+
+# -- the receiver's direct HepPacket -> Avro encoder ------------------------------------
+
+
+def _generic_encode(codec, packet, record_id, now_us, context) -> bytes:  # type: ignore[no-untyped-def]
+    record = packet_to_record(packet, record_id=record_id, receive_time_us=now_us,
+                              context=context)
+    return codec.encode(record)
+
+
+def test_packet_encoder_matches_the_generic_path_on_every_vector() -> None:
+    from conftest import VECTOR_SETS, load_vectors
+
+    from pipeline.hep.decode import decode_packet
+    from pipeline.records.packetwrite import packet_encoder
+
+    codec = load_codec()
+    encode = packet_encoder(codec)
+    assert encode is not None
+    contexts = [CONTEXT, ReceiveContext("tcp", "::1", 65535, "host:42", forward_auth_key=True)]
+    count = 0
+    for name in VECTOR_SETS:
+        packets, _ = load_vectors(name)
+        for data in packets:
+            packet = decode_packet(data)
+            for context in contexts:
+                for now in (1_800_000_000_000_000, 0, 5, 1 << 20):
+                    record_id = bytes(range(16))
+                    assert encode(packet, record_id, now, context) == _generic_encode(
+                        codec, packet, record_id, now, context
+                    )
+                    count += 1
+    assert count > 500
+
+
+_any_int = st.none() | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+_small_or_big = st.integers(min_value=0, max_value=70_000) | st.integers(-(2**40), 2**40)
+
+
+@given(
+    ints=st.lists(_any_int, min_size=8, max_size=8),
+    texts=st.lists(st.none() | st.text(max_size=30), min_size=4, max_size=4),
+    auth_key=st.none() | st.binary(max_size=20),
+    payload=st.binary(max_size=300) | st.just(b"x" * 70_000),
+    compressed=st.booleans(),
+    version=st.sampled_from([1, 2, 3]),
+    ts_sec=st.integers(min_value=0, max_value=2**32 - 1),
+    ts_usec=st.integers(min_value=0, max_value=2**32 - 1),
+    now_us=st.integers(min_value=-(2**62), max_value=2**62),
+    chunks=st.lists(st.builds(HepChunk, _small_or_big, _small_or_big, st.binary(max_size=8)),
+                    max_size=3),
+    context=st.builds(ReceiveContext, st.sampled_from(["udp", "tcp"]), st.text(max_size=40),
+                      st.integers(0, 2**31 - 1), st.text(max_size=20), st.booleans()),
+)
+def test_packet_encoder_matches_the_generic_path_byte_for_byte(
+    ints: list[int | None], texts: list[str | None], auth_key: bytes | None, payload: bytes,
+    compressed: bool, version: int, ts_sec: int, ts_usec: int, now_us: int,
+    chunks: list[HepChunk], context: ReceiveContext,
+) -> None:
+    from pipeline.records.packetwrite import packet_encoder
+
+    codec = load_codec()
+    encode = packet_encoder(codec)
+    assert encode is not None
+    packet = HepPacket(
+        version, ints[0], ints[1], texts[0], texts[1], ints[2], ints[3], ts_sec, ts_usec,
+        ints[4], ints[5], ints[6], auth_key, payload, compressed, texts[2], ints[7], texts[3],
+        chunks,
+    )
+    record_id = b"\x05" * 16
+    assert encode(packet, record_id, now_us, context) == _generic_encode(
+        codec, packet, record_id, now_us, context
+    )
+
+
+def test_packet_encoder_refuses_an_unknown_schema_layout(tmp_path) -> None:
+    from pipeline.records.packetwrite import packet_encoder
+
+    schema = json.loads((schemas_dir() / "hep_packet.v1.avsc").read_text())
+    schema["fields"].append(
+        {"name": "site", "type": ["null", "string"], "default": None, "doc": "test field"}
+    )
+    (tmp_path / "hep_packet.v2.avsc").write_text(json.dumps(schema))
+    assert packet_encoder(load_codec(tmp_path)) is None
+    assert packet_encoder(load_codec()) is not None

@@ -6,7 +6,11 @@ receiver's /metrics: a step is loss-free when every packet sent was published an
 nothing was dropped (by the receiver or, as `received < sent`, by the kernel).
 
     .venv/bin/python bench/receiver_bench.py [--rates 10000,20000,...] [--seconds 5]
-        [--receiver-arg=--linger-ms=20 ...]
+        [--workers N] [--receiver-arg=--linger-ms=20 ...]
+
+With --workers N the receiver runs N SO_REUSEPORT worker processes; the sender then
+rotates over 16 source ports (the kernel spreads datagrams by 4-tuple), metrics are
+summed over the workers' /metrics ports and CPU over the worker processes.
 """
 
 from __future__ import annotations
@@ -38,10 +42,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def blast(port: int, rate: int, seconds: float, packets: list[bytes]) -> None:
-    """Send `rate` packets/s for `seconds`, in 1 ms slices."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+def children(parent: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == parent:
+                out.append(int(entry.name))
+    return out
+
+
+def blast(port: int, rate: int, seconds: float, packets: list[bytes], sources: int = 1) -> None:
+    """Send `rate` packets/s for `seconds`, in 1 ms slices, from `sources` source ports."""
+    socks = []
+    for _ in range(sources):
+        one = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        one.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        socks.append(one)
     target = ("127.0.0.1", port)
     count = len(packets)
     sent = 0
@@ -51,18 +71,20 @@ def blast(port: int, rate: int, seconds: float, packets: list[bytes]) -> None:
         due = min(total, int((time.perf_counter() - start) * rate) + 1)
         while sent < due:
             try:
-                sock.sendto(packets[sent % count], target)
+                socks[sent % sources].sendto(packets[sent % count], target)
             except BlockingIOError:
                 continue
             sent += 1
         time.sleep(0.0005)
-    sock.close()
+    for one in socks:
+        one.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rates", default="5000,10000,20000,30000,40000,60000,80000,100000")
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--workers", type=int, default=1, help="receive --workers N")
     parser.add_argument(
         "--receiver-arg",
         action="append",
@@ -73,19 +95,41 @@ def main() -> None:
     packets, _ = load_vectors("kamailio_hep3_udp")
     tmp = Path(tempfile.mkdtemp(prefix="receiver-bench-"))
     best = 0
+    workers = args.workers
+    sources = 1 if workers == 1 else 16
+    worker_args = ["--workers", str(workers)] if workers > 1 else []
     with EmbeddedKafka(log_path=tmp / "tansu.log") as kafka, run_receiver_process(
-        tmp, kafka.bootstrap_servers, "bench", "--no-tcp", *args.receiver_arg
+        tmp, kafka.bootstrap_servers, "bench", "--no-tcp", *worker_args, *args.receiver_arg
     ) as receiver:
-        receiver.wait_for_event("receiver_started")
+        deadline = time.monotonic() + 30
+        while (
+            sum(e.get("event") == "receiver_started" for e in receiver.events()) < workers
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
         time.sleep(1)
+        pids = children(receiver.process.pid) if workers > 1 else [receiver.process.pid]
+        base_port = receiver.metrics_port
+
+        def metric(name: str) -> float:
+            total = 0.0
+            for k in range(workers):
+                receiver.metrics_port = base_port + k
+                total += receiver.metric(name)
+            receiver.metrics_port = base_port
+            return total
+
+        def cpu() -> float:
+            return sum(cpu_seconds(pid) for pid in pids)
+
         sent_total = 0
         published_before = 0.0
         for rate in (int(r) for r in args.rates.split(",")):
             sent = int(rate * args.seconds)
             started = time.perf_counter()
-            cpu_before = cpu_seconds(receiver.process.pid)
+            cpu_before = cpu()
             proc = multiprocessing.Process(
-                target=blast, args=(receiver.udp_port, rate, args.seconds, packets)
+                target=blast, args=(receiver.udp_port, rate, args.seconds, packets, sources)
             )
             proc.start()
             proc.join()
@@ -93,20 +137,20 @@ def main() -> None:
             sent_total += sent
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
-                published = receiver.metric("hep_ingest_packets_published_total")
-                if published >= sent_total or receiver.metric("hep_ingest_queue_depth") == 0:
+                published = metric("hep_ingest_packets_published_total")
+                if published >= sent_total or metric("hep_ingest_queue_depth") == 0:
                     time.sleep(0.5)
-                    if receiver.metric("hep_ingest_queue_depth") == 0:
+                    if metric("hep_ingest_queue_depth") == 0:
                         break
                 time.sleep(0.2)
-            cpu_used = cpu_seconds(receiver.process.pid) - cpu_before
-            received = receiver.metric("hep_ingest_packets_received_total")
-            published = receiver.metric("hep_ingest_packets_published_total")
+            cpu_used = cpu() - cpu_before
+            received = metric("hep_ingest_packets_received_total")
+            published = metric("hep_ingest_packets_published_total")
             # Receiver CPU per published packet: the cost that caps one process on a
             # dedicated core, whatever else the machine is running.
             per_packet_us = cpu_used / max(published - published_before, 1) * 1e6
             published_before = published
-            dropped = receiver.metric("hep_ingest_packets_dropped_total")
+            dropped = metric("hep_ingest_packets_dropped_total")
             lossless = published == sent_total and dropped == 0
             print(
                 f"rate {rate:>7}/s  sent {sent_total:>8}  received {received:>9.0f}  "
@@ -118,7 +162,7 @@ def main() -> None:
             if not lossless:
                 break
             best = rate
-    print(f"highest loss-free rate: {best} packets/s")
+    print(f"highest loss-free rate: {best} packets/s ({workers} worker(s))")
 
 
 if __name__ == "__main__":

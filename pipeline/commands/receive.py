@@ -7,18 +7,30 @@ serve /metrics, and map failures to exit codes:
     0  stopped by a signal after publishing what was accepted
     1  runtime failure (for example a listen address that cannot be bound)
     2  bad option or environment variable
+
+With ``--workers N`` (N > 1) the process is a supervisor: it re-executes its own
+command line N times with ``--workers 1 --worker-index K``, and each worker binds
+the same UDP and TCP ports with SO_REUSEPORT (Linux spreads datagrams by 4-tuple
+and connections across them). Worker K publishes as ``<receiver-id>-wK`` and
+serves /metrics on the --metrics port + K. The supervisor forwards SIGTERM/SIGINT,
+waits for every worker to flush and exit, and exits 1 if any worker failed (a worker
+that exits on its own stops the others); it restarts nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
+import time
 from typing import Annotated
 
 import typer
 from prometheus_client import CollectorRegistry
 
 from pipeline.observability import configure_logging, get_logger
+from pipeline.observability.metrics import parse_host_port
 from pipeline.receiver.settings import (
     COMPRESSIONS,
     DEFAULT_LISTEN,
@@ -244,12 +256,30 @@ def receive(
         str,
         typer.Option(envvar="HEP_INGEST_LOG_FORMAT", help="json or text.", show_default=True),
     ] = "json",
+    workers: Annotated[
+        int,
+        typer.Option(
+            envvar="HEP_INGEST_WORKERS",
+            help="Receiver processes sharing the listen ports (SO_REUSEPORT, Linux). "
+            "With N > 1, worker K uses receiver id <id>-wK and serves /metrics on the "
+            "--metrics port + K.",
+            show_default=True,
+        ),
+    ] = 1,
+    worker_index: Annotated[
+        int | None,
+        typer.Option(hidden=True, help="Set by the --workers supervisor in each worker."),
+    ] = None,
 ) -> None:
     """Receive HEP (v1/v2/v3) over UDP and TCP and publish it to Kafka as Avro records."""
     if log_format not in ("json", "text"):
         raise typer.BadParameter("must be json or text", param_hint="--log-format")
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise typer.BadParameter("must be debug, info, warning or error", param_hint="--log-level")
+    if workers < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--workers")
+    if worker_index is not None and (workers != 1 or worker_index < 0):
+        raise typer.BadParameter("only for a worker (--workers 1)", param_hint="--worker-index")
     try:
         settings = ReceiverSettings(
             bootstrap_servers=bootstrap_servers,
@@ -274,11 +304,109 @@ def receive(
             retry_max_s=retry_max_s,
             shutdown_timeout_s=shutdown_timeout,
             progress_interval_s=progress_interval,
+            reuse_port=worker_index is not None,
         )
+        # Parsed here only for workers; a single receiver reports a bad address as before.
+        metrics_address = parse_host_port(metrics) if metrics and workers > 1 else None
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    if workers > 1:
+        ports = [port for _, port in (*settings.udp, *settings.tcp)]
+        if metrics_address:
+            ports.append(metrics_address[1])
+        if 0 in ports:
+            raise typer.BadParameter("port 0 (any free port) cannot be shared by workers",
+                                     param_hint="--workers")
+        if metrics_address and metrics_address[1] + workers - 1 > 65535:
+            raise typer.BadParameter("metrics port + workers - 1 > 65535", param_hint="--workers")
     configure_logging(log_level, log_format)
+    if workers > 1:
+        raise typer.Exit(supervise(workers, settings.receiver_id, metrics_address))
     raise typer.Exit(run(settings, metrics))
+
+
+def worker_command(
+    index: int, receiver_id: str, metrics_address: tuple[str, int] | None
+) -> list[str]:
+    """This process's own command line, made into worker `index` (later options win)."""
+    command = [sys.executable, *sys.orig_argv[1:]]
+    command += ["--workers", "1", "--worker-index", str(index)]
+    command += ["--receiver-id", f"{receiver_id}-w{index}"]
+    if metrics_address is not None:
+        host, port = metrics_address
+        host = f"[{host}]" if ":" in host else host
+        command += ["--metrics", f"{host}:{port + index}"]
+    return command
+
+
+def supervise(
+    workers: int, receiver_id: str, metrics_address: tuple[str, int] | None, poll_s: float = 0.1
+) -> int:
+    """Run `workers` receiver processes until they all exit; returns the exit code.
+
+    SIGTERM/SIGINT are forwarded to every worker. A worker that exits while no signal
+    was received (a bind error, a crash) is a failure: the others are sent SIGTERM so
+    the orchestrator sees the whole receiver exit, non-zero, and restarts it.
+    """
+    if "receive" not in sys.orig_argv:
+        log.error("workers_unsupported", reason="--workers needs the `receive` command line")
+        return EXIT_FAILURE
+    children: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def stop_all(signum: int) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        log.info("workers_stopping", signal=signal.Signals(signum).name)
+        stop_all(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    failed = False
+    try:
+        for index in range(workers):
+            if stopping:
+                break
+            children.append(subprocess.Popen(worker_command(index, receiver_id, metrics_address)))
+        log.info(
+            "workers_started",
+            workers=workers,
+            pids=[child.pid for child in children],
+            receiver_ids=[f"{receiver_id}-w{k}" for k in range(workers)],
+            metrics=[
+                f"{metrics_address[0]}:{metrics_address[1] + k}" for k in range(workers)
+            ] if metrics_address else None,
+        )
+        reported: set[int] = set()
+        while len(reported) < len(children):
+            for index, child in enumerate(children):
+                code = child.poll()
+                if code is None or index in reported:
+                    continue
+                reported.add(index)
+                unexpected = not stopping
+                bad = code != 0 or unexpected
+                failed = failed or bad
+                (log.error if bad else log.info)(
+                    "worker_exited", worker=index, pid=child.pid, exit_code=code,
+                    unexpected=unexpected,
+                )
+                if unexpected:
+                    stopping = True
+                    stop_all(signal.SIGTERM)
+            time.sleep(poll_s)
+    finally:
+        for child in children:  # only on an exception in this loop
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
 def run(settings: ReceiverSettings, metrics_address: str | None) -> int:

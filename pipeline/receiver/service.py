@@ -60,6 +60,7 @@ async def run_receiver(
                 port,
                 rcvbuf_bytes=settings.udp_rcvbuf_bytes,
                 protocol_factory=lambda: UdpProtocol(intake, publisher.offer, metrics),
+                reuse_port=settings.reuse_port,
             )
             udp_transports.append(transport)
             udp_bound.append(f"{bound[0]}:{bound[1]}")
@@ -72,7 +73,13 @@ async def run_receiver(
                 )
         tcp_bound = []
         for host, port in settings.tcp:
-            server = await loop.create_server(tcp.protocol, host, port, reuse_address=True)
+            server = await loop.create_server(
+                tcp.protocol,
+                host,
+                port,
+                reuse_address=True,
+                reuse_port=settings.reuse_port or None,
+            )
             servers.append(server)
             tcp_bound.extend(
                 f"{sock.getsockname()[0]}:{sock.getsockname()[1]}" for sock in server.sockets

@@ -49,6 +49,9 @@ class ReceiverSettings:
     tcp_high_water: float = 0.8
     tcp_low_water: float = 0.5
     udp_rcvbuf_bytes: int = 8 * 1024 * 1024
+    # SO_REUSEPORT on every listen socket: set by `receive --workers N` (N > 1) in each
+    # worker so that N processes share the ports and the kernel spreads the load.
+    reuse_port: bool = False
     # Broker retries: bounded exponential backoff with jitter.
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0

@@ -55,12 +55,20 @@ class UdpProtocol(asyncio.DatagramProtocol):
         log.debug("udp_error", error=repr(exc))
 
 
-def bind_udp_socket(host: str, port: int, rcvbuf_bytes: int) -> socket.socket:
-    """A non-blocking UDP socket bound to host:port with a large receive buffer."""
+def bind_udp_socket(
+    host: str, port: int, rcvbuf_bytes: int, reuse_port: bool = False
+) -> socket.socket:
+    """A non-blocking UDP socket bound to host:port with a large receive buffer.
+
+    With `reuse_port`, SO_REUSEPORT lets several worker processes bind the same port;
+    Linux then hashes each datagram's 4-tuple to pick one of the sockets.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if rcvbuf_bytes:
             # SO_RCVBUFFORCE passes net.core.rmem_max when we may (CAP_NET_ADMIN).
             force = getattr(socket, "SO_RCVBUFFORCE", None)
@@ -84,9 +92,10 @@ async def open_udp_listener(
     *,
     rcvbuf_bytes: int,
     protocol_factory: Callable[[], UdpProtocol],
+    reuse_port: bool = False,
 ) -> tuple[asyncio.DatagramTransport, tuple[str, int], int]:
     """Bind and start listening; returns the transport, the bound address and the buffer size."""
-    sock = bind_udp_socket(host, port, rcvbuf_bytes)
+    sock = bind_udp_socket(host, port, rcvbuf_bytes, reuse_port)
     bound = sock.getsockname()
     rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     loop = asyncio.get_running_loop()

@@ -216,3 +216,46 @@ def test_framer_arbitrary_bytes_only_raise_hep_decode_error(pieces: list[bytes])
                 _decode_or_reason(frame)
     except HepDecodeError as exc:
         assert exc.reason in {"bad_stream_magic", "bad_length", "frame_too_large"}
+
+
+# The Kamailio/heplify IPv4 layout (all ten fixed chunks, in encode_hep3's order) takes
+# the decoder's fast path; the same chunks with the first two swapped take the general
+# loop. Both must give the same packet, whatever follows the ten chunks.
+kamailio_packets = st.builds(
+    HepPacket,
+    version=st.just(3),
+    ip_family=u8,
+    ip_proto=u8,
+    src_ip=ipv4,
+    dst_ip=ipv4,
+    src_port=u16,
+    dst_port=u16,
+    ts_sec=u32,
+    ts_usec=u32,
+    proto_type=u8,
+    capture_id=u32,
+    keep_alive=st.one_of(st.none(), u16),
+    auth_key=st.one_of(st.none(), st.binary(max_size=40)),
+    payload=st.binary(max_size=600),
+    payload_was_compressed=st.booleans(),
+    correlation_id=st.one_of(st.none(), text),
+    node_name=st.one_of(st.none(), text),
+    extra_chunks=st.lists(extra_chunk, max_size=3),
+)
+
+
+@settings(max_examples=300)
+@given(kamailio_packets, st.binary(max_size=8))
+def test_kamailio_layout_fast_path_matches_general_path(pkt: HepPacket, trailer: bytes) -> None:
+    data = encode_hep3(pkt)
+    assert data[6:12] == b"\x00\x00\x00\x01\x00\x07" and data[13:19] == b"\x00\x00\x00\x02\x00\x07"
+    swapped = data[:6] + data[13:20] + data[6:13] + data[20:]
+    fast = decode_packet(data + trailer)
+    general = decode_packet(swapped)
+    assert general.chunk_order[:2] == fast.chunk_order[1::-1]
+    assert general.chunk_order[2:] == fast.chunk_order[2:]
+    fast.chunk_order = general.chunk_order = []
+    assert fast == general
+    fast_view = decode_packet(memoryview(data))
+    fast_view.chunk_order = []
+    assert fast_view == general == pkt

@@ -10,6 +10,15 @@ from typing import Annotated
 
 import typer
 
+from pipeline.commands.options import (
+    LogFormat,
+    LogFormatOption,
+    LogLevel,
+    LogLevelOption,
+    MetricsOption,
+    TopicOption,
+)
+
 HELP = """Consume HEP records from Kafka and store them in PostgreSQL.
 
 Runs one worker of the consumer group --group: start several (on one host or many)
@@ -42,7 +51,7 @@ def consume(
     bootstrap_servers: Annotated[
         str, typer.Option(envvar="HEP_INGEST_BOOTSTRAP_SERVERS", help="Kafka bootstrap servers.")
     ] = "127.0.0.1:9092",
-    topic: Annotated[str, typer.Option(envvar="HEP_INGEST_TOPIC", help="Kafka topic.")] = "hep",
+    topic: TopicOption = "hep",
     group: Annotated[
         str, typer.Option(envvar="HEP_INGEST_GROUP", help="Kafka consumer group.")
     ] = "hep-ingest",
@@ -97,10 +106,7 @@ def consume(
             show_default="<topic>.dlq",
         ),
     ] = None,
-    metrics: Annotated[
-        str | None,
-        typer.Option(envvar="HEP_INGEST_METRICS", help="Serve Prometheus /metrics on HOST:PORT."),
-    ] = None,
+    metrics: MetricsOption = None,
     migrate: Annotated[
         bool,
         typer.Option(
@@ -116,12 +122,8 @@ def consume(
             help="Store the HEP capture password in protocol_header (it is a credential).",
         ),
     ] = False,
-    log_level: Annotated[
-        str, typer.Option(envvar="HEP_INGEST_LOG_LEVEL", help="debug, info, warning, error.")
-    ] = "info",
-    log_format: Annotated[
-        str, typer.Option(envvar="HEP_INGEST_LOG_FORMAT", help="json or text (on stderr).")
-    ] = "json",
+    log_level: LogLevelOption = LogLevel.info,
+    log_format: LogFormatOption = LogFormat.json,
 ) -> None:
     from prometheus_client import CollectorRegistry
 
@@ -130,8 +132,6 @@ def consume(
     from pipeline.observability import configure_logging, get_logger, serve_metrics
     from pipeline.observability.metrics import parse_host_port
 
-    if log_format not in ("text", "json"):
-        raise typer.BadParameter("--log-format must be text or json")
     if metrics:
         try:
             parse_host_port(metrics)

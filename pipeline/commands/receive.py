@@ -29,6 +29,14 @@ from typing import Annotated
 import typer
 from prometheus_client import CollectorRegistry
 
+from pipeline.commands.options import (
+    LogFormat,
+    LogFormatOption,
+    LogLevel,
+    LogLevelOption,
+    MetricsOption,
+    TopicOption,
+)
 from pipeline.observability import configure_logging, get_logger
 from pipeline.observability.metrics import parse_host_port
 from pipeline.receiver.settings import (
@@ -83,11 +91,7 @@ def receive(
             show_default=True,
         ),
     ] = _DEFAULTS.bootstrap_servers,
-    topic: Annotated[
-        str,
-        typer.Option(envvar="HEP_INGEST_TOPIC", help="Kafka topic for HEP records.",
-                     show_default=True),
-    ] = _DEFAULTS.topic,
+    topic: TopicOption = _DEFAULTS.topic,
     auth_key: Annotated[
         str | None,
         typer.Option(
@@ -113,13 +117,7 @@ def receive(
             show_default="hostname:pid",
         ),
     ] = None,
-    metrics: Annotated[
-        str | None,
-        typer.Option(
-            envvar="HEP_INGEST_METRICS",
-            help="Serve Prometheus /metrics on HOST:PORT. Default: not served.",
-        ),
-    ] = None,
+    metrics: MetricsOption = None,
     compression: Annotated[
         str,
         typer.Option(
@@ -247,15 +245,8 @@ def receive(
             show_default=True,
         ),
     ] = _DEFAULTS.udp_rcvbuf_bytes,
-    log_level: Annotated[
-        str,
-        typer.Option(envvar="HEP_INGEST_LOG_LEVEL", help="debug, info, warning or error.",
-                     show_default=True),
-    ] = "info",
-    log_format: Annotated[
-        str,
-        typer.Option(envvar="HEP_INGEST_LOG_FORMAT", help="json or text.", show_default=True),
-    ] = "json",
+    log_level: LogLevelOption = LogLevel.info,
+    log_format: LogFormatOption = LogFormat.json,
     workers: Annotated[
         int,
         typer.Option(
@@ -272,10 +263,6 @@ def receive(
     ] = None,
 ) -> None:
     """Receive HEP (v1/v2/v3) over UDP and TCP and publish it to Kafka as Avro records."""
-    if log_format not in ("json", "text"):
-        raise typer.BadParameter("must be json or text", param_hint="--log-format")
-    if log_level.lower() not in ("debug", "info", "warning", "error"):
-        raise typer.BadParameter("must be debug, info, warning or error", param_hint="--log-level")
     if workers < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--workers")
     if worker_index is not None and (workers != 1 or worker_index < 0):

@@ -10,6 +10,15 @@ from typing import Annotated
 
 import typer
 
+from pipeline.commands.options import (
+    LogFormat,
+    LogFormatOption,
+    LogLevel,
+    LogLevelOption,
+    MetricsOption,
+    TopicOption,
+)
+
 HELP = (
     "Run the whole pipeline in one process: HEP in, rows in PostgreSQL.\n\n"
     "Without --bootstrap-servers it starts an embedded Kafka-compatible broker (tansu, "
@@ -64,7 +73,7 @@ def up(
             help="An external PostgreSQL to use instead of the embedded one.",
         ),
     ] = None,
-    topic: Annotated[str, typer.Option(envvar="HEP_INGEST_TOPIC", help="Kafka topic.")] = "hep",
+    topic: TopicOption = "hep",
     auth_key: Annotated[
         str | None,
         typer.Option(
@@ -111,19 +120,9 @@ def up(
             help="On stop, seconds to wait for the consumer to store what was published.",
         ),
     ] = 15.0,
-    metrics: Annotated[
-        str | None,
-        typer.Option(
-            envvar="HEP_INGEST_METRICS",
-            help="Serve Prometheus /metrics on HOST:PORT.",
-        ),
-    ] = None,
-    log_level: Annotated[
-        str, typer.Option(envvar="HEP_INGEST_LOG_LEVEL", help="debug, info, warning, error.")
-    ] = "warning",
-    log_format: Annotated[
-        str, typer.Option(envvar="HEP_INGEST_LOG_FORMAT", help="text or json (on stderr).")
-    ] = "text",
+    metrics: MetricsOption = None,
+    log_level: LogLevelOption = LogLevel.warning,
+    log_format: LogFormatOption = LogFormat.text,
 ) -> None:
     from prometheus_client import CollectorRegistry
 
@@ -149,8 +148,6 @@ def up(
             parse_host_port(metrics)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    if log_format not in ("text", "json"):
-        raise typer.BadParameter("--log-format must be text or json")
 
     configure_logging(log_level, log_format)
     settings = UpSettings(

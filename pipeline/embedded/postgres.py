@@ -60,6 +60,10 @@ def _make_traversable(path: Path) -> None:
             parent.chmod(mode | 0o011)
 
 
+class EmbeddedPostgresError(RuntimeError):
+    """A PostgreSQL tool failed; the message carries its stderr."""
+
+
 @dataclass
 class EmbeddedPostgres:
     data_dir: Path
@@ -78,14 +82,18 @@ class EmbeddedPostgres:
 
     def _run(self, tool: str, *args: str, timeout: float = 120) -> None:
         system_user = _ensure_system_user()
-        subprocess.run(
+        result = subprocess.run(
             [str(_bin_dir() / tool), *args],
-            check=True,
             capture_output=True,
             timeout=timeout,
             user=system_user,
             cwd="/",
         )
+        if result.returncode != 0:
+            raise EmbeddedPostgresError(
+                f"{tool} {' '.join(args)} exited {result.returncode}: "
+                f"{result.stderr.decode(errors='replace').strip()}"
+            )
 
     def _prepare_dirs(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +185,20 @@ class EmbeddedPostgres:
     def stop(self, mode: str = "fast") -> None:
         if not (self.pgdata / "postmaster.pid").exists():
             return
-        self._run("pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "-t", "60", "stop")
+        try:
+            self._run("pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "-t", "60", "stop")
+        except EmbeddedPostgresError:
+            # pg_ctl also fails when the server went away between our check and its
+            # own (it exited, or its pid file was just removed): that is a stop too.
+            if self._server_running():
+                raise
+
+    def _server_running(self) -> bool:
+        try:
+            self._run("pg_ctl", "-D", str(self.pgdata), "status")
+        except EmbeddedPostgresError:
+            return False
+        return True
 
     def restart(self) -> None:
         self.stop("fast")

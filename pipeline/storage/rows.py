@@ -274,8 +274,11 @@ def build_row(
         ip_family = None
     if ip_proto is not None and not -32768 <= ip_proto <= _SMALLINT_MAX:
         ip_proto = None
-    hep_type = proto_type
-    if hep_type is not None and not -32768 <= hep_type <= _SMALLINT_MAX:
+    # HEPv1/v2 (and a v3 packet without chunk 0x000b) carry SIP and are routed as
+    # SIP: the typed column says so too, as protocol_header's payloadType does, so
+    # that `WHERE hep_type = 1` finds every SIP row whatever the HEP version.
+    hep_type = 1 if proto_type is None else proto_type
+    if not -32768 <= hep_type <= _SMALLINT_MAX:
         hep_type = None
 
     if sip is not None:

@@ -275,10 +275,9 @@ async def test_kamailio_siptrace_calls_between_sipp_agents(
             (r["method"], r["status"], r["cseq_method"]) for r in rows if r["call_id"] == call_id
         )
         assert ladder == KAMAILIO_CALL_LADDER, call_id
-    # HEPv2 has no payload type field: the type is known for v3 only.
-    hep_type = 1 if hep_version == 3 else None
+    # HEPv2 has no payload type field; it carries SIP, so its rows say SIP (1) too.
     assert {(r["capture_id"], r["hep_version"], r["hep_type"], r["parse_error"]) for r in rows} == {
-        (2001, hep_version, hep_type, None)
+        (2001, hep_version, 1, None)
     }
     assert all(r["sid"] == r["call_id"] for r in rows)
     assert {(r["src_ip"], r["dst_ip"]) for r in rows} == {("127.0.0.1", "127.0.0.1")}

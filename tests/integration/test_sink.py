@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -199,7 +200,16 @@ async def test_server_restart_mid_writes(fresh_postgres: EmbeddedPostgres) -> No
     sink = make_sink(fresh_postgres.dsn, registry)
     await sink.start(now=datetime(2026, 11, 26, tzinfo=UTC))
     work = batches(40, 500)
-    restarter = threading.Thread(target=fresh_postgres.restart)
+
+    def restart_with_a_gap() -> None:
+        # Down for a full second while the loop keeps writing, so that at least one
+        # write meets the dead server whatever the machine's load (a bare restart can
+        # fall between two writes and be healed silently by the pool).
+        fresh_postgres.stop("fast")
+        time.sleep(1.0)
+        fresh_postgres.start()
+
+    restarter = threading.Thread(target=restart_with_a_gap)
     try:
         for i, batch in enumerate(work):
             if i == 3:

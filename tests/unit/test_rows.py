@@ -302,3 +302,14 @@ def test_timestamps_are_exact(micros: int) -> None:
     want = datetime(1970, 1, 1, tzinfo=UTC) + (micros * (datetime.min - datetime.min).resolution)
     assert row.value("create_date") == want
     assert row.value("receive_time") == want
+
+
+def test_hepv2_sip_rows_say_hep_type_1_like_their_protocol_header() -> None:
+    packets, _ = load_vectors("kamailio_hep2_udp")
+    packet = decode_packet(packets[0])
+    assert packet.proto_type is None  # HEPv2 has no payload type field
+    record = packet_to_record(packet, record_id=b"\x05" * 16, receive_time_us=1,
+                              context=ReceiveContext("udp", "127.0.0.1", 9, "r"))
+    row = build_row(record, kafka_partition=0, kafka_offset=0)
+    assert row.value("hep_type") == 1
+    assert json.loads(row.value("protocol_header"))["payloadType"] == 1

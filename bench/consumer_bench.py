@@ -8,6 +8,12 @@ Starts an embedded broker and an embedded PostgreSQL (or uses --bootstrap-server
 keyed by Call-ID) to a fresh 4-partition topic, then runs one consumer worker
 in-process (`run_consumer`, the same code `hep-ingest consume` runs, with the
 idempotent sink) and prints rows/s from its first fetch to the last row committed.
+
+    .venv/bin/python bench/consumer_bench.py --records 500000 --workers 4
+
+With --workers N the consumer is instead the real `hep-ingest consume --workers N`
+process (a supervisor and N worker processes in one group); rows/s is read from the
+workers' /metrics and CPU from /proc (Linux). Use --partitions >= N.
 """
 
 from __future__ import annotations
@@ -15,10 +21,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import os
 import pstats
+import signal
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -28,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.consumer import ConsumerSettings, run_consumer  # noqa: E402
-from pipeline.embedded import EmbeddedKafka, EmbeddedPostgres  # noqa: E402
+from pipeline.embedded import EmbeddedKafka, EmbeddedPostgres, free_tcp_port  # noqa: E402
 from tests.conftest import create_topic  # noqa: E402
 from tests.integration.consume_support import generated_sip, publish  # noqa: E402
 
@@ -56,6 +66,9 @@ async def bench(args: argparse.Namespace, bootstrap: str, dsn: str) -> None:
         f"encoded {len(items)} records in {t1 - t0:.1f}s, published in {t2 - t1:.1f}s", flush=True
     )
 
+    if args.workers:
+        await asyncio.to_thread(bench_processes, args, bootstrap, dsn, topic)
+        return
     settings = ConsumerSettings(
         bootstrap_servers=bootstrap,
         topic=topic,
@@ -101,6 +114,86 @@ async def bench(args: argparse.Namespace, bootstrap: str, dsn: str) -> None:
     )
 
 
+def scrape(port: int, name: str) -> float:
+    """Sum of `name`'s samples on 127.0.0.1:port/metrics; 0 while nothing listens."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0.0
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.split(" ", 1)[0].split("{", 1)[0] == name
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a live process (Linux /proc); 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(parent: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == parent:
+                out.append(int(entry.name))
+    return out
+
+
+def bench_processes(args: argparse.Namespace, bootstrap: str, dsn: str, topic: str) -> None:
+    """`hep-ingest consume --workers N` as a process; rows/s from the workers' metrics."""
+    port = free_tcp_port()
+    while port + args.workers > 65535:
+        port = free_tcp_port()
+    ports = [port + k for k in range(args.workers)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEP_INGEST_")}
+    command = [
+        str(Path(sys.executable).with_name("hep-ingest")), "consume",
+        "--bootstrap-servers", bootstrap, "--topic", topic, "--group", f"bench-{topic}",
+        "--dsn", dsn, "--batch-size", str(args.batch_size),
+        "--flush-interval", str(args.flush_interval), "--workers", str(args.workers),
+        "--metrics", f"127.0.0.1:{port}", "--log-level", "warning",
+    ]
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env)
+    try:
+        started = None
+        cpu_started = 0.0
+        workers: list[int] = []
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(f"hep-ingest consume exited with {process.returncode}")
+            consumed = sum(scrape(p, "hep_ingest_records_consumed_total") for p in ports)
+            if started is None and consumed > 0:
+                started = time.perf_counter()
+                workers = children(process.pid) or [process.pid]  # --workers 1: no child
+                cpu_started = sum(cpu_seconds(pid) for pid in workers)
+            written = sum(scrape(p, "hep_ingest_rows_written_total") for p in ports)
+            if written >= args.records:
+                break
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - (started or time.perf_counter())
+        cpu = sum(cpu_seconds(pid) for pid in workers) - cpu_started
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(60)
+    print(
+        f"consumed and stored {int(written)} rows in {elapsed:.2f}s: "
+        f"{written / elapsed:,.0f} rows/s ({args.workers} worker processes, batch "
+        f"{args.batch_size}, idempotent sink); workers' CPU {cpu:.1f}s = "
+        f"{cpu / elapsed:.1f} cores, {cpu / written * 1e6:.1f} us/row; exit code {code}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=500_000)
@@ -110,6 +203,10 @@ def main() -> None:
     parser.add_argument("--bootstrap-servers")
     parser.add_argument("--dsn")
     parser.add_argument("--profile", help="write cProfile stats here and print the top")
+    parser.add_argument(
+        "--workers", type=int, default=0,
+        help="run `hep-ingest consume --workers N` as a process instead of in-process",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:

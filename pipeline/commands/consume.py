@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated
 
@@ -22,11 +23,16 @@ from pipeline.commands.options import (
 HELP = """Consume HEP records from Kafka and store them in PostgreSQL.
 
 Runs one worker of the consumer group --group: start several (on one host or many)
-to share the topic's partitions. Offsets are committed only once rows are committed
-in PostgreSQL and undecodable records are on the dead-letter topic, so a crash or a
-restart never loses a record, and replays never duplicate a row. SIGTERM or Ctrl-C
-finishes the batch being written, commits and exits.
+to share the topic's partitions, or give --workers N to run N worker processes under
+this one (one worker keeps about one core busy). Offsets are committed only once rows
+are committed in PostgreSQL and undecodable records are on the dead-letter topic, so a
+crash or a restart never loses a record, and replays never duplicate a row. SIGTERM
+or Ctrl-C finishes the batch being written, commits and exits.
 """
+
+
+#: ConsumerSettings.client_id's default; worker K of --workers uses "<this>-wK".
+CLIENT_ID = "hep-ingest-consumer"
 
 
 class SinkChoice(StrEnum):
@@ -124,6 +130,19 @@ def consume(
     ] = False,
     log_level: LogLevelOption = LogLevel.info,
     log_format: LogFormatOption = LogFormat.json,
+    workers: Annotated[
+        int,
+        typer.Option(
+            envvar="HEP_INGEST_WORKERS",
+            help="Consumer processes in the group --group, one core each. With N > 1 a "
+            "supervisor runs N workers; worker K serves /metrics on the --metrics port + K.",
+            show_default=True,
+        ),
+    ] = 1,
+    worker_index: Annotated[
+        int | None,
+        typer.Option(hidden=True, help="Set by the --workers supervisor in each worker."),
+    ] = None,
 ) -> None:
     from prometheus_client import CollectorRegistry
 
@@ -132,11 +151,22 @@ def consume(
     from pipeline.observability import configure_logging, get_logger, serve_metrics
     from pipeline.observability.metrics import parse_host_port
 
+    if workers < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--workers")
+    if worker_index is not None and (workers != 1 or worker_index < 0):
+        raise typer.BadParameter("only for a worker (--workers 1)", param_hint="--worker-index")
+    metrics_address = None
     if metrics:
         try:
-            parse_host_port(metrics)
+            metrics_address = parse_host_port(metrics)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
+    if workers > 1 and metrics_address:
+        if metrics_address[1] == 0:
+            raise typer.BadParameter("port 0 (any free port) cannot be shared by workers",
+                                     param_hint="--workers")
+        if metrics_address[1] + workers - 1 > 65535:
+            raise typer.BadParameter("metrics port + workers - 1 > 65535", param_hint="--workers")
     if sink is SinkChoice.postgres and not dsn:
         dsn = _default_dsn()
         if not dsn:
@@ -145,6 +175,8 @@ def consume(
             )
     configure_logging(log_level, log_format)
     log = get_logger("pipeline.consumer")
+    if workers > 1:
+        raise typer.Exit(_supervise(workers, metrics_address))
     settings = ConsumerSettings(
         bootstrap_servers=bootstrap_servers,
         topic=topic,
@@ -159,6 +191,8 @@ def consume(
         dead_letter_topic=dead_letter_topic or None,
         migrate=migrate,
         store_auth_key=store_auth_key,
+        # Workers on one host get distinct client ids (the service appends the host name).
+        **({} if worker_index is None else {"client_id": f"{CLIENT_ID}-w{worker_index}"}),
     )
     registry = CollectorRegistry()
     if metrics:
@@ -177,6 +211,37 @@ def consume(
         log.error("consumer_failed", error=repr(exc), exc_info=True)
         print(f"hep-ingest consume: {exc}", file=sys.stderr)
         raise typer.Exit(1) from exc
+
+
+def _supervise(workers: int, metrics_address: tuple[str, int] | None) -> int:
+    """Run `workers` consumer processes in this group until they all exit."""
+    from pipeline import supervisor
+    from pipeline.observability import get_logger
+
+    log = get_logger("pipeline.commands.consume")
+    command = supervisor.own_command("consume")
+    if command is None:
+        log.error("workers_unsupported", reason="--workers needs the `consume` command line")
+        return supervisor.EXIT_FAILURE
+
+    def worker_argv(base: Sequence[str], index: int) -> list[str]:
+        argv = [*base, "--workers", "1", "--worker-index", str(index)]
+        if metrics_address is not None:
+            argv += ["--metrics", supervisor.worker_address(metrics_address, index)]
+        return argv
+
+    return supervisor.supervise(
+        command,
+        workers,
+        worker_argv,
+        log=log,
+        log_fields={
+            "client_ids": [f"{CLIENT_ID}-w{k}" for k in range(workers)],
+            "metrics": [
+                supervisor.worker_address(metrics_address, k) for k in range(workers)
+            ] if metrics_address else None,
+        },
+    )
 
 
 def _run(main: object) -> None:

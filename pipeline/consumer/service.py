@@ -119,6 +119,7 @@ async def run_consumer(
             "consumer_started",
             topic=settings.topic,
             group=settings.group,
+            client_id=client_id,
             sink=settings.sink,
             dead_letter_topic=settings.dead_letter_topic_name,
             batch_size=settings.batch_size,

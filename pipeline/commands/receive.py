@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
-import time
+import ssl
+from collections.abc import Callable, Sequence
 from typing import Annotated
 
 import typer
 from prometheus_client import CollectorRegistry
 
+from pipeline import supervisor
 from pipeline.commands.options import (
     LogFormat,
     LogFormatOption,
@@ -73,6 +73,37 @@ def receive(
             envvar="HEP_INGEST_TCP",
             help="TCP listen address HOST:PORT; repeatable (env: space-separated).",
             show_default=DEFAULT_LISTEN,
+        ),
+    ] = None,
+    tls: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tls",
+            envvar="HEP_INGEST_TLS",
+            help="HEP over TLS listen address HOST:PORT; repeatable (env: space-separated). "
+            "Needs --tls-cert and --tls-key. Default: none.",
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HEP_INGEST_TLS_CERT",
+            help="PEM certificate (chain) of the --tls listeners.",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HEP_INGEST_TLS_KEY",
+            help="PEM private key (unencrypted) of --tls-cert.",
+        ),
+    ] = None,
+    tls_client_ca: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HEP_INGEST_TLS_CLIENT_CA",
+            help="PEM CA certificate(s): TLS clients must present a certificate signed by "
+            "one (mutual TLS). Default: no client certificate asked.",
         ),
     ] = None,
     no_udp: Annotated[
@@ -262,7 +293,7 @@ def receive(
         typer.Option(hidden=True, help="Set by the --workers supervisor in each worker."),
     ] = None,
 ) -> None:
-    """Receive HEP (v1/v2/v3) over UDP and TCP and publish it to Kafka as Avro records."""
+    """Receive HEP (v1/v2/v3) over UDP, TCP and TLS and publish it to Kafka as Avro records."""
     if workers < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--workers")
     if worker_index is not None and (workers != 1 or worker_index < 0):
@@ -273,6 +304,8 @@ def receive(
             topic=topic,
             udp=() if no_udp else parse_listen(udp or [DEFAULT_LISTEN]),
             tcp=() if no_tcp else parse_listen(tcp or [DEFAULT_LISTEN]),
+            tls=parse_listen(tls or []),
+            tls_context=_tls_context(tls, tls_cert, tls_key, tls_client_ca),
             auth_key=auth_key.encode("utf-8") if auth_key is not None else None,
             forward_auth_key=forward_auth_key,
             receiver_id=receiver_id or default_receiver_id(),
@@ -298,7 +331,7 @@ def receive(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     if workers > 1:
-        ports = [port for _, port in (*settings.udp, *settings.tcp)]
+        ports = [port for _, port in (*settings.udp, *settings.tcp, *settings.tls)]
         if metrics_address:
             ports.append(metrics_address[1])
         if 0 in ports:
@@ -312,88 +345,67 @@ def receive(
     raise typer.Exit(run(settings, metrics))
 
 
-def worker_command(
-    index: int, receiver_id: str, metrics_address: tuple[str, int] | None
-) -> list[str]:
-    """This process's own command line, made into worker `index` (later options win)."""
-    command = [sys.executable, *sys.orig_argv[1:]]
-    command += ["--workers", "1", "--worker-index", str(index)]
-    command += ["--receiver-id", f"{receiver_id}-w{index}"]
-    if metrics_address is not None:
-        host, port = metrics_address
-        host = f"[{host}]" if ":" in host else host
-        command += ["--metrics", f"{host}:{port + index}"]
-    return command
+def _tls_context(
+    tls: list[str] | None, cert: str | None, key: str | None, client_ca: str | None
+) -> ssl.SSLContext | None:
+    """The --tls listeners' server context, loaded once here: a bad file is a usage error."""
+    from pipeline.receiver.tls import TlsConfigError, load_server_context
+
+    if not tls:
+        given = [name for name, value in (
+            ("--tls-cert", cert), ("--tls-key", key), ("--tls-client-ca", client_ca)
+        ) if value]
+        if given:
+            raise typer.BadParameter(f"{', '.join(given)} without --tls", param_hint="--tls")
+        return None
+    if not cert or not key:
+        raise typer.BadParameter(
+            "--tls needs --tls-cert and --tls-key (env HEP_INGEST_TLS_CERT, HEP_INGEST_TLS_KEY)",
+            param_hint="--tls",
+        )
+    try:
+        return load_server_context(cert, key, client_ca)
+    except TlsConfigError as exc:
+        hint = "--tls-cert/--tls-key/--tls-client-ca"
+        raise typer.BadParameter(str(exc), param_hint=hint) from exc
+
+
+def worker_argv(
+    receiver_id: str, metrics_address: tuple[str, int] | None
+) -> Callable[[Sequence[str], int], list[str]]:
+    """Makes this command line into worker `index` (later options win)."""
+
+    def make(command: Sequence[str], index: int) -> list[str]:
+        argv = [*command, "--workers", "1", "--worker-index", str(index)]
+        argv += ["--receiver-id", f"{receiver_id}-w{index}"]
+        if metrics_address is not None:
+            argv += ["--metrics", supervisor.worker_address(metrics_address, index)]
+        return argv
+
+    return make
 
 
 def supervise(
     workers: int, receiver_id: str, metrics_address: tuple[str, int] | None, poll_s: float = 0.1
 ) -> int:
-    """Run `workers` receiver processes until they all exit; returns the exit code.
-
-    SIGTERM/SIGINT are forwarded to every worker. A worker that exits while no signal
-    was received (a bind error, a crash) is a failure: the others are sent SIGTERM so
-    the orchestrator sees the whole receiver exit, non-zero, and restarts it.
-    """
-    if "receive" not in sys.orig_argv:
+    """Run `workers` receiver processes until they all exit (pipeline.supervisor)."""
+    command = supervisor.own_command("receive")
+    if command is None:
         log.error("workers_unsupported", reason="--workers needs the `receive` command line")
         return EXIT_FAILURE
-    children: list[subprocess.Popen[bytes]] = []
-    stopping = False
-
-    def stop_all(signum: int) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
-
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        log.info("workers_stopping", signal=signal.Signals(signum).name)
-        stop_all(signum)
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    failed = False
-    try:
-        for index in range(workers):
-            if stopping:
-                break
-            children.append(subprocess.Popen(worker_command(index, receiver_id, metrics_address)))
-        log.info(
-            "workers_started",
-            workers=workers,
-            pids=[child.pid for child in children],
-            receiver_ids=[f"{receiver_id}-w{k}" for k in range(workers)],
-            metrics=[
+    return supervisor.supervise(
+        command,
+        workers,
+        worker_argv(receiver_id, metrics_address),
+        log=log,
+        log_fields={
+            "receiver_ids": [f"{receiver_id}-w{k}" for k in range(workers)],
+            "metrics": [
                 f"{metrics_address[0]}:{metrics_address[1] + k}" for k in range(workers)
             ] if metrics_address else None,
-        )
-        reported: set[int] = set()
-        while len(reported) < len(children):
-            for index, child in enumerate(children):
-                code = child.poll()
-                if code is None or index in reported:
-                    continue
-                reported.add(index)
-                unexpected = not stopping
-                bad = code != 0 or unexpected
-                failed = failed or bad
-                (log.error if bad else log.info)(
-                    "worker_exited", worker=index, pid=child.pid, exit_code=code,
-                    unexpected=unexpected,
-                )
-                if unexpected:
-                    stopping = True
-                    stop_all(signal.SIGTERM)
-            time.sleep(poll_s)
-    finally:
-        for child in children:  # only on an exception in this loop
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    return EXIT_FAILURE if failed else EXIT_OK
+        },
+        poll_s=poll_s,
+    )
 
 
 def run(settings: ReceiverSettings, metrics_address: str | None) -> int:

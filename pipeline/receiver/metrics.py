@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-TRANSPORTS = ("udp", "tcp")
+TRANSPORTS = ("udp", "tcp", "tls")
 VERSIONS = ("1", "2", "3")
 DROP_REASONS = ("queue_full", "shutdown")
 REJECT_REASONS = ("auth_missing", "auth_mismatch")
@@ -105,7 +105,8 @@ class _Collector(Collector):
         )
         yield _labelled(
             "hep_ingest_tcp_connections_closed",
-            "TCP connections closed by the receiver or the peer, by reason.",
+            "TCP and TLS connections closed by the receiver or the peer, by reason "
+            "(tls_handshake: a TLS handshake that failed).",
             m.tcp_connections_closed,
         )
         yield GaugeMetricFamily(

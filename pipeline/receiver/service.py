@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 
 from prometheus_client import CollectorRegistry
@@ -18,6 +19,7 @@ from pipeline.receiver.metrics import ReceiverMetrics
 from pipeline.receiver.publisher import KafkaPublisher
 from pipeline.receiver.settings import ReceiverSettings
 from pipeline.receiver.tcp import TcpListener
+from pipeline.receiver.tls import HandshakeFailures, report_handshake_failures
 from pipeline.receiver.udp import UdpProtocol, open_udp_listener
 from pipeline.records import load_codec
 
@@ -84,10 +86,32 @@ async def run_receiver(
             tcp_bound.extend(
                 f"{sock.getsockname()[0]}:{sock.getsockname()[1]}" for sock in server.sockets
             )
+        tls_bound = []
+        if settings.tls_context is not None:
+            report_handshake_failures(settings.tls_context, HandshakeFailures(metrics))
+        for host, port in settings.tls:
+            # The same protocol as TCP: the loop decrypts, the framer sees plain HEP.
+            server = await loop.create_server(
+                tcp.tls_protocol,
+                host,
+                port,
+                ssl=settings.tls_context,
+                reuse_address=True,
+                reuse_port=settings.reuse_port or None,
+            )
+            servers.append(server)
+            tls_bound.extend(
+                f"{sock.getsockname()[0]}:{sock.getsockname()[1]}" for sock in server.sockets
+            )
         log.info(
             "receiver_started",
             udp=udp_bound,
             tcp=tcp_bound,
+            tls=tls_bound,
+            tls_client_cert_required=(
+                settings.tls_context is not None
+                and settings.tls_context.verify_mode == ssl.CERT_REQUIRED
+            ),
             bootstrap_servers=settings.bootstrap_servers,
             topic=settings.topic,
             receiver_id=settings.receiver_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 from dataclasses import dataclass, field
 
 from pipeline.observability.metrics import parse_host_port
@@ -29,6 +30,10 @@ class ReceiverSettings:
     topic: str = "hep"
     udp: tuple[tuple[str, int], ...] = (("0.0.0.0", 9060),)
     tcp: tuple[tuple[str, int], ...] = (("0.0.0.0", 9060),)
+    # HEP over TLS: TCP listeners with this server context (pipeline.receiver.tls), built
+    # once by the CLI so that a bad certificate is a startup error.
+    tls: tuple[tuple[str, int], ...] = ()
+    tls_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
     auth_key: bytes | None = None
     forward_auth_key: bool = False
     receiver_id: str = field(default_factory=default_receiver_id)
@@ -63,8 +68,10 @@ class ReceiverSettings:
             raise ValueError("bootstrap servers must not be empty")
         if not self.topic:
             raise ValueError("topic must not be empty")
-        if not self.udp and not self.tcp:
-            raise ValueError("at least one --udp or --tcp listener is needed")
+        if not self.udp and not self.tcp and not self.tls:
+            raise ValueError("at least one --udp, --tcp or --tls listener is needed")
+        if self.tls and self.tls_context is None:
+            raise ValueError("--tls listeners need a TLS context (--tls-cert and --tls-key)")
         if self.compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}")
         if self.auth_key is not None and not self.auth_key:

@@ -1,5 +1,8 @@
 """TCP listener: a HEPv3 stream per connection, framed by the sans-IO HepStreamFramer.
 
+TLS connections use the same protocol (transport label "tls"): the event loop runs the
+handshake and hands the decrypted stream to `data_received`.
+
 Backpressure instead of loss: after each read a connection asks whether the backlog
 is above its high-water mark and, if so, stops reading (`pause_reading()`), which lets
 the kernel's buffers and then TCP flow control hold the sender back. The publisher calls
@@ -49,6 +52,10 @@ class TcpListener:
     def protocol(self) -> TcpConnection:
         return TcpConnection(self)
 
+    def tls_protocol(self) -> TcpConnection:
+        """For a listener created with `ssl=`: the same framing, labelled "tls"."""
+        return TcpConnection(self, transport="tls")
+
     def resume_all(self) -> None:
         paused, self.paused = self.paused, set()
         for connection in paused:
@@ -60,8 +67,9 @@ class TcpListener:
 
 
 class TcpConnection(asyncio.Protocol):
-    def __init__(self, listener: TcpListener) -> None:
+    def __init__(self, listener: TcpListener, transport: str = "tcp") -> None:
         self._listener = listener
+        self._transport_label = transport
         self._framer = HepStreamFramer()
         self._transport: asyncio.Transport | None = None
         self._context: ReceiveContext | None = None
@@ -71,9 +79,21 @@ class TcpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername") or ("", 0)
-        self._context = self._listener.intake.context("tcp", str(peer[0]), int(peer[1]))
+        self._context = self._listener.intake.context(
+            self._transport_label, str(peer[0]), int(peer[1])
+        )
         self._listener.connections.add(self)
-        log.debug("tcp_connected", peer=f"{peer[0]}:{peer[1]}")
+        if self._transport_label == "tls":
+            cert = transport.get_extra_info("peercert") or {}
+            ssl_object = transport.get_extra_info("ssl_object")
+            log.debug(
+                "tls_connected",
+                peer=f"{peer[0]}:{peer[1]}",
+                version=ssl_object.version() if ssl_object is not None else None,
+                client_subject=dict(item[0] for item in cert.get("subject", ())) or None,
+            )
+        else:
+            log.debug("tcp_connected", peer=f"{peer[0]}:{peer[1]}")
 
     def data_received(self, data: bytes) -> None:
         listener = self._listener
@@ -86,6 +106,7 @@ class TcpConnection(asyncio.Protocol):
             log.warning(
                 "tcp_stream_broken",
                 peer=f"{self._context.sender_ip}:{self._context.sender_port}",
+                transport=self._transport_label,
                 reason=exc.reason,
             )
             self.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import ssl
+from pathlib import Path
 
 import pytest
 from conftest import load_vectors
@@ -10,9 +12,11 @@ from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.receiver import tls
 from pipeline.receiver.intake import Intake
 from pipeline.receiver.metrics import ReceiverMetrics
 from pipeline.receiver.settings import ReceiverSettings, parse_listen
+from pipeline.receiver.tls import HandshakeFailures, TlsConfigError, load_server_context
 from pipeline.records import RecordIdGenerator, load_codec
 
 NOW_US = 1_800_000_000_000_000
@@ -122,6 +126,8 @@ def test_settings_validate() -> None:
         ReceiverSettings(udp=(), tcp=())
     with pytest.raises(ValueError):
         ReceiverSettings(queue_size=0)
+    with pytest.raises(ValueError, match="TLS context"):
+        ReceiverSettings(tls=(("127.0.0.1", 9061),))
     settings = ReceiverSettings(compression="none")
     assert settings.compression_type is None
     assert ReceiverSettings().compression_type == "zstd"
@@ -139,7 +145,8 @@ def test_help_lists_every_option_with_its_environment_variable() -> None:
         "udp", "tcp", "bootstrap-servers", "topic", "auth-key", "metrics", "receiver-id",
         "forward-auth-key", "compression", "batch-bytes", "linger-ms", "queue-size",
         "max-backlog-bytes", "enable-idempotence", "create-topic", "partitions",
-        "log-level", "log-format", "shutdown-timeout",
+        "log-level", "log-format", "shutdown-timeout", "tls", "tls-cert", "tls-key",
+        "tls-client-ca",
     ):
         assert f"--{option}" in text
         assert "HEP_INGEST_" + option.upper().replace("-", "_") in text
@@ -150,3 +157,46 @@ def test_bad_settings_exit_with_usage_error() -> None:
     assert result.exit_code == 2
     result = CliRunner().invoke(app, ["receive"], env={"HEP_INGEST_UDP": "nonsense"})
     assert result.exit_code == 2
+
+
+def test_tls_options_without_what_they_need_exit_with_usage_error(tmp_path: Path) -> None:
+    clean = {"HEP_INGEST_TLS_CERT": None, "HEP_INGEST_TLS_KEY": None, "HEP_INGEST_TLS": None}
+    cases = [
+        (["--tls", "127.0.0.1:9061"], "needs --tls-cert and --tls-key"),
+        (["--tls", "127.0.0.1:9061", "--tls-cert", str(tmp_path / "x.pem")], "needs --tls-cert"),
+        (["--tls-key", str(tmp_path / "x.key")], "--tls-key without --tls"),
+        (
+            ["--tls", "127.0.0.1:9061", "--tls-cert", str(tmp_path / "missing.pem"),
+             "--tls-key", str(tmp_path / "missing.key")],
+            "No such file",
+        ),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(app, ["receive", *args], env={"COLUMNS": "250", **clean})
+        assert result.exit_code == 2, result.output
+        assert message in _plain(result.output)
+    (tmp_path / "garbage.pem").write_text("not a certificate")
+    with pytest.raises(TlsConfigError, match=r"garbage\.pem"):
+        load_server_context(str(tmp_path / "garbage.pem"), str(tmp_path / "garbage.pem"))
+
+
+def test_failed_tls_handshakes_are_all_counted_and_sampled_in_the_log(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    logged: list[dict[str, object]] = []
+    monkeypatch.setattr(
+        tls.log, "warning", lambda event, **fields: logged.append({"event": event, **fields})
+    )
+    registry = CollectorRegistry()
+    metrics = ReceiverMetrics(registry)
+    now = [100.0]
+    failures = HandshakeFailures(metrics, interval_s=60.0, clock=lambda: now[0])
+    closed = "hep_ingest_tcp_connections_closed_total"
+    assert registry.get_sample_value(closed, {"reason": "tls_handshake"}) == 0
+    error = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+    for step in (0.0, 1.0, 1.0, 59.0):  # logged at 100 and 161
+        now[0] += step
+        failures(error)
+    assert registry.get_sample_value(closed, {"reason": "tls_handshake"}) == 4
+    assert [entry["failures_since_last_sample"] for entry in logged] == [1, 3]
+    assert logged[0]["event"] == "tls_handshake_failed"

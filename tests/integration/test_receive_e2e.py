@@ -106,3 +106,19 @@ def consume_sync(
     import asyncio
 
     return asyncio.run(consume(bootstrap_servers, topic, expected))
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip", "snappy", "lz4", "zstd"])
+def test_every_compression_reaches_the_broker_and_reads_back(
+    kafka: EmbeddedKafka, topic_name: str, tmp_path: Path, compression: str
+) -> None:
+    tcp_packets, tcp_expected = load_vectors("kamailio_hep3_tcp")
+    with run_receiver_process(
+        tmp_path, kafka.bootstrap_servers, topic_name, "--compression", compression
+    ) as receiver:
+        receiver.wait_for_event("broker_connected")
+        send_tcp(receiver.tcp_port, tcp_packets)
+        records = consume_sync(kafka.bootstrap_servers, topic_name, 34)
+        _match(records, tcp_expected["packets"])
+        assert receiver.metric("hep_ingest_packets_published_total") == 34
+        assert receiver.terminate() == 0

@@ -250,3 +250,27 @@ def test_up_stores_kamailio_hep_and_stops_clean(tmp_path: Path, up_env: dict[str
     assert "status: received 0" in second.stdout  # the final status line
     leftovers = processes_mentioning(str(data_dir), f"127.0.0.1:{second_kafka_port}")
     assert leftovers == [], leftovers
+
+
+def test_up_uses_external_kafka_and_postgres_when_given(
+    tmp_path: Path, up_env: dict[str, str], kafka: Any, database_dsn: str, topic_name: str
+) -> None:
+    packets, _ = load_vectors("kamailio_hep3_udp")
+    data_dir = tmp_path / "data"
+    udp_port, tcp_port = free_udp_port(), free_tcp_port()
+    up = Up(["--data-dir", str(data_dir), "--udp", f"127.0.0.1:{udp_port}",
+             "--tcp", f"127.0.0.1:{tcp_port}", "--bootstrap-servers", kafka.bootstrap_servers,
+             "--dsn", database_dsn, "--topic", topic_name], up_env)  # fmt: skip
+    try:
+        assert up.wait_for_line(DSN_PATTERN, 120).group(1) == database_dsn
+        kafka_line = up.wait_for_line(KAFKA_PATTERN, 1)
+        assert f"{kafka_line.group(1)}:{kafka_line.group(2)}" == kafka.bootstrap_servers
+        send_udp(packets, udp_port)
+        assert wait_for_rows(database_dsn, 170, up) == 170
+    finally:
+        code = up.interrupt()
+    assert code == 0, f"exit {code}\n{up.stderr}"
+    # Nothing embedded was started: no server of ours, no cluster in the data directory.
+    assert processes_mentioning(str(data_dir)) == []
+    assert not (data_dir / "postgres" / "pgdata" / "PG_VERSION").exists()
+    assert not list(data_dir.rglob("PG_VERSION"))

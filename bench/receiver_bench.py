@@ -33,13 +33,14 @@ from receiver_process import run_receiver_process  # noqa: E402
 from pipeline.embedded import EmbeddedKafka  # noqa: E402
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far (Linux /proc)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return float("nan"), float("nan")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def children(parent: int) -> list[int]:
@@ -119,8 +120,9 @@ def main() -> None:
             receiver.metrics_port = base_port
             return total
 
-        def cpu() -> float:
-            return sum(cpu_seconds(pid) for pid in pids)
+        def cpu() -> tuple[float, float]:
+            times = [cpu_times(pid) for pid in pids]
+            return sum(t[0] for t in times), sum(t[1] for t in times)
 
         sent_total = 0
         published_before = 0.0
@@ -143,19 +145,23 @@ def main() -> None:
                     if metric("hep_ingest_queue_depth") == 0:
                         break
                 time.sleep(0.2)
-            cpu_used = cpu() - cpu_before
+            cpu_after = cpu()
+            user_s, sys_s = cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]
+            cpu_used = user_s + sys_s
             received = metric("hep_ingest_packets_received_total")
             published = metric("hep_ingest_packets_published_total")
             # Receiver CPU per published packet: the cost that caps one process on a
             # dedicated core, whatever else the machine is running.
-            per_packet_us = cpu_used / max(published - published_before, 1) * 1e6
+            count = max(published - published_before, 1)
+            per_packet_us = cpu_used / count * 1e6
             published_before = published
             dropped = metric("hep_ingest_packets_dropped_total")
             lossless = published == sent_total and dropped == 0
             print(
                 f"rate {rate:>7}/s  sent {sent_total:>8}  received {received:>9.0f}  "
                 f"published {published:>9.0f}  dropped {dropped:.0f}  "
-                f"(sender took {send_s:.1f}s)  receiver cpu {per_packet_us:.1f} us/packet  "
+                f"(sender took {send_s:.1f}s)  receiver cpu {per_packet_us:.1f} us/packet "
+                f"(user {user_s / count * 1e6:.1f}, sys {sys_s / count * 1e6:.1f})  "
                 f"{'OK' if lossless else 'LOSS'}",
                 flush=True,
             )

@@ -107,3 +107,36 @@ class Intake:
             packet, record_id=self._ids.next(), receive_time_us=now_us, context=context
         )
         return record_key(packet), self._encode(record)
+
+    def acceptor(self, transport: str) -> Callable[[bytes, ReceiveContext, int], Encoded | None]:
+        """`accept` for the contexts of one transport, with its lookups bound once.
+
+        The same outcome and counts as `accept` (the UDP listener calls it per
+        datagram; the bound locals save a few attribute and global lookups each).
+        """
+        encode_packet = self._encode_packet
+        if encode_packet is None or self._auth_key is not None:
+            return self.accept
+        metrics = self._metrics
+        received = metrics.received
+        invalid = metrics.invalid
+        keys = tuple((transport, label) for label in _VERSION_LABEL)
+        other = (transport, "other")
+        next_id = self._ids.next
+        decode = decode_packet
+        key_of = record_key
+        decode_error = HepDecodeError
+
+        def accept(data: bytes, context: ReceiveContext, now_us: int) -> Encoded | None:
+            if context.transport != transport:
+                return self.accept(data, context, now_us)
+            received[keys[data[0]] if data else other] += 1
+            try:
+                packet = decode(data)
+            except decode_error as exc:
+                invalid[exc.reason] += 1
+                return None
+            metrics.decoded += 1
+            return key_of(packet), encode_packet(packet, next_id(), now_us, context)
+
+        return accept

@@ -1,6 +1,6 @@
 """KafkaPublisher: the bounded backlog between the listeners and Kafka, and its delivery.
 
-    listeners --offer()--> backlog (deque, bounded in packets and bytes)
+    listeners --offer()--> backlog (list, bounded in packets and bytes)
                               |  one cycle: take up to ~batch_bytes x partitions,
                               |  group by partition (murmur2 of the key, like the Java
                               |  client; keyless records stick to one partition per cycle),
@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +32,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from pipeline.observability import get_logger
@@ -48,6 +49,7 @@ _PARTITION_CACHE_LIMIT = 100_000
 # Consecutive failed cycles after which the producer is rebuilt from scratch.
 _RESET_AFTER_FAILURES = 3
 _STOP_TIMEOUT_S = 5.0
+_NO_HEADERS: list[tuple[str, bytes]] = []  # the record builder wants a list; never mutated
 
 
 class PublishError(Exception):
@@ -67,9 +69,13 @@ class KafkaPublisher:
         self._settings = settings
         self._metrics = metrics
         self._on_low_water = on_low_water
-        self._queue: deque[Record] = deque()
+        # A list, not a deque: a cycle usually takes all of it by swapping in a new one.
+        self._queue: list[Record] = []
         self._held_packets = 0  # in the queue or in flight
         self._held_bytes = 0
+        # Of _held_bytes, those taken by a cycle and not yet released or put back; the
+        # queue holds the rest (kept per cycle, so that offer() updates one byte count).
+        self._inflight_bytes = 0
         self._max_packets = settings.queue_size
         self._max_bytes = settings.max_backlog_bytes
         self._high_packets = max(1, int(settings.queue_size * settings.tcp_high_water))
@@ -98,16 +104,20 @@ class KafkaPublisher:
         `force` is for TCP, whose reading is already paused above high water: the few
         records of one read that arrive past the bound are kept, not dropped.
         """
-        size = len(value)
-        if not force and (
-            self._held_packets >= self._max_packets or self._held_bytes + size > self._max_bytes
-        ):
+        return self.offer_record((key, value), force)
+
+    def offer_record(self, record: Record, force: bool = False) -> bool:
+        """`offer` of a (key, value) tuple as the intake returns it (no repacking)."""
+        size = len(record[1])
+        held = self._held_bytes + size
+        if not force and (self._held_packets >= self._max_packets or held > self._max_bytes):
             return False
-        if not self._queue:
+        queue = self._queue
+        if not queue:
             self._wakeup.set()
-        self._queue.append((key, value))
+        queue.append(record)
         self._held_packets += 1
-        self._held_bytes += size
+        self._held_bytes = held
         return True
 
     def above_high_water(self) -> bool:
@@ -153,7 +163,8 @@ class KafkaPublisher:
         if left:
             self._metrics.dropped["shutdown"] += left
             log.error("shutdown_dropped", dropped=left, reason="grace period over")
-            self._queue.clear()
+            self._queue = []
+            self._inflight_bytes = 0
             self._held_packets = 0
             self._held_bytes = 0
         await self._close_producer()
@@ -306,44 +317,54 @@ class KafkaPublisher:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.stop(), _STOP_TIMEOUT_S)
 
-    def _take(self) -> list[Record]:
-        """Pop the next cycle's records: about one full batch per partition."""
+    def _take(self) -> tuple[list[Record], int]:
+        """Pop the next cycle's records (about one full batch per partition) and their bytes."""
         budget = self._settings.batch_bytes * max(4, self._partition_count)
         queue = self._queue
-        taken: list[Record] = []
+        queued_bytes = self._held_bytes - self._inflight_bytes
+        if queued_bytes < budget:
+            # The usual case: everything queued fits in one cycle; swap the list.
+            self._queue = []
+            self._inflight_bytes += queued_bytes
+            return queue, queued_bytes
+        # A backlog (after an outage): the same cut as popping records until the
+        # budget is reached, taken as one slice.
         size = 0
-        while queue and size < budget:
-            record = queue.popleft()
-            size += len(record[1])
-            taken.append(record)
-        return taken
+        end = 0
+        count = len(queue)
+        while end < count and size < budget:
+            size += len(queue[end][1])
+            end += 1
+        taken = queue[:end]
+        del queue[:end]
+        self._inflight_bytes += size
+        return taken, size
 
     def _group(self, records: list[Record], partitions: list[int]) -> dict[int, list[Record]]:
         count = len(partitions)
-        cache = self._partition_cache
+        cache = self._partition_cache  # key -> index into `partitions`
         if count != self._partition_count:
             cache.clear()
             self._partition_count = count
         elif len(cache) > _PARTITION_CACHE_LIMIT:
             cache.clear()
-        sticky = partitions[self._sticky % count]
+        sticky = self._sticky % count
         self._sticky += 1
-        groups: dict[int, list[Record]] = {}
+        # One list per partition, reached by index: the per-record work is one cache
+        # lookup and one append.
+        groups: list[list[Record]] = [[] for _ in range(count)]
+        appends = [group.append for group in groups]
+        get = cache.get
         for record in records:
             key = record[0]
             if key is None:
-                partition = sticky
+                index = sticky
             else:
-                cached = cache.get(key)
-                if cached is None:
-                    cached = cache[key] = partitions[(murmur2(key) & 0x7FFFFFFF) % count]
-                partition = cached
-            group = groups.get(partition)
-            if group is None:
-                groups[partition] = [record]
-            else:
-                group.append(record)
-        return groups
+                index = get(key)
+                if index is None:
+                    index = cache[key] = (murmur2(key) & 0x7FFFFFFF) % count
+            appends[index](record)
+        return {partitions[i]: group for i, group in enumerate(groups) if group}
 
     async def _publish_cycle(self) -> None:
         producer = await self._connect()
@@ -351,11 +372,11 @@ class KafkaPublisher:
         known = producer.client.cluster.partitions_for_topic(topic)
         if not known:
             known = await producer.partitions_for(topic)
-        records = self._take()
+        records, size = self._take()
         if not records:
             return
         try:
-            failed, error = await self._deliver(producer, records, sorted(known))
+            failed, error = await self._deliver(producer, records, size, sorted(known))
         except BaseException:
             # Cancelled at the end of the grace period: keep the records for the count.
             self._requeue(records)
@@ -366,7 +387,11 @@ class KafkaPublisher:
         self._mark_up()
 
     async def _deliver(
-        self, producer: AIOKafkaProducer, records: list[Record], partitions: list[int]
+        self,
+        producer: AIOKafkaProducer,
+        records: list[Record],
+        size: int,
+        partitions: list[int],
     ) -> tuple[list[Record], BaseException | None]:
         """Send one cycle; returns the records to retry and the first error seen."""
         topic = self._settings.topic
@@ -396,12 +421,8 @@ class KafkaPublisher:
                 [future for _, future in pending],
                 timeout=self._settings.request_timeout_ms / 1000 * 2,
             )
-        published = 0
         for chunk, future in pending:
-            if future.done() and not future.cancelled() and future.exception() is None:
-                published += len(chunk)
-                self._release(chunk)
-            else:
+            if not (future.done() and not future.cancelled() and future.exception() is None):
                 failed.extend(chunk)
                 if error is None:
                     error = (
@@ -409,6 +430,13 @@ class KafkaPublisher:
                         if future.done() and not future.cancelled()
                         else TimeoutError("no acknowledgement")
                     )
+        # Release the acknowledged records in one step: the cycle's size is known, so
+        # only a partial failure has to sum its records' sizes.
+        published = len(records) - len(failed)
+        if failed:
+            size -= sum(len(value) for _key, value in failed)
+        if published:
+            self._release(published, size)
         self._metrics.published += published
         return failed, error
 
@@ -426,11 +454,13 @@ class KafkaPublisher:
     def _requeue(self, records: list[Record]) -> None:
         if not self._queue:
             self._wakeup.set()
-        self._queue.extendleft(reversed(records))
+        self._queue[:0] = records
+        self._inflight_bytes -= sum(len(value) for _key, value in records)
 
-    def _release(self, records: list[Record]) -> None:
-        self._held_packets -= len(records)
-        self._held_bytes -= sum(len(value) for _key, value in records)
+    def _release(self, packets: int, size: int) -> None:
+        self._held_packets -= packets
+        self._held_bytes -= size
+        self._inflight_bytes -= size
         if (
             self._high_seen
             and self._held_packets <= self._low_packets
@@ -449,15 +479,54 @@ def _build_batches(
     start, count = 0, len(group)
     while start < count:
         builder = producer.create_batch()
-        append = builder.append
-        end = start
-        while end < count:
-            key, value = group[end]
-            if append(timestamp=timestamp_ms, key=key, value=value) is None:
-                break
-            end += 1
+        inner = getattr(builder, "_builder", None)
+        if (
+            type(builder) is BatchBuilder
+            and type(inner) is DefaultRecordBatchBuilder
+            and builder._key_serializer is None
+            and builder._value_serializer is None
+            and builder._relative_offset == 0
+            and not builder._closed
+        ):
+            end = _fill_fast(builder, inner, group, start, timestamp_ms)
+        else:
+            end = _fill(builder, group, start, timestamp_ms)
         if end == start:  # aiokafka's builders always take their first record
             raise RuntimeError("an empty batch refused a record")
         batches.append((group[start:end], builder))
         start = end
     return batches
+
+
+def _fill(builder: Any, group: list[Record], start: int, timestamp_ms: int) -> int:
+    append = builder.append
+    end, count = start, len(group)
+    while end < count:
+        key, value = group[end]
+        if append(timestamp=timestamp_ms, key=key, value=value) is None:
+            break
+        end += 1
+    return end
+
+
+def _fill_fast(
+    builder: BatchBuilder, inner: Any, group: list[Record], start: int, timestamp_ms: int
+) -> int:
+    """`_fill` through the record builder under aiokafka's BatchBuilder.append.
+
+    BatchBuilder.append only serialises (we have no serialisers: keys and values are
+    bytes already), numbers the record and closes the batch when full; doing the same
+    here saves a Python call per record. Used only when the builder is exactly the
+    one checked for in `_build_batches`.
+    """
+    append = inner.append
+    headers = _NO_HEADERS
+    end, count = start, len(group)
+    while end < count:
+        key, value = group[end]
+        if append(end - start, timestamp_ms, key, value, headers) is None:
+            builder.close()
+            break
+        end += 1
+    builder._relative_offset = end - start
+    return end

@@ -61,7 +61,7 @@ async def run_receiver(
                 host,
                 port,
                 rcvbuf_bytes=settings.udp_rcvbuf_bytes,
-                protocol_factory=lambda: UdpProtocol(intake, publisher.offer, metrics),
+                protocol_factory=lambda: UdpProtocol(intake, publisher.offer_record, metrics),
                 reuse_port=settings.reuse_port,
             )
             udp_transports.append(transport)

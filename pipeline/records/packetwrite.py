@@ -209,13 +209,16 @@ class PacketEncoder:
         out += _NULL if v is None else nints[v] if 0 <= v < size else b"\x02" + varint(v)
         v = packet.dst_port
         out += _NULL if v is None else nints[v] if 0 <= v < size else b"\x02" + varint(v)
+        # _timestamp inlined for a cached high part (a miss, a negative or small value
+        # takes the method: a negative n >> 14 or 0 is never a key of the cache).
         timestamp = self._timestamp
-        if packet.ts_sec == 0:
-            out += timestamp(receive_time_us)
-            out += _TRUE
-        else:
-            out += timestamp(packet.ts_sec * 1_000_000 + packet.ts_usec)
-            out += _FALSE
+        high = self._high
+        low14 = self._low14
+        v = receive_time_us if packet.ts_sec == 0 else packet.ts_sec * 1_000_000 + packet.ts_usec
+        n = v << 1
+        e = high.get(n >> 14)
+        out += low14[n & 0x3FFF] + e if e is not None else timestamp(v)
+        out += _TRUE if packet.ts_sec == 0 else _FALSE
         v = packet.proto_type
         out += _NULL if v is None else nints[v] if 0 <= v < size else b"\x02" + varint(v)
         v = packet.capture_id
@@ -254,8 +257,11 @@ class PacketEncoder:
                 out += ints[n] if n < size else varint(n)
                 out += value
         out += _NULL  # end of the array
-        out += timestamp(receive_time_us)
-        out += self._tail(context)
+        n = receive_time_us << 1
+        e = high.get(n >> 14)
+        out += low14[n & 0x3FFF] + e if e is not None else timestamp(receive_time_us)
+        entry = self._tails.get(id(context))
+        out += entry[1] if entry is not None and entry[0] is context else self._tail(context)
         return bytes(out)
 
 

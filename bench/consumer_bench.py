@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import os
 import pstats
 import signal
@@ -41,6 +42,32 @@ from pipeline.consumer import ConsumerSettings, run_consumer  # noqa: E402
 from pipeline.embedded import EmbeddedKafka, EmbeddedPostgres, free_tcp_port  # noqa: E402
 from tests.conftest import create_topic  # noqa: E402
 from tests.integration.consume_support import generated_sip, publish  # noqa: E402
+
+
+class GcTimer:
+    """Time spent in the cyclic garbage collector, per generation (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.counts = [0, 0, 0]
+        self._start = 0.0
+        self.active = False
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if not self.active:
+            return
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            generation = info["generation"]
+            self.seconds[generation] += time.perf_counter() - self._start
+            self.counts[generation] += 1
+
+    def summary(self, rows: float) -> str:
+        return ", ".join(
+            f"gen{g} {n}x {s:.2f}s ({s / rows * 1e6:.1f} us/row)"
+            for g, (n, s) in enumerate(zip(self.counts, self.seconds, strict=True))
+        )
 
 
 def metric_total(registry: CollectorRegistry, name: str) -> float:
@@ -78,6 +105,8 @@ async def bench(args: argparse.Namespace, bootstrap: str, dsn: str) -> None:
         flush_interval=args.flush_interval,
     )
     registry = CollectorRegistry()
+    gc_timer = GcTimer()
+    gc.callbacks.append(gc_timer)
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(run_consumer(settings, registry, stop, ready))
     await ready.wait()
@@ -91,6 +120,7 @@ async def bench(args: argparse.Namespace, bootstrap: str, dsn: str) -> None:
         if started is None and consumed > 0:
             started = time.perf_counter()
             cpu_started = time.process_time()
+            gc_timer.active = True
         written = metric_total(registry, "hep_ingest_rows_written")
         if written >= args.records:
             break
@@ -100,6 +130,7 @@ async def bench(args: argparse.Namespace, bootstrap: str, dsn: str) -> None:
         await asyncio.sleep(0.01)
     elapsed = time.perf_counter() - (started or time.perf_counter())
     cpu = time.process_time() - cpu_started
+    gc_timer.active = False
     if profiler:
         profiler.disable()
         profiler.dump_stats(args.profile)
@@ -112,6 +143,7 @@ async def bench(args: argparse.Namespace, bootstrap: str, dsn: str) -> None:
         f"consumer process CPU {cpu:.1f}s = {cpu / elapsed:.0%} of one core, "
         f"{cpu / written * 1e6:.1f} us/row"
     )
+    print(f"cyclic GC during the run: {gc_timer.summary(written)}")
 
 
 def scrape(port: int, name: str) -> float:

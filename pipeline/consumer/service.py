@@ -7,6 +7,7 @@ command and `hep-ingest up` own those and set `stop`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 from contextlib import AsyncExitStack
 
@@ -24,6 +25,29 @@ from pipeline.observability import get_logger
 from pipeline.records import load_codec
 
 log = get_logger("pipeline.consumer")
+
+
+# Cyclic-GC generation-0 threshold while consuming (CPython's default is 700).
+GC_THRESHOLD_0 = 50_000
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for the consume loop (process-wide).
+
+    A batch keeps ~10k rows (and their values tuples and UUIDs) alive for about a
+    second, so with the default thresholds every generation-0 collection re-scans
+    them, they are promoted and re-scanned by generation 1, and full collections walk
+    every module, class and function object loaded at start. Measured on
+    bench/consumer_bench.py: ~8.5 us/row of GC out of ~45 us/row. Freezing the start-up
+    heap (after collecting its garbage) removes it from every later collection, and a
+    larger generation-0 threshold makes the young collections ~70x rarer. Reference
+    counting still frees everything acyclic immediately; only cyclic garbage lives a
+    little longer (at most 50k allocations).
+    """
+    gc.collect()
+    gc.freeze()
+    _, threshold1, threshold2 = gc.get_threshold()
+    gc.set_threshold(max(GC_THRESHOLD_0, gc.get_threshold()[0]), threshold1, threshold2)
 
 
 async def build_sink(settings: ConsumerSettings, registry: CollectorRegistry) -> Sink:
@@ -125,6 +149,8 @@ async def run_consumer(
             batch_size=settings.batch_size,
             flush_interval=settings.flush_interval,
         )
+        if settings.tune_gc:
+            tune_gc()
         if ready is not None:
             ready.set()
         await worker.run(stop)

@@ -48,6 +48,9 @@ class ConsumerSettings:
     # One offset-commit attempt; a timed-out attempt is retried like any transient error.
     commit_timeout: float = 10.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # Freeze the start-up heap and raise the generation-0 GC threshold once started
+    # (process-wide; see service.tune_gc).
+    tune_gc: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

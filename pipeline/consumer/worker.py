@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -54,8 +55,18 @@ _DECODE_SLICE = 2000
 
 @dataclass(slots=True)
 class _PartitionChunk:
+    """One partition's share of a batch.
+
+    The source of ``rows[i]`` (for a dead letter if PostgreSQL rejects the row) is
+    ``offsets[i]``, ``keys[i]``, ``values[i]``: flat lists of ints and bytes rather than
+    the ConsumerRecord objects, which the cyclic GC would otherwise re-scan while the
+    batch is alive.
+    """
+
     rows: list[CaptureRow] = field(default_factory=list)
-    sources: list[ConsumerRecord[bytes, bytes]] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    keys: list[bytes | None] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     next_offset: int = -1
 
@@ -248,6 +259,7 @@ class ConsumerWorker:
             return
         batch = self._building
         decode = self._codec.decode
+        build = build_row
         store_auth_key = self._settings.store_auth_key
         added = 0
         for tp, messages in data.items():
@@ -259,21 +271,24 @@ class ConsumerWorker:
             chunk = batch.parts.get(tp)
             if chunk is None:
                 chunk = batch.parts[tp] = _PartitionChunk()
-            rows = chunk.rows
-            sources = chunk.sources
+            add_row = chunk.rows.append
+            add_offset = chunk.offsets.append
+            add_key = chunk.keys.append
+            add_value = chunk.values.append
             partition = tp.partition
             for message in messages:
                 value = message.value
+                offset = message.offset
                 try:
                     if value is None:
                         raise RecordDecodeError("no_value", "tombstone or empty record")
                     record = decode(value)
                     if type(record["capture_time"]) is not int:
                         _times_to_micros(record)
-                    row = build_row(
+                    row = build(
                         record,
                         kafka_partition=partition,
-                        kafka_offset=message.offset,
+                        kafka_offset=offset,
                         store_auth_key=store_auth_key,
                     )
                 except RecordDecodeError as exc:
@@ -284,8 +299,10 @@ class ConsumerWorker:
                         _dead_letter(message, "row_build_error", f"{type(exc).__name__}: {exc}")
                     )
                     continue
-                rows.append(row)
-                sources.append(message)
+                add_row(row)
+                add_offset(offset)
+                add_key(message.key)
+                add_value(value)
             chunk.next_offset = messages[-1].offset + 1
             added += len(messages)
         if added:
@@ -299,11 +316,11 @@ class ConsumerWorker:
 
     async def _write(self, batch: _Batch) -> _WriteResult:
         rows: list[CaptureRow] = []
-        sources: list[ConsumerRecord[bytes, bytes]] = []
+        spans: list[tuple[int, TopicPartition, _PartitionChunk]] = []  # (first row, ...)
         dead: list[DeadLetter] = []
-        for chunk in batch.parts.values():
+        for tp, chunk in batch.parts.items():
+            spans.append((len(rows), tp, chunk))
             rows.extend(chunk.rows)
-            sources.extend(chunk.sources)
             dead.extend(chunk.dead)
         publish = asyncio.create_task(self._dead_letters.publish(dead)) if dead else None
         try:
@@ -315,8 +332,7 @@ class ConsumerWorker:
                     position = index.get(id(item.row))
                     if position is None:
                         position = rows.index(item.row)
-                    reason = str(item.reason)
-                    more.append(_dead_letter(sources[position], "rejected", reason))
+                    more.append(_rejected_letter(spans, position, str(item.reason)))
                 await self._dead_letters.publish(more)
                 dead.extend(more)
             if publish is not None:
@@ -547,5 +563,23 @@ def _dead_letter(message: ConsumerRecord[bytes, bytes], reason: str, detail: str
         key=message.key,
         value=message.value,
         reason=reason,
+        detail=detail,
+    )
+
+
+def _rejected_letter(
+    spans: Sequence[tuple[int, TopicPartition, _PartitionChunk]], position: int, detail: str
+) -> DeadLetter:
+    """The dead letter of the batch's row at `position`, from its chunk's sources."""
+    k = bisect_right(spans, position, key=lambda span: span[0]) - 1
+    first, tp, chunk = spans[k]
+    i = position - first
+    return DeadLetter(
+        topic=tp.topic,
+        partition=tp.partition,
+        offset=chunk.offsets[i],
+        key=chunk.keys[i],
+        value=chunk.values[i],
+        reason="rejected",
         detail=detail,
     )

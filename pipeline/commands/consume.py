@@ -18,6 +18,8 @@ from pipeline.commands.options import (
     LogLevelOption,
     MetricsOption,
     TopicOption,
+    WorkerIndexOption,
+    check_workers,
 )
 
 HELP = """Consume HEP records from Kafka and store them in PostgreSQL.
@@ -139,10 +141,7 @@ def consume(
             show_default=True,
         ),
     ] = 1,
-    worker_index: Annotated[
-        int | None,
-        typer.Option(hidden=True, help="Set by the --workers supervisor in each worker."),
-    ] = None,
+    worker_index: WorkerIndexOption = None,
 ) -> None:
     from prometheus_client import CollectorRegistry
 
@@ -151,10 +150,7 @@ def consume(
     from pipeline.observability import configure_logging, get_logger, serve_metrics
     from pipeline.observability.metrics import parse_host_port
 
-    if workers < 1:
-        raise typer.BadParameter("must be at least 1", param_hint="--workers")
-    if worker_index is not None and (workers != 1 or worker_index < 0):
-        raise typer.BadParameter("only for a worker (--workers 1)", param_hint="--worker-index")
+    check_workers(workers, worker_index)
     metrics_address = None
     if metrics:
         try:

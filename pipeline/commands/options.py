@@ -43,3 +43,15 @@ TopicOption = Annotated[
     str,
     typer.Option(envvar="HEP_INGEST_TOPIC", help="Kafka topic of HEP records.", show_default=True),
 ]
+WorkerIndexOption = Annotated[
+    int | None,
+    typer.Option(hidden=True, help="Set by the --workers supervisor in each worker."),
+]
+
+
+def check_workers(workers: int, worker_index: int | None) -> None:
+    """Usage errors of --workers / the supervisor's hidden --worker-index."""
+    if workers < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--workers")
+    if worker_index is not None and (workers != 1 or worker_index < 0):
+        raise typer.BadParameter("only for a worker (--workers 1)", param_hint="--worker-index")

@@ -36,6 +36,8 @@ from pipeline.commands.options import (
     LogLevelOption,
     MetricsOption,
     TopicOption,
+    WorkerIndexOption,
+    check_workers,
 )
 from pipeline.observability import configure_logging, get_logger
 from pipeline.observability.metrics import parse_host_port
@@ -288,16 +290,10 @@ def receive(
             show_default=True,
         ),
     ] = 1,
-    worker_index: Annotated[
-        int | None,
-        typer.Option(hidden=True, help="Set by the --workers supervisor in each worker."),
-    ] = None,
+    worker_index: WorkerIndexOption = None,
 ) -> None:
     """Receive HEP (v1/v2/v3) over UDP, TCP and TLS and publish it to Kafka as Avro records."""
-    if workers < 1:
-        raise typer.BadParameter("must be at least 1", param_hint="--workers")
-    if worker_index is not None and (workers != 1 or worker_index < 0):
-        raise typer.BadParameter("only for a worker (--workers 1)", param_hint="--worker-index")
+    check_workers(workers, worker_index)
     try:
         settings = ReceiverSettings(
             bootstrap_servers=bootstrap_servers,

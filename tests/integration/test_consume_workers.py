@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from processes import alive, child_pids
 
 from pipeline.embedded import EmbeddedKafka, free_tcp_port
 from tests.conftest import create_topic
@@ -33,29 +34,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
 N = 5000
 FAST = ("--batch-size", "500", "--flush-interval", "0.2")
-
-
-def child_pids(parent: int) -> list[int]:
-    """Live (non-zombie) processes whose parent is `parent` (Linux /proc)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(stat[1]) == parent and stat[0] != "Z":
-            out.append(int(entry.name))
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return stat[0] != "Z"
 
 
 def two_free_ports() -> int:

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 from conftest import load_vectors
+from processes import alive, child_pids
 from receiver_process import ReceiverProcess, consume, run, run_receiver_process, send_tcp
 from test_receive_e2e import _match
-from test_receive_workers import alive, child_pids, metric_sum, wait_for_events
+from test_receive_workers import metric_sum, wait_for_events
 
 from pipeline.embedded import EmbeddedKafka
 from pipeline.embedded.net import free_tcp_port

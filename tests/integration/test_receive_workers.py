@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import load_vectors
+from processes import alive, child_pids
 from receiver_process import (
     ReceiverProcess,
     consume,
@@ -24,29 +25,6 @@ from receiver_process import (
 from pipeline.embedded import EmbeddedKafka
 
 pytestmark = pytest.mark.integration
-
-
-def child_pids(parent: int) -> list[int]:
-    """Live (non-zombie) processes whose parent is `parent` (Linux /proc)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(stat[1]) == parent and stat[0] != "Z":
-            out.append(int(entry.name))
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return stat[0] != "Z"
 
 
 def wait_for_events(receiver: ReceiverProcess, name: str, count: int, timeout: float = 30) -> None:

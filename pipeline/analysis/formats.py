@@ -48,9 +48,10 @@ def cell_text(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(UTC)
-        return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        moment: datetime = value
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(UTC)
+        return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     if isinstance(value, timedelta):
         return f"{value.total_seconds():.3f}"
     if isinstance(value, float):

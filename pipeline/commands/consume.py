@@ -7,7 +7,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -173,6 +173,10 @@ def consume(
     log = get_logger("pipeline.consumer")
     if workers > 1:
         raise typer.Exit(_supervise(workers, metrics_address))
+    # Workers on one host get distinct client ids (the service appends the host name).
+    worker_client: dict[str, Any] = (
+        {} if worker_index is None else {"client_id": f"{CLIENT_ID}-w{worker_index}"}
+    )
     settings = ConsumerSettings(
         bootstrap_servers=bootstrap_servers,
         topic=topic,
@@ -187,8 +191,7 @@ def consume(
         dead_letter_topic=dead_letter_topic or None,
         migrate=migrate,
         store_auth_key=store_auth_key,
-        # Workers on one host get distinct client ids (the service appends the host name).
-        **({} if worker_index is None else {"client_id": f"{CLIENT_ID}-w{worker_index}"}),
+        **worker_client,
     )
     registry = CollectorRegistry()
     if metrics:

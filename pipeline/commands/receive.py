@@ -438,7 +438,7 @@ def run(settings: ReceiverSettings, metrics_address: str | None) -> int:
     return EXIT_OK
 
 
-def _loop_factory():  # type: ignore[no-untyped-def]
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     try:
         import uvloop
     except ImportError:  # Windows

@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 
 class _JsonFormatter(logging.Formatter):
@@ -52,6 +52,16 @@ class EventLogger(logging.LoggerAdapter[logging.Logger]):
         if fields:
             kwargs["extra"] = {"fields": fields}
         return msg, kwargs
+
+    if TYPE_CHECKING:
+        # What `process` accepts: any keyword is a field (``log.info("evt", **totals)``),
+        # not only LoggerAdapter's exc_info/stack_info/stacklevel/extra.
+        def debug(self, msg: object, *args: object, **kwargs: Any) -> None: ...
+        def info(self, msg: object, *args: object, **kwargs: Any) -> None: ...
+        def warning(self, msg: object, *args: object, **kwargs: Any) -> None: ...
+        def error(self, msg: object, *args: object, **kwargs: Any) -> None: ...
+        def exception(self, msg: object, *args: object, **kwargs: Any) -> None: ...
+        def critical(self, msg: object, *args: object, **kwargs: Any) -> None: ...
 
 
 _LOGGING_KWARGS = {"exc_info", "stack_info", "stacklevel", "extra"}

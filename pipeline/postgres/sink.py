@@ -187,7 +187,8 @@ def is_transient(exc: BaseException) -> bool:
 
 def _retry_reason(exc: BaseException) -> str:
     if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate:
-        return exc.sqlstate
+        sqlstate: str = exc.sqlstate
+        return sqlstate
     return type(exc).__name__
 
 

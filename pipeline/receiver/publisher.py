@@ -355,6 +355,7 @@ class KafkaPublisher:
         groups: list[list[Record]] = [[] for _ in range(count)]
         appends = [group.append for group in groups]
         get = cache.get
+        index: int | None
         for record in records:
             key = record[0]
             if key is None:

@@ -55,7 +55,7 @@ async def run_receiver(
     publisher.start()
     progress: asyncio.Task[None] | None = None
     try:
-        udp_bound = []
+        udp_bound: list[str] = []
         for host, port in settings.udp:
             transport, bound, rcvbuf = await open_udp_listener(
                 host,
@@ -73,7 +73,7 @@ async def run_receiver(
                     granted=rcvbuf,
                     hint="raise net.core.rmem_max",
                 )
-        tcp_bound = []
+        tcp_bound: list[str] = []
         for host, port in settings.tcp:
             server = await loop.create_server(
                 tcp.protocol,
@@ -86,7 +86,7 @@ async def run_receiver(
             tcp_bound.extend(
                 f"{sock.getsockname()[0]}:{sock.getsockname()[1]}" for sock in server.sockets
             )
-        tls_bound = []
+        tls_bound: list[str] = []
         if settings.tls_context is not None:
             report_handshake_failures(settings.tls_context, HandshakeFailures(metrics))
         for host, port in settings.tls:
@@ -126,12 +126,12 @@ async def run_receiver(
     finally:
         for transport in udp_transports:
             transport.close()
-        for server in servers:
-            server.close()
+        for listening in servers:
+            listening.close()
         tcp.close_all()
-        for server in servers:
+        for listening in servers:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 1.0)
+                await asyncio.wait_for(listening.wait_closed(), 1.0)
         if progress is not None:
             progress.cancel()
         await publisher.close(settings.shutdown_timeout_s)

@@ -45,7 +45,7 @@ class UdpProtocol(asyncio.DatagramProtocol):
         self._contexts: dict[Any, ReceiveContext] = {}
         # The per-datagram handler as a closure over locals: the event loop finds it as
         # an instance attribute, ahead of the method below (which does the same).
-        self.datagram_received = self._handler()  # type: ignore[method-assign]
+        self.datagram_received = self._handler()  # type: ignore[method-assign,assignment]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         context = self._contexts.get(addr)

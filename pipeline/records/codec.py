@@ -111,6 +111,7 @@ class RecordCodec:
         if writer is None:
             raise RecordDecodeError("unknown_schema", data[2:HEADER_SIZE].hex())
         view = bytes(data)
+        record: dict[str, Any]  # a record schema's reader returns a dict
         try:
             record, end = writer.read_body(view, HEADER_SIZE)
         except (AvroReadError, IndexError) as exc:

@@ -90,10 +90,12 @@ def _emit_value(src: _Source, schema: Any, target: str, indent: int,
         src.emit(indent, f"{target}, pos = read_boolean(buf, pos)")
     elif kind == "fixed":
         named[schema["name"]] = schema
-        size = int(schema["size"])
-        src.emit(indent, f"if pos + {size} > len(buf): raise AvroReadError('fixed past the end')")
-        src.emit(indent, f"{target} = buf[pos:pos + {size}]")
-        src.emit(indent, f"pos += {size}")
+        fixed_size = int(schema["size"])
+        src.emit(
+            indent, f"if pos + {fixed_size} > len(buf): raise AvroReadError('fixed past the end')"
+        )
+        src.emit(indent, f"{target} = buf[pos:pos + {fixed_size}]")
+        src.emit(indent, f"pos += {fixed_size}")
     elif kind == "record":
         named[schema["name"]] = schema
         record = src.fresh("r")

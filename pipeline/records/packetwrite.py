@@ -181,6 +181,8 @@ class PacketEncoder:
         texts = self._texts
         out = bytearray(self._header)
         out += record_id
+        # One local for the int fields, nullable or not (a bare annotation costs nothing).
+        v: int | None
         v = packet.version
         out += ints[v] if 0 <= v < size else varint(v)
         # ["null", int] fields, unrolled: a loop over a tuple costs more than the writes.

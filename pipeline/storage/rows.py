@@ -27,8 +27,8 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
-from typing import Any, Final
+from json.encoder import encode_basestring_ascii
+from typing import Any, Final, cast
 
 from pipeline.hep.chunks import proto_type_name
 from pipeline.sip import SipParseError, SipSummary, scan_call_id, summarise_sip
@@ -288,7 +288,8 @@ def build_row(
          reason_header, pai_user) = sip
         if is_request:
             table = table_for(proto_type, method)
-            homer_method = method
+            # A request line always has a method (summarise_sip raises otherwise).
+            homer_method = cast(str, method)
         else:
             table = table_for(proto_type, cseq_method)
             # For a response HOMER's `method` is the status code, as heplify-server
@@ -296,7 +297,7 @@ def build_row(
             homer_method = str(status_code)
             method = None
         # HOMER's data_header for SIP: "" for absent values, as HOMER queries expect.
-        header_values = (
+        header_values: tuple[str, ...] = (
             call_id, homer_method, f"{cseq_number} {cseq_method}", ruri_user or "",
             ruri_domain or "", from_user or "", from_domain or "", from_tag or "",
             to_user or "", to_domain or "", to_tag or "", contact_user or "",

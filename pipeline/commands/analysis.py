@@ -90,6 +90,11 @@ def _run(dsn: str | None, work: Callable[[asyncpg.Connection], Awaitable[T]]) ->
         raise typer.Exit(1) from exc
 
 
+FormatOption = Annotated[
+    OutputFormat,
+    typer.Option("--format", envvar="HEP_INGEST_FORMAT", help="Output format.",
+                 show_default=True),
+]
 DsnOption = Annotated[
     str | None,
     typer.Option(
@@ -125,10 +130,7 @@ def calls(
     limit: Annotated[
         int, typer.Option(envvar="HEP_INGEST_CALLS_LIMIT", min=1, help="Most recent N calls.")
     ] = 50,
-    fmt: Annotated[
-        OutputFormat,
-        typer.Option("--format", envvar="HEP_INGEST_FORMAT", help="Output format."),
-    ] = OutputFormat.table,
+    fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """Recent calls, newest first: one row per INVITE dialog (sip_calls)."""
     now = datetime.now(UTC)
@@ -208,10 +210,7 @@ def stats(
     top: Annotated[
         int, typer.Option(envvar="HEP_INGEST_STATS_TOP", min=1, help="Failure codes listed.")
     ] = 3,
-    fmt: Annotated[
-        OutputFormat,
-        typer.Option("--format", envvar="HEP_INGEST_FORMAT", help="Output format."),
-    ] = OutputFormat.table,
+    fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """Per interval: calls attempted and answered, ASR, ACD, PDD p50/p95, top failures."""
     now = datetime.now(UTC)

@@ -19,6 +19,7 @@ from pipeline.commands.options import (
     MetricsOption,
     TopicOption,
     WorkerIndexOption,
+    check_worker_ports,
     check_workers,
 )
 
@@ -157,12 +158,7 @@ def consume(
             metrics_address = parse_host_port(metrics)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
-    if workers > 1 and metrics_address:
-        if metrics_address[1] == 0:
-            raise typer.BadParameter("port 0 (any free port) cannot be shared by workers",
-                                     param_hint="--workers")
-        if metrics_address[1] + workers - 1 > 65535:
-            raise typer.BadParameter("metrics port + workers - 1 > 65535", param_hint="--workers")
+    check_worker_ports(workers, [], metrics_address)
     if sink is SinkChoice.postgres and not dsn:
         dsn = _default_dsn()
         if not dsn:

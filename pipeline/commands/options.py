@@ -55,3 +55,17 @@ def check_workers(workers: int, worker_index: int | None) -> None:
         raise typer.BadParameter("must be at least 1", param_hint="--workers")
     if worker_index is not None and (workers != 1 or worker_index < 0):
         raise typer.BadParameter("only for a worker (--workers 1)", param_hint="--worker-index")
+
+
+def check_worker_ports(
+    workers: int, listen_ports: list[int], metrics_address: tuple[str, int] | None
+) -> None:
+    """With N > 1 workers every port must be fixed, and worker K's metrics port is PORT+K."""
+    if workers <= 1:
+        return
+    ports = [*listen_ports, *([metrics_address[1]] if metrics_address else [])]
+    if 0 in ports:
+        raise typer.BadParameter("port 0 (any free port) cannot be shared by workers",
+                                 param_hint="--workers")
+    if metrics_address and metrics_address[1] + workers - 1 > 65535:
+        raise typer.BadParameter("metrics port + workers - 1 > 65535", param_hint="--workers")

@@ -37,6 +37,7 @@ from pipeline.commands.options import (
     MetricsOption,
     TopicOption,
     WorkerIndexOption,
+    check_worker_ports,
     check_workers,
 )
 from pipeline.observability import configure_logging, get_logger
@@ -326,15 +327,8 @@ def receive(
         metrics_address = parse_host_port(metrics) if metrics and workers > 1 else None
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    if workers > 1:
-        ports = [port for _, port in (*settings.udp, *settings.tcp, *settings.tls)]
-        if metrics_address:
-            ports.append(metrics_address[1])
-        if 0 in ports:
-            raise typer.BadParameter("port 0 (any free port) cannot be shared by workers",
-                                     param_hint="--workers")
-        if metrics_address and metrics_address[1] + workers - 1 > 65535:
-            raise typer.BadParameter("metrics port + workers - 1 > 65535", param_hint="--workers")
+    listen_ports = [port for _, port in (*settings.udp, *settings.tcp, *settings.tls)]
+    check_worker_ports(workers, listen_ports, metrics_address)
     configure_logging(log_level, log_format)
     if workers > 1:
         raise typer.Exit(supervise(workers, settings.receiver_id, metrics_address))

@@ -281,6 +281,25 @@ def build_row(
     if not -32768 <= hep_type <= _SMALLINT_MAX:
         hep_type = None
 
+    create_date = _EPOCH + _timedelta(0, 0, record["capture_time"])
+    # The HEP envelope's columns (record_id .. receive_time), the same for every table.
+    envelope = (
+        record_id,
+        hep_version,
+        hep_type,
+        capture_id,
+        node_name,
+        correlation_id,
+        ip_family,
+        ip_proto,
+        record.get("src_ip"),
+        record.get("src_port"),
+        record.get("dst_ip"),
+        record.get("dst_port"),
+        record.get("vlan"),
+        _EPOCH + _timedelta(0, 0, record["receive_time"]),
+    )
+
     if sip is not None:
         (is_request, method, status_code, reason, ruri_user, ruri_domain, call_id,
          cseq_number, cseq_method, from_user, from_domain, from_tag, to_user, to_domain,
@@ -316,25 +335,12 @@ def build_row(
             expires = None
         values: Any = (
             call_id,
-            _EPOCH + _timedelta(0, 0, record["capture_time"]),
+            create_date,
             protocol_header,
             data_header,
             raw,
             raw_bytes,
-            record_id,
-            hep_version,
-            hep_type,
-            capture_id,
-            node_name,
-            correlation_id,
-            ip_family,
-            ip_proto,
-            record.get("src_ip"),
-            record.get("src_port"),
-            record.get("dst_ip"),
-            record.get("dst_port"),
-            record.get("vlan"),
-            _EPOCH + _timedelta(0, 0, record["receive_time"]),
+            *envelope,
             call_id,
             method,
             status_code,
@@ -367,25 +373,12 @@ def build_row(
                 sid = _clean(scanned.decode("utf-8", "replace")) or sid
         values = (
             sid,
-            _EPOCH + _timedelta(0, 0, record["capture_time"]),
+            create_date,
             protocol_header,
             _non_sip_data_header(record, proto_type, node_name, parse_error, sid),
             raw,
             raw_bytes,
-            record_id,
-            hep_version,
-            hep_type,
-            capture_id,
-            node_name,
-            correlation_id,
-            ip_family,
-            ip_proto,
-            record.get("src_ip"),
-            record.get("src_port"),
-            record.get("dst_ip"),
-            record.get("dst_port"),
-            record.get("vlan"),
-            _EPOCH + _timedelta(0, 0, record["receive_time"]),
+            *envelope,
             *_NO_SIP_VALUES,
             parse_error,
             kafka_partition,

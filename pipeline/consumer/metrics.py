@@ -18,6 +18,13 @@ class ConsumerMetrics:
             ["reason"],
             registry=registry,
         )
+        # No type label: a sender chooses the type, and labels must stay bounded.
+        self.rows_unknown_type = Counter(
+            "hep_ingest_rows_unknown_type_total",
+            "Records of a HEP protocol type without a table of its own, routed to "
+            "hep_proto_unknown_default (its hep_type column holds the type).",
+            registry=registry,
+        )
         self.lag = Gauge(
             "hep_ingest_consumer_lag",
             "Records behind the partition's high watermark (highwater - position).",

@@ -42,7 +42,7 @@ from pipeline.consumer.settings import ConsumerSettings
 from pipeline.consumer.sink import Sink
 from pipeline.observability import get_logger
 from pipeline.records import RecordCodec, RecordDecodeError
-from pipeline.storage.rows import CaptureRow, build_row
+from pipeline.storage.rows import UNKNOWN_TYPE_TABLE, CaptureRow, build_row
 
 log = get_logger("pipeline.consumer")
 
@@ -268,6 +268,7 @@ class ConsumerWorker:
         build = build_row
         store_auth_key = self._settings.store_auth_key
         added = 0
+        unknown_type = 0
         for tp, messages in data.items():
             if not messages:
                 continue
@@ -305,6 +306,8 @@ class ConsumerWorker:
                         _dead_letter(message, "row_build_error", f"{type(exc).__name__}: {exc}")
                     )
                     continue
+                if row.table == UNKNOWN_TYPE_TABLE:
+                    unknown_type += 1
                 add_row(row)
                 add_offset(offset)
                 add_key(message.key)
@@ -317,6 +320,8 @@ class ConsumerWorker:
             batch.records += added
             self._progress.consumed += added
             self._metrics.records_consumed.inc(added)
+        if unknown_type:
+            self._metrics.rows_unknown_type.inc(unknown_type)
 
     # -- write and commit ----------------------------------------------------------
 

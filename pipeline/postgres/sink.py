@@ -7,7 +7,8 @@ returns, every accepted row is committed; replaying a batch never duplicates a r
 
 Errors, told apart by SQLSTATE class::
 
-    data errors (class 22, 23; values the client cannot encode)
+    data errors (class 22 data exception, 23 integrity constraint, 54 program limit
+    exceeded such as an index row too large; values the client cannot encode)
         -> the batch is bisected inside one transaction (savepoints) until the bad rows
            are isolated; the others are stored, the bad ones returned as RejectedRow
     transient errors (class 08, 53, 57P0x, 40001, 40P01, 55P03, timeouts, lost
@@ -19,8 +20,9 @@ Errors, told apart by SQLSTATE class::
     SinkError
      +-- SinkStoppedError   stop() was requested while a write was still retrying
 
-A capture table that does not exist yet (a HEP type seen for the first time) is
-created with ``hep_ingest_create_capture_table`` and given its partitions first.
+Every table a row can be routed to (`pipeline.storage.rows.CAPTURE_TABLES`) is created
+by the migrations; `start` checks that they exist. The sink never creates a table: a
+sender must not be able to make the database create objects.
 """
 
 from __future__ import annotations
@@ -53,11 +55,10 @@ from pipeline.postgres.partitions import (
     DEFAULT_AHEAD,
     DEFAULT_RETENTION_DAYS,
     PartitionInterval,
-    capture_tables,
     drop_expired_partitions,
     ensure_partitions,
 )
-from pipeline.storage.rows import COLUMNS, CaptureRow
+from pipeline.storage.rows import CAPTURE_TABLES, COLUMNS, CaptureRow
 
 log = get_logger(__name__)
 
@@ -71,13 +72,12 @@ _CREATE_STAGING = (
     f"CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} ON COMMIT DELETE ROWS AS "
     f"SELECT ''::text AS capture_table, {_COLUMN_LIST} FROM hep_proto_1_default WITH NO DATA"
 )
-_TABLE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 
 TRANSIENT_SQLSTATES = frozenset(
     {"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03", "0A000"}
 )
 TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "53", "58"})
-DATA_SQLSTATE_CLASSES = frozenset({"22", "23"})
+DATA_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
 
 
 class SinkError(Exception):
@@ -199,17 +199,8 @@ def _reject_reason(exc: BaseException) -> tuple[str, str]:
     return "encode", f"encode: {exc}"
 
 
-def _check_table_name(table: str) -> None:
-    if not table.startswith("hep_proto_") or not set(table) <= _TABLE_NAME_CHARS:
-        raise SinkError(f"not a capture table name: {table!r}")
-
-
 class _EncodeError(Exception):
     """The client could not encode a row's value for COPY."""
-
-
-class _UnknownTableError(Exception):
-    """A capture table vanished under us: forget what we knew and try again."""
 
 
 # Binary inet: asyncpg's own encoder parses every address string with ipaddress
@@ -279,8 +270,6 @@ class PostgresSink:
         self.metrics = SinkMetrics.create(registry if registry is not None else CollectorRegistry())
         self._clock = clock
         self._pool: asyncpg.Pool | None = None
-        self._known_tables: set[str] = set()
-        self._table_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -292,8 +281,24 @@ class PostgresSink:
         if s.apply_migrations:
             await self._retrying(lambda: apply_migrations(s.dsn))
         self._pool = await self._retrying(self._create_pool)
-        self._known_tables = set()
+        await self._check_tables()
         await self.maintain(now or self._clock(), raise_errors=True)
+
+    async def _check_tables(self) -> None:
+        async def missing() -> list[str]:
+            async with self.pool.acquire(timeout=self.settings.acquire_timeout) as conn:
+                rows = await conn.fetch(
+                    "SELECT t FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NULL "
+                    "ORDER BY t",
+                    sorted(CAPTURE_TABLES),
+                )
+                return [r["t"] for r in rows]
+
+        absent = await self._retrying(missing)
+        if absent:
+            raise SinkError(
+                f"capture tables missing: {', '.join(absent)} (run `hep-ingest migrate`)"
+            )
 
     async def _create_pool(self) -> asyncpg.Pool:
         s = self.settings
@@ -352,7 +357,6 @@ class PostgresSink:
                 dropped = await drop_expired_partitions(
                     conn, now=now, retention_days=s.retention_days
                 )
-                self._known_tables.update(t for t, _ in await capture_tables(conn))
                 return created, dropped
 
         try:
@@ -362,29 +366,6 @@ class PostgresSink:
                 raise
             log.warning("partition_maintenance_failed", error=f"{type(exc).__name__}: {exc}")
             return [], []
-
-    async def _ensure_tables(self, tables: Sequence[str]) -> None:
-        missing = [t for t in tables if t not in self._known_tables]
-        if not missing:
-            return
-        async with self._table_lock:
-            missing = [t for t in missing if t not in self._known_tables]
-            if not missing:
-                return
-            s = self.settings
-            async with self.pool.acquire(timeout=s.acquire_timeout) as conn:
-                for table in missing:
-                    _check_table_name(table)
-                    await conn.execute("SELECT hep_ingest_create_capture_table($1)", table)
-                    await ensure_partitions(
-                        conn,
-                        now=self._clock(),
-                        interval=s.partition_interval,
-                        ahead=s.partition_ahead,
-                        tables=[table],
-                    )
-                    log.info("capture_table_ready", table=table)
-                    self._known_tables.add(table)
 
     # -- writes ------------------------------------------------------------------------
 
@@ -398,7 +379,6 @@ class PostgresSink:
         records = [(row.table, *row.values) for row in rows]
 
         async def attempt() -> tuple[dict[str, int], list[RejectedRow]]:
-            await self._ensure_tables(tables)
             return await self._write_once(rows, records, tables)
 
         counts, rejected = await self._retrying(attempt)
@@ -444,8 +424,8 @@ class PostgresSink:
                                         rejected)
                 return dict(counts), rejected
             except asyncpg.UndefinedTableError as exc:
-                self._known_tables.clear()
-                raise _UnknownTableError(str(exc)) from exc
+                conn.terminate()
+                raise SinkError(f"{exc} (run `hep-ingest migrate`)") from exc
             except BaseException:
                 # A connection that failed mid-COPY can be left in a state asyncpg cannot
                 # recover ("another operation is in progress"): never hand it back.
@@ -513,9 +493,7 @@ class PostgresSink:
         policy = self.settings.retry
 
         def should_retry(exc: BaseException) -> bool:
-            return not self._stopping.is_set() and (
-                is_transient(exc) or isinstance(exc, _UnknownTableError)
-            )
+            return not self._stopping.is_set() and is_transient(exc)
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None

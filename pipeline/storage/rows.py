@@ -12,8 +12,16 @@ Routing (HOMER 7 table names):
         CSeq method INVITE ACK BYE CANCEL UPDATE PRACK REFER INFO NOTIFY -> hep_proto_1_call
         CSeq method REGISTER                                            -> hep_proto_1_registration
         any other method, or SIP that cannot be parsed                  -> hep_proto_1_default
-    proto_type N in 0..255                                              -> hep_proto_N_default
-    anything else (not a HEP u8)                                        -> hep_proto_unknown_default
+    a known proto_type N (pipeline.hep.chunks.PROTO_TYPE_NAMES: HEP3 REV 37 and what
+    heplify-server routes)                                              -> hep_proto_N_default
+    any other value                                                     -> hep_proto_unknown_default
+
+Every table exists from the migrations (0001, 0003): no record can make the database
+create a table. ``hep_type`` tells the types in ``hep_proto_unknown_default`` apart.
+
+``sid`` (HOMER's session id: the Call-ID, else the correlation id) holds `index_key` of
+that value, so that its btree index never meets an over-long value; the ``call_id`` and
+``correlation_id`` columns keep the full values.
 
 Responses route by their CSeq method. The typed ``method`` column holds the request
 method and is NULL for responses; ``status`` holds the status code; ``cseq_method``
@@ -23,6 +31,7 @@ responses, as heplify-server writes it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from dataclasses import dataclass
@@ -30,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring_ascii
 from typing import Any, Final, cast
 
-from pipeline.hep.chunks import proto_type_name
+from pipeline.hep.chunks import PROTO_TYPE_NAMES, proto_type_name
 from pipeline.sip import SipParseError, SipSummary, scan_call_id, summarise_sip
 
 try:
@@ -106,6 +115,7 @@ _BIGINT_MAX: Final = 2**63 - 1
 _dumps = json.dumps
 _timedelta = timedelta
 _NO_SIP_VALUES: Final = (None,) * 19
+_CALL_ID_COLUMN: Final = COLUMNS.index("call_id")
 _escape = encode_basestring_ascii
 
 
@@ -121,6 +131,18 @@ class CaptureRow:
         return self.values[COLUMNS.index(column)]
 
 
+#: The table of each known non-SIP protocol type (created by migrations 0001 and 0003).
+TYPE_TABLES: Final[dict[int, str]] = {
+    proto_type: f"hep_proto_{proto_type}_default" for proto_type in PROTO_TYPE_NAMES
+    if proto_type != 1
+}
+#: Every table `table_for` can name.
+CAPTURE_TABLES: Final[frozenset[str]] = frozenset(
+    {CALL_TABLE, REGISTRATION_TABLE, SIP_DEFAULT_TABLE, UNKNOWN_TYPE_TABLE,
+     *TYPE_TABLES.values()}
+)
+
+
 def table_for(proto_type: int | None, sip_method: str | None = None) -> str:
     """The capture table of a record: SIP by (CSeq) method, others by protocol type."""
     if proto_type is None or proto_type == 1:
@@ -129,9 +151,21 @@ def table_for(proto_type: int | None, sip_method: str | None = None) -> str:
         if sip_method in REGISTRATION_METHODS:
             return REGISTRATION_TABLE
         return SIP_DEFAULT_TABLE
-    if 0 <= proto_type <= 255:
-        return f"hep_proto_{proto_type}_default"
-    return UNKNOWN_TYPE_TABLE
+    return TYPE_TABLES.get(proto_type, UNKNOWN_TYPE_TABLE)
+
+
+_KEY_MAX_CHARS: Final = 256
+_KEY_PREFIX_CHARS: Final = 200
+
+
+def index_key(value: str) -> str:
+    """The bounded form in which capture tables index text: the twin of SQL's
+    ``hep_index_key`` (migrations/0003). A value of up to 256 characters is its own key;
+    a longer one is keyed by its first 200 characters, ``~`` and the md5 of its UTF-8."""
+    if len(value) <= _KEY_MAX_CHARS:
+        return value
+    digest = hashlib.md5(value.encode("utf-8"), usedforsecurity=False).hexdigest()
+    return f"{value[:_KEY_PREFIX_CHARS]}~{digest}"
 
 
 
@@ -334,7 +368,7 @@ def build_row(
         if expires is not None and not -_INT_MAX - 1 <= expires <= _INT_MAX:
             expires = None
         values: Any = (
-            call_id,
+            call_id if len(call_id) <= _KEY_MAX_CHARS else index_key(call_id),
             create_date,
             protocol_header,
             data_header,
@@ -372,7 +406,7 @@ def build_row(
             if scanned:
                 sid = _clean(scanned.decode("utf-8", "replace")) or sid
         values = (
-            sid,
+            sid if len(sid) <= _KEY_MAX_CHARS else index_key(sid),
             create_date,
             protocol_header,
             _non_sip_data_header(record, proto_type, node_name, parse_error, sid),
@@ -388,5 +422,8 @@ def build_row(
         # The SIP parser saw the same bytes: its strings may carry NUL too.
         cleaned = list(values)
         _clean_values(cleaned)
+        if sip is not None:
+            # The key of the Call-ID as stored, as hep_index_key(call_id) computes it.
+            cleaned[0] = index_key(cleaned[_CALL_ID_COLUMN])
         values = tuple(cleaned)
     return CaptureRow(table, values)

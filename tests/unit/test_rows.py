@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from datetime import UTC, datetime
@@ -12,8 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.hep import decode_packet
+from pipeline.hep.chunks import PROTO_TYPE_NAMES
 from pipeline.records import ReceiveContext, RecordIdGenerator, packet_to_record
 from pipeline.storage import COLUMNS, CaptureRow, build_row
+from pipeline.storage.rows import CAPTURE_TABLES, TYPE_TABLES, index_key, table_for
 from tests.conftest import VECTOR_SETS, load_vectors
 
 CONTEXT = ReceiveContext(transport="udp", sender_ip="127.0.0.1", sender_port=9, receiver_id="r1")
@@ -119,7 +122,9 @@ def test_empty_sip_payload_still_makes_a_row() -> None:
 @pytest.mark.parametrize(
     ("proto", "table"),
     [(5, "hep_proto_5_default"), (100, "hep_proto_100_default"), (34, "hep_proto_34_default"),
-     (0, "hep_proto_0_default"), (4000, "hep_proto_unknown_default")],
+     (35, "hep_proto_35_default"), (53, "hep_proto_53_default"), (54, "hep_proto_54_default"),
+     (0, "hep_proto_unknown_default"), (129, "hep_proto_unknown_default"),
+     (255, "hep_proto_unknown_default"), (4000, "hep_proto_unknown_default")],
 )
 def test_other_types_route_by_proto_type(proto: int, table: str) -> None:
     row = row_of(b'{"x": 1}', proto_type=proto)
@@ -313,3 +318,38 @@ def test_hepv2_sip_rows_say_hep_type_1_like_their_protocol_header() -> None:
     row = build_row(record, kafka_partition=0, kafka_offset=0)
     assert row.value("hep_type") == 1
     assert json.loads(row.value("protocol_header"))["payloadType"] == 1
+
+
+def test_routing_names_a_bounded_set_of_tables() -> None:
+    # Whatever type a sender puts in chunk 0x000b, the row goes to one of a fixed set.
+    tables = {table_for(t) for t in range(-1, 70_000)}
+    assert tables <= CAPTURE_TABLES
+    assert len(CAPTURE_TABLES) == 30
+    assert {table_for(t) for t in PROTO_TYPE_NAMES if t != 1} == set(TYPE_TABLES.values())
+
+
+def test_index_key_bounds_long_values_and_keeps_short_ones() -> None:
+    assert index_key("abc@h") == "abc@h"
+    exact = "é" * 256
+    assert index_key(exact) == exact
+    long = "é" * 257
+    key = index_key(long)
+    assert key == "é" * 200 + "~" + hashlib.md5(long.encode()).hexdigest()
+    assert len(key) == 233 and len(key.encode()) <= 1024
+    assert index_key(key) == key  # the key of a key is itself
+    assert index_key("x" * 100_000) != index_key("x" * 100_001)
+
+
+def test_long_call_id_keeps_its_full_value_and_a_bounded_sid() -> None:
+    call_id = "c" * 3_000 + "@h"
+    values = col(row_of(sip("INVITE sip:bob@b SIP/2.0", "INVITE", call_id=call_id)))
+    assert values["call_id"] == call_id
+    assert values["sid"] == index_key(call_id)
+    assert json.loads(values["data_header"])["callid"] == call_id
+
+
+def test_long_correlation_id_of_non_sip_gets_a_bounded_sid() -> None:
+    correlation = "r" * 5_000
+    values = col(row_of(b"{}", proto_type=5, correlation_id=correlation))
+    assert values["correlation_id"] == correlation
+    assert values["sid"] == index_key(correlation)

@@ -17,12 +17,14 @@ from pipeline.postgres.partitions import (
     ensure_partitions,
     list_partitions,
 )
+from pipeline.storage.rows import CAPTURE_TABLES
 
 pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 3, 10, 15, 30, tzinfo=UTC)
-TABLES = ("hep_proto_1_call", "hep_proto_1_registration", "hep_proto_1_default",
-          "hep_proto_5_default", "hep_proto_100_default")
+TABLES = sorted(CAPTURE_TABLES)
+SIP_AND_RTCP = ("hep_proto_1_call", "hep_proto_1_registration", "hep_proto_1_default",
+                "hep_proto_5_default")
 
 
 @pytest.fixture
@@ -69,12 +71,14 @@ async def test_existing_daily_partition_is_not_overlapped(conn: asyncpg.Connecti
 
 
 async def test_drop_respects_retention_and_dry_run(conn: asyncpg.Connection) -> None:
-    await ensure_partitions(conn, now=NOW - timedelta(days=20), ahead=timedelta(days=19))
+    await ensure_partitions(conn, now=NOW - timedelta(days=20), ahead=timedelta(days=19),
+                            tables=SIP_AND_RTCP)
     await conn.execute("UPDATE hep_ingest_capture_tables SET retention_days = 3 "
                        "WHERE table_name = 'hep_proto_5_default'")
     would = await drop_expired_partitions(conn, now=NOW, retention_days=14, dry_run=True)
     assert would
-    assert len(await list_partitions(conn)) == 5 * 21
+    # 20 days and the DEFAULT partition for those tables, the DEFAULT one for the others.
+    assert len(await list_partitions(conn)) == len(SIP_AND_RTCP) * 20 + len(TABLES)
     dropped = await drop_expired_partitions(conn, now=NOW, retention_days=14)
     assert sorted(dropped) == sorted(would)
     # Days 02-18 .. 02-23 end on or before 02-24 15:30 (14 days back): 6 per table.
@@ -114,7 +118,7 @@ async def test_concurrent_workers_do_not_race(database_dsn: str) -> None:
     conns = [await asyncpg.connect(database_dsn) for _ in range(3)]
     try:
         results = await asyncio.gather(*(ensure_partitions(c, now=NOW) for c in conns))
-        assert sorted(len(r) for r in results) == [0, 0, 15]
+        assert sorted(len(r) for r in results) == [0, 0, 3 * len(TABLES)]
     finally:
         for c in conns:
             await c.close()

@@ -88,7 +88,7 @@ async def test_vectors_land_in_their_tables_once(sink: PostgresSink, database_ds
         await conn.close()
 
 
-async def test_hepjs_vectors_and_a_new_hep_type(sink: PostgresSink, database_dsn: str) -> None:
+async def test_hepjs_vectors_and_a_known_hep_type(sink: PostgresSink, database_dsn: str) -> None:
     ids = RecordIdGenerator()
     records = vector_records("hepjs_hep3_udp", ids)
     records.append({**records[0], "record_id": ids.next(), "proto_type": 54,

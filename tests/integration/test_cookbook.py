@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
+from pipeline.hep import encode_hep3
+from pipeline.hep.packet import HepPacket
 from tests.integration.analysis_support import flows_start, generated_packets, store_packets
 
 pytestmark = pytest.mark.integration
@@ -114,6 +117,16 @@ def _legs(rows: Rows) -> None:
     assert [(r["call_id"], r["a_leg"]) for r in rows] == [("b2b-9f3e1c@192.0.2.1", A_LEG)]
 
 
+def _by_from_user_key(rows: Rows) -> None:
+    assert rows
+    assert {r["from_user"] for r in rows} == {"alice"}
+    assert len({r["sid"] for r in rows}) >= 5
+
+
+def _unknown_types(rows: Rows) -> None:
+    assert [(r["hep_type"], r["records"]) for r in rows] == [(129, 2), (200, 1)]
+
+
 def _partitions(rows: Rows) -> None:
     tables = {r["table_name"] for r in rows}
     assert {"hep_proto_1_call", "hep_proto_1_registration", "hep_proto_1_default",
@@ -138,7 +151,20 @@ CHECKS: dict[str, Callable[[Rows], None]] = {
     "RTCP and log records joined to their call": _correlated,
     "B2BUA legs of a call": _legs,
     "Partition sizes and retention": _partitions,
+    "Indexes and long values": _by_from_user_key,
+    "Tables per HEP type": _unknown_types,
 }
+
+
+def unknown_type_packets(start: datetime) -> list[bytes]:
+    """Records of HEP types without a table of their own (a hostile or odd sender)."""
+    return [
+        encode_hep3(HepPacket(version=3, ip_family=2, ip_proto=17, src_ip="192.0.2.66",
+                              dst_ip="192.0.2.1", src_port=9, dst_port=9060,
+                              ts_sec=int(start.timestamp()) + i, proto_type=proto_type,
+                              payload=b"opaque"))
+        for i, proto_type in enumerate((129, 200, 129))
+    ]
 
 
 def test_cookbook_has_a_check_for_every_query() -> None:
@@ -148,7 +174,8 @@ def test_cookbook_has_a_check_for_every_query() -> None:
 
 
 async def test_cookbook_queries(database_dsn: str) -> None:
-    await store_packets(database_dsn, generated_packets(flows_start()))
+    start = flows_start()
+    await store_packets(database_dsn, generated_packets(start) + unknown_type_packets(start))
     conn = await asyncpg.connect(database_dsn)
     try:
         for heading, sql in cookbook_queries().items():

@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from pipeline.hep.packet import HepPacket
+from pipeline.postgres.migrate import apply_migrations
 from pipeline.postgres.sink import PostgresSink
 from pipeline.records import ReceiveContext, RecordIdGenerator, packet_to_record
 from pipeline.storage import COLUMNS, CaptureRow, build_row
@@ -247,3 +248,22 @@ async def test_every_routable_table_exists_and_none_is_created(
         "SELECT hep_type FROM hep_proto_unknown_default ORDER BY hep_type")
     assert [r[0] for r in types] == [0, 65, 129, 193, 200, 255]
     assert await db.fetchval("SELECT count(*) FROM pg_class") == before
+
+
+async def test_tables_an_older_consumer_created_get_no_new_partitions(
+    database_dsn: str, db: asyncpg.Connection
+) -> None:
+    # What the probe left behind: a table created on demand for a random type.
+    await apply_migrations(database_dsn)
+    await db.execute("SELECT hep_ingest_create_capture_table('hep_proto_129_default')")
+    sink = make_sink(database_dsn, CollectorRegistry())
+    await sink.start(now=CAPTURED)
+    await sink.close(timeout=5)
+    parts = await db.fetch(
+        "SELECT parent.relname AS parent, count(*) AS n FROM pg_inherits i "
+        "JOIN pg_class parent ON parent.oid = i.inhparent "
+        "WHERE parent.relname IN ('hep_proto_129_default', 'hep_proto_35_default') "
+        "GROUP BY parent.relname ORDER BY parent.relname")
+    # DEFAULT only, versus DEFAULT + today + two days ahead.
+    assert [(r["parent"], r["n"]) for r in parts] == [
+        ("hep_proto_129_default", 1), ("hep_proto_35_default", 4)]

@@ -5,9 +5,9 @@
 --    longer than that (one 3.3 KB UDP datagram) made PostgreSQL refuse the row with
 --    SQLSTATE 54000 and stopped all ingestion. Indexed text is now bounded by
 --    hep_index_key(): a value of up to 256 characters is its own key; a longer one is
---    keyed by its first 200 characters and the md5 of the whole (at most 237
---    characters, so the key of a key is itself). Real values are far shorter than 256
---    characters: for them nothing changes.
+--    keyed by its first 200 characters, '~' and the md5 of the whole (233 characters,
+--    so the key of a key is itself; md5 of the UTF-8 bytes: the database is UTF8). Real
+--    values are far shorter than 256 characters: for them nothing changes.
 --    * sid (HOMER's session id, the Call-ID) is stored as the key of the Call-ID (or
 --      correlation id) by the consumer, so its plain (sid, create_date) index, every
 --      `sid = ...` query and homer-app keep working; the call_id column (and raw) keep

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from conftest import load_vectors
 from receiver_process import (
-    ReceiverProcess,
     consume,
     hep_ingest_command,
     run,
@@ -57,45 +56,27 @@ def assert_refused(process: subprocess.Popen[bytes], log_path: Path, what: str) 
     assert "receiver_started" not in logs
 
 
-def assert_first_gets_everything(
-    receiver: ReceiverProcess, kafka: EmbeddedKafka, topic: str, transport: str, sent: int
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_second_receiver_on_the_same_port_is_refused(
+    kafka: EmbeddedKafka, topic_name: str, tmp_path: Path, transport: str
 ) -> None:
-    records = run(consume(kafka.bootstrap_servers, topic, sent))
-    assert len(records) == sent
-    assert {r["transport"] for _, r in records} == {transport}
-    assert receiver.metric("hep_ingest_packets_received_total", {"transport": transport}) == sent
-
-
-def test_second_receiver_on_the_same_udp_port_is_refused(
-    kafka: EmbeddedKafka, topic_name: str, tmp_path: Path
-) -> None:
-    packets, _ = load_vectors("kamailio_hep3_udp")
+    packets, _ = load_vectors(f"kamailio_hep3_{transport}")
     with run_receiver_process(tmp_path, kafka.bootstrap_servers, topic_name) as first:
-        address = f"127.0.0.1:{first.udp_port}"
-        second, log_path = start_second_receiver(
-            kafka, topic_name, tmp_path, "--udp", address, "--no-tcp"
-        )
-        assert_refused(second, log_path, f"UDP {address}")
-        # The same port with --workers: the supervisor's check refuses it too.
-        workers, log_path = start_second_receiver(
-            kafka, topic_name, tmp_path, "--udp", address, "--no-tcp", "--workers", "2"
-        )
-        assert_refused(workers, log_path, f"UDP {address}")
-        send_udp(first.udp_port, packets)
-        assert_first_gets_everything(first, kafka, topic_name, "udp", len(packets))
-        assert first.terminate() == 0
-
-
-def test_second_receiver_on_the_same_tcp_port_is_refused(
-    kafka: EmbeddedKafka, topic_name: str, tmp_path: Path
-) -> None:
-    packets, _ = load_vectors("kamailio_hep3_tcp")
-    with run_receiver_process(tmp_path, kafka.bootstrap_servers, topic_name) as first:
-        address = f"127.0.0.1:{first.tcp_port}"
-        second, log_path = start_second_receiver(
-            kafka, topic_name, tmp_path, "--no-udp", "--tcp", address
-        )
-        assert_refused(second, log_path, f"TCP {address}")
-        send_tcp(first.tcp_port, packets)
-        assert_first_gets_everything(first, kafka, topic_name, "tcp", len(packets))
+        port = first.udp_port if transport == "udp" else first.tcp_port
+        address = f"127.0.0.1:{port}"
+        only_this = ["--no-tcp", "--udp", address] if transport == "udp" else [
+            "--no-udp", "--tcp", address
+        ]
+        for extra in ([], ["--workers", "2"]):
+            # With --workers the supervisor's check refuses the port before any worker.
+            second, log_path = start_second_receiver(
+                kafka, topic_name, tmp_path, *only_this, *extra
+            )
+            assert_refused(second, log_path, f"{transport.upper()} {address}")
+        (send_udp if transport == "udp" else send_tcp)(port, packets)
+        records = run(consume(kafka.bootstrap_servers, topic_name, len(packets)))
+        assert len(records) == len(packets)
+        assert {r["transport"] for _, r in records} == {transport}
+        received = first.metric("hep_ingest_packets_received_total", {"transport": transport})
+        assert received == len(packets)
         assert first.terminate() == 0

@@ -18,6 +18,7 @@ from conftest import load_vectors
 from receiver_process import (
     ReceiverProcess,
     consume,
+    kernel_drops,
     run,
     run_receiver_process,
     send_tcp,
@@ -33,17 +34,6 @@ def flood(valid: bytes, chunk_header: bytes, count: int = 10_000) -> bytes:
     """`valid` with `count` empty chunks appended: ~60 KB for the default count."""
     body = valid[6:] + chunk_header * count
     return b"HEP3" + struct.pack(">H", 6 + len(body)) + body
-
-
-def kernel_drops(port: int) -> int:
-    """The drops column of 127.0.0.1:`port` in /proc/net/udp, read independently."""
-    local = f"0100007F:{port:04X}"
-    with open("/proc/net/udp") as table:
-        for line in table.readlines()[1:]:
-            fields = line.split()
-            if fields[1] == local:
-                return int(fields[12])
-    raise AssertionError(f"127.0.0.1:{port} not in /proc/net/udp")
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:

@@ -57,6 +57,8 @@ def check_addresses_free(
 def _probe(transport: str, kind: socket.SocketKind, host: str, port: int) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, kind) as sock:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as the listeners
         if kind == socket.SOCK_STREAM:
             # As the TCP listeners set it: TIME_WAIT connections do not count as holders.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -94,3 +94,14 @@ def test_socket_drops_reach_metrics_totals_and_the_status_line() -> None:
     assert totals.udp_socket_drops == 7
     assert totals.line().endswith("  udp socket drops 7")
     assert "socket drops" not in Totals().line()
+
+
+def test_ipv4_and_ipv6_wildcards_on_one_port_are_two_listeners() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    with bind_udp_socket("0.0.0.0", 0, 0) as v4:
+        port = v4.getsockname()[1]
+        with bind_udp_socket("::", port, 0) as v6:
+            assert v6.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+            with pytest.raises(OSError, match=rf"cannot bind UDP \[::\]:{port}: "):
+                bind_udp_socket("::", port, 0)

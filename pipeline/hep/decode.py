@@ -17,7 +17,7 @@ Decisions that are not forced by the specification:
   generic type at most once, a compressed payload inflated to at most
   ``MAX_INFLATED_PAYLOAD`` bytes (``payload_too_large``), and at most
   ``MAX_PACKET_SIZE`` bytes of input (``too_large``). A 60 KB packet of 10,000 empty
-  chunks is refused after ``MAX_CHUNKS`` of them instead of costing ~40 ms.
+  chunks is refused after at most ``MAX_CHUNKS`` of them instead of costing ~40 ms.
 * When both IPv4 and IPv6 address chunks are present, the family chunk picks (10 ->
   IPv6); otherwise IPv4 is preferred. The family value itself is reported as sent: some
   agents send a wrong one, and consumers may want to see that.
@@ -42,7 +42,8 @@ __all__ = ["MAX_CHUNKS", "MAX_INFLATED_PAYLOAD", "MAX_PACKET_SIZE", "decode_pack
 # A compressed payload larger than this after inflation is rejected: a few hundred bytes
 # of deflate can expand to gigabytes. An uncompressed payload chunk holds at most
 # 65,529 bytes; 256 KiB leaves room for a SIP message compressed 4:1 into one datagram
-# and keeps every record well under the Kafka producer's 1 MiB request size.
+# and keeps every record well under the smallest producer request size the
+# receiver configures (1 MiB).
 MAX_INFLATED_PAYLOAD = 1 << 18
 
 # Chunks per HEPv3 packet. Real agents send 11 to 15 (Kamailio 11; 14 at most in the
@@ -52,9 +53,11 @@ MAX_INFLATED_PAYLOAD = 1 << 18
 # decoding work at 64 chunks (~50 us of Python; each kept chunk costs ~0.8 us).
 MAX_CHUNKS = 64
 
-# One HEP packet is one datagram or one TCP frame: HEPv3 declares its length in a u16,
-# and HEPv1/v2 arrive only over UDP, so nothing valid is larger.
-MAX_PACKET_SIZE = 0xFFFF
+# Input a HEPv1/v2 packet may have. HEPv3 declares its length in a u16 and nothing past
+# it is read; a HEPv1/v2 datagram is at most 65,507 bytes, and over TCP it is a header
+# of at most 52 bytes and one SIP message, which agents cap at 64 KiB. Twice that
+# leaves room and still bounds the one copy decoding makes.
+MAX_PACKET_SIZE = 1 << 17
 
 _chunk_header = struct.Struct(">HHH").unpack_from
 _u32 = struct.Struct(">I").unpack_from

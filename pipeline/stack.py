@@ -87,6 +87,7 @@ class Totals:
     dead_lettered: int = 0
     dropped: int = 0
     lag: int = 0
+    udp_socket_drops: int = 0
 
     def line(self) -> str:
         text = (
@@ -95,6 +96,9 @@ class Totals:
         )
         if self.dropped:
             text += f"  dropped {self.dropped}"
+        if self.udp_socket_drops:
+            # Lost in the kernel before the receiver saw them: not part of `received`.
+            text += f"  udp socket drops {self.udp_socket_drops}"
         return text
 
 
@@ -105,6 +109,7 @@ _METRICS = {
     "dead_lettered": "hep_ingest_dead_letter_total",
     "dropped": "hep_ingest_packets_dropped_total",
     "lag": "hep_ingest_consumer_lag_total",
+    "udp_socket_drops": "hep_ingest_udp_socket_drops_total",
 }
 
 

@@ -11,8 +11,10 @@ serve /metrics, and map failures to exit codes:
 With ``--workers N`` (N > 1) the process is a supervisor: it re-executes its own
 command line N times with ``--workers 1 --worker-index K``, and each worker binds
 the same UDP and TCP ports with SO_REUSEPORT (Linux spreads datagrams by 4-tuple
-and connections across them). Worker K publishes as ``<receiver-id>-wK`` and
-serves /metrics on the --metrics port + K. The supervisor forwards SIGTERM/SIGINT,
+and connections across them). The supervisor first checks that no other process holds
+those addresses (pipeline.receiver.listen): only its own workers share a port. Worker
+K publishes as ``<receiver-id>-wK`` and serves /metrics on the --metrics port + K.
+The supervisor forwards SIGTERM/SIGINT,
 waits for every worker to flush and exit, and exits 1 if any worker failed (a worker
 that exits on its own stops the others); it restarts nothing.
 """
@@ -331,8 +333,22 @@ def receive(
     check_worker_ports(workers, listen_ports, metrics_address)
     configure_logging(log_level, log_format)
     if workers > 1:
+        if not _addresses_free(settings):
+            raise typer.Exit(EXIT_FAILURE)
         raise typer.Exit(supervise(workers, settings.receiver_id, metrics_address))
     raise typer.Exit(run(settings, metrics))
+
+
+def _addresses_free(settings: ReceiverSettings) -> bool:
+    """The workers share their ports with each other only: refuse one another process holds."""
+    from pipeline.receiver.listen import check_addresses_free
+
+    try:
+        check_addresses_free(settings.udp, (*settings.tcp, *settings.tls))
+    except OSError as exc:
+        log.error("receiver_failed", error=str(exc), errno=exc.errno)
+        return False
+    return True
 
 
 def _tls_context(

@@ -8,9 +8,16 @@ Decisions that are not forced by the specification:
   decoded; anything after them in a datagram is ignored. The declared length is the
   framing rule on TCP too, and bytes past it cannot be chunks of this packet. A declared
   length larger than the data is ``truncated`` (typically a receive buffer too small).
-* Duplicate generic chunks: the last one on the wire wins, so a decoder never needs to
-  choose between values. 0x000f and 0x0010 share one slot (the payload): the later wins.
-  Duplicates in ``extra_chunks`` are all kept.
+* Duplicate generic chunks are ``duplicate_chunk``: the same generic type twice (or
+  both payload chunks, 0x000f and 0x0010) leaves two values for one field, and agents
+  never send it (none of the real captures does), so the packet is refused rather
+  than one value picked silently. Vendor chunks may repeat: their meaning is the
+  vendor's, and they are all kept in ``extra_chunks``.
+* Bounded work per packet: at most ``MAX_CHUNKS`` chunks (``too_many_chunks``), each
+  generic type at most once, a compressed payload inflated to at most
+  ``MAX_INFLATED_PAYLOAD`` bytes (``payload_too_large``), and at most
+  ``MAX_PACKET_SIZE`` bytes of input (``too_large``). A 60 KB packet of 10,000 empty
+  chunks is refused after at most ``MAX_CHUNKS`` of them instead of costing ~40 ms.
 * When both IPv4 and IPv6 address chunks are present, the family chunk picks (10 ->
   IPv6); otherwise IPv4 is preferred. The family value itself is reported as sent: some
   agents send a wrong one, and consumers may want to see that.
@@ -30,11 +37,27 @@ from pipeline.hep.chunks import DEDICATED_TYPES, FIXED_BODY_SIZES
 from pipeline.hep.errors import HepDecodeError
 from pipeline.hep.packet import HepChunk, HepPacket
 
-__all__ = ["MAX_INFLATED_PAYLOAD", "decode_packet"]
+__all__ = ["MAX_CHUNKS", "MAX_INFLATED_PAYLOAD", "MAX_PACKET_SIZE", "decode_packet"]
 
 # A compressed payload larger than this after inflation is rejected: a few hundred bytes
-# of deflate can expand to gigabytes, and no SIP or log payload comes near 1 MiB.
-MAX_INFLATED_PAYLOAD = 1 << 20
+# of deflate can expand to gigabytes. An uncompressed payload chunk holds at most
+# 65,529 bytes; 256 KiB leaves room for a SIP message compressed 4:1 into one datagram
+# and keeps every record well under the smallest producer request size the
+# receiver configures (1 MiB).
+MAX_INFLATED_PAYLOAD = 1 << 18
+
+# Chunks per HEPv3 packet. Real agents send 11 to 15 (Kamailio 11; 14 at most in the
+# captures here, with correlation id and auth key); REV 37 defines 34 generic types,
+# each allowed once, and vendors add a handful. 64 holds every generic type plus 30
+# vendor chunks, over four times what any capture carries, and caps a packet's
+# decoding work at 64 chunks (~50 us of Python; each kept chunk costs ~0.8 us).
+MAX_CHUNKS = 64
+
+# Input a HEPv1/v2 packet may have. HEPv3 declares its length in a u16 and nothing past
+# it is read; a HEPv1/v2 datagram is at most 65,507 bytes, and over TCP it is a header
+# of at most 52 bytes and one SIP message, which agents cap at 64 KiB. Twice that
+# leaves room and still bounds the one copy decoding makes.
+MAX_PACKET_SIZE = 1 << 17
 
 _chunk_header = struct.Struct(">HHH").unpack_from
 _u32 = struct.Struct(">I").unpack_from
@@ -160,8 +183,11 @@ def decode_packet(data: bytes | memoryview) -> HepPacket:
         raise HepDecodeError("truncated", "empty input")
     first = data[0]
     if first == 0x48 or first == 0x45:
+        # Bytes past the declared total length (at most 65535) are never read.
         return _decode_v3(data, n)
     if first == 1 or first == 2:
+        if n > MAX_PACKET_SIZE:
+            raise HepDecodeError("too_large", f"{n} bytes, at most {MAX_PACKET_SIZE}")
         return _decode_v1v2(data, n, first)
     raise HepDecodeError("bad_magic", f"first byte 0x{first:02x}")
 
@@ -181,8 +207,8 @@ def _decode_v3(data: bytes | memoryview, n: int) -> HepPacket:
     if end > n:
         raise HepDecodeError("truncated", f"total length {end} > {n} bytes received")
 
-    # Chunk offsets of dedicated chunks indexed by type (the last duplicate wins by
-    # overwriting); values are read after the loop so the loop allocates nothing per
+    # Chunk offsets of dedicated chunks indexed by type (a second one is
+    # duplicate_chunk); values are read after the loop so the loop allocates nothing per
     # chunk beyond the header tuple that chunk_order keeps anyway.
     if end >= _FAST_END + 6 and int.from_bytes(data[6:_FAST_END]) & _FAST_MASK == _FAST_TEMPLATE:
         (family, ip_proto, src4, dst4, src_port, dst_port, ts_sec, ts_usec, proto_type,
@@ -225,11 +251,16 @@ def _decode_v3(data: bytes | memoryview, n: int) -> HepPacket:
         order = []
         off = 6
     extra: list[HepChunk] = []
+    extra_generic: set[int] = set()
     order_append = order.append
     spec_get = _SPEC.get
     while off < end:
         if end - off < 6:
             raise HepDecodeError("bad_chunk_length", f"{end - off} stray bytes at {off}")
+        if len(order) == MAX_CHUNKS:
+            raise HepDecodeError(
+                "too_many_chunks", f"more than {MAX_CHUNKS} chunks, stopped at offset {off}"
+            )
         hdr = _chunk_header(data, off)
         vendor, ctype, clen = hdr
         nxt = off + clen
@@ -241,8 +272,13 @@ def _decode_v3(data: bytes | memoryview, n: int) -> HepPacket:
         if vendor == 0:
             want = spec_get(ctype)
             if want == clen or want == 0:
+                if seen[ctype] is not None:
+                    raise HepDecodeError("duplicate_chunk", f"chunk 0x{ctype:04x} again at {off}")
                 seen[ctype] = off
             elif want is None or want == -clen:
+                if ctype in extra_generic:
+                    raise HepDecodeError("duplicate_chunk", f"chunk 0x{ctype:04x} again at {off}")
+                extra_generic.add(ctype)
                 extra.append(HepChunk(0, ctype, bytes(data[off + 6 : nxt])))
             else:
                 raise HepDecodeError(
@@ -309,7 +345,9 @@ def _decode_v3(data: bytes | memoryview, n: int) -> HepPacket:
     compressed = False
     o = seen[15]
     oz = seen[16]
-    if oz is not None and (o is None or oz > o):
+    if oz is not None:
+        if o is not None:
+            raise HepDecodeError("duplicate_chunk", "both payload chunks, 0x000f and 0x0010")
         payload = _inflate(data[oz + 6 : oz + (data[oz + 4] << 8 | data[oz + 5])])
         compressed = True
     elif o is not None:
@@ -360,9 +398,7 @@ def _inflate(body: bytes | memoryview) -> bytes:
         except zlib.error as exc2:
             raise HepDecodeError("bad_compressed_payload", str(exc2)) from None
     if len(out) > MAX_INFLATED_PAYLOAD:
-        raise HepDecodeError(
-            "bad_compressed_payload", f"inflates past {MAX_INFLATED_PAYLOAD} bytes"
-        )
+        raise HepDecodeError("payload_too_large", f"inflates past {MAX_INFLATED_PAYLOAD} bytes")
     if not eof:
         raise HepDecodeError("bad_compressed_payload", "incomplete compressed stream")
     return out

@@ -19,7 +19,8 @@ class HepDecodeError(HepError, ValueError):
 
     `reason` is short, stable and machine-readable (a Prometheus label value):
     bad_magic, truncated, bad_length, bad_chunk_length, bad_fixed_size,
-    bad_address_family, bad_compressed_payload, bad_utf8, unsupported_version, ...
+    bad_address_family, bad_compressed_payload, duplicate_chunk, too_many_chunks,
+    payload_too_large, too_large, ...
     """
 
     def __init__(self, reason: str, detail: str = "") -> None:

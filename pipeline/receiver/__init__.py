@@ -5,6 +5,8 @@
     intake.py     bytes -> (key, Avro value) or a counted refusal (the hot path, no I/O)
     udp.py        DatagramProtocol over the intake; full queue = counted drop
     tcp.py        Protocol + HepStreamFramer; full queue = paused reading
+    listen.py     who may share a listen port; bind errors that name the address
+    socket_drops.py  the kernel's drop counter of each UDP socket (/proc/net/udp)
     publisher.py  KafkaPublisher: bounded backlog, per-partition batches, retries
     service.py    run_receiver(): wires the above, runs until `stop`
 """

@@ -36,6 +36,7 @@ class ReceiverMetrics:
         self.publish_retries = 0
         self.tcp_connections_closed: Counter[str] = Counter()
         self._queue_depth: Callable[[], int] = lambda: 0
+        self._socket_drops: Callable[[], dict[str, int]] = dict
         self.publish_latency = Histogram(
             "hep_ingest_publish_latency_seconds",
             "Time from handing a batch to the Kafka producer to its acknowledgement.",
@@ -50,6 +51,13 @@ class ReceiverMetrics:
     def queue_depth(self) -> int:
         return self._queue_depth()
 
+    def bind_socket_drops(self, drops: Callable[[], dict[str, int]]) -> None:
+        """The kernel's drop counters of the UDP sockets, by listen address."""
+        self._socket_drops = drops
+
+    def socket_drops(self) -> dict[str, int]:
+        return self._socket_drops()
+
     def totals(self) -> dict[str, int]:
         """A snapshot for progress logs."""
         return {
@@ -60,6 +68,7 @@ class ReceiverMetrics:
             "published": self.published,
             "dropped": sum(self.dropped.values()),
             "retries": self.publish_retries,
+            "udp_socket_drops": sum(self.socket_drops().values()),
         }
 
 
@@ -109,6 +118,15 @@ class _Collector(Collector):
             "(tls_handshake: a TLS handshake that failed).",
             m.tcp_connections_closed,
         )
+        socket_drops = CounterMetricFamily(
+            "hep_ingest_udp_socket_drops",
+            "Datagrams the kernel dropped before the receiver read them (UDP receive "
+            "buffer full), by listen address: the socket's own counter, /proc/net/udp.",
+            labels=["listen"],
+        )
+        for listen, value in m.socket_drops().items():
+            socket_drops.add_metric([listen], value)
+        yield socket_drops
         yield GaugeMetricFamily(
             "hep_ingest_queue_depth",
             "Records accepted and not yet acknowledged by Kafka.",

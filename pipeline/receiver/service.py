@@ -15,9 +15,11 @@ from prometheus_client import CollectorRegistry
 
 from pipeline.observability import get_logger
 from pipeline.receiver.intake import Intake
+from pipeline.receiver.listen import bind_error, format_address
 from pipeline.receiver.metrics import ReceiverMetrics
 from pipeline.receiver.publisher import KafkaPublisher
 from pipeline.receiver.settings import ReceiverSettings
+from pipeline.receiver.socket_drops import UdpSocketDrops
 from pipeline.receiver.tcp import TcpListener
 from pipeline.receiver.tls import HandshakeFailures, report_handshake_failures
 from pipeline.receiver.udp import UdpProtocol, open_udp_listener
@@ -49,6 +51,9 @@ async def run_receiver(
     tcp = TcpListener(intake, publisher.offer, publisher.above_high_water, metrics)
     publisher.set_low_water_callback(tcp.resume_all)
 
+    socket_drops = UdpSocketDrops()
+    metrics.bind_socket_drops(socket_drops.read)
+
     loop = asyncio.get_running_loop()
     udp_transports: list[asyncio.DatagramTransport] = []
     servers: list[asyncio.AbstractServer] = []
@@ -65,7 +70,8 @@ async def run_receiver(
                 reuse_port=settings.reuse_port,
             )
             udp_transports.append(transport)
-            udp_bound.append(f"{bound[0]}:{bound[1]}")
+            udp_bound.append(format_address(*bound))
+            socket_drops.watch(transport.get_extra_info("socket").fileno(), udp_bound[-1])
             if rcvbuf < settings.udp_rcvbuf_bytes:
                 log.warning(
                     "udp_rcvbuf_capped",
@@ -75,13 +81,16 @@ async def run_receiver(
                 )
         tcp_bound: list[str] = []
         for host, port in settings.tcp:
-            server = await loop.create_server(
-                tcp.protocol,
-                host,
-                port,
-                reuse_address=True,
-                reuse_port=settings.reuse_port or None,
-            )
+            try:
+                server = await loop.create_server(
+                    tcp.protocol,
+                    host,
+                    port,
+                    reuse_address=True,
+                    reuse_port=settings.reuse_port or None,
+                )
+            except OSError as exc:
+                raise bind_error("tcp", host, port, exc) from exc
             servers.append(server)
             tcp_bound.extend(
                 f"{sock.getsockname()[0]}:{sock.getsockname()[1]}" for sock in server.sockets
@@ -91,14 +100,17 @@ async def run_receiver(
             report_handshake_failures(settings.tls_context, HandshakeFailures(metrics))
         for host, port in settings.tls:
             # The same protocol as TCP: the loop decrypts, the framer sees plain HEP.
-            server = await loop.create_server(
-                tcp.tls_protocol,
-                host,
-                port,
-                ssl=settings.tls_context,
-                reuse_address=True,
-                reuse_port=settings.reuse_port or None,
-            )
+            try:
+                server = await loop.create_server(
+                    tcp.tls_protocol,
+                    host,
+                    port,
+                    ssl=settings.tls_context,
+                    reuse_address=True,
+                    reuse_port=settings.reuse_port or None,
+                )
+            except OSError as exc:
+                raise bind_error("tls", host, port, exc) from exc
             servers.append(server)
             tls_bound.extend(
                 f"{sock.getsockname()[0]}:{sock.getsockname()[1]}" for sock in server.sockets
@@ -124,6 +136,7 @@ async def run_receiver(
         await stop.wait()
         log.info("receiver_stopping", backlog=publisher.depth, grace_s=settings.shutdown_timeout_s)
     finally:
+        socket_drops.read()  # the last figures, before the sockets leave /proc/net/udp
         for transport in udp_transports:
             transport.close()
         for listening in servers:

@@ -10,6 +10,7 @@ from typing import Any
 
 from pipeline.observability import get_logger
 from pipeline.receiver.intake import Intake
+from pipeline.receiver.listen import bind_error
 from pipeline.receiver.metrics import ReceiverMetrics
 from pipeline.records import ReceiveContext
 
@@ -90,12 +91,16 @@ def bind_udp_socket(
     """A non-blocking UDP socket bound to host:port with a large receive buffer.
 
     With `reuse_port`, SO_REUSEPORT lets several worker processes bind the same port;
-    Linux then hashes each datagram's 4-tuple to pick one of the sockets.
+    Linux then hashes each datagram's 4-tuple to pick one of the sockets. Never
+    SO_REUSEADDR (see pipeline.receiver.listen): an address another process holds is
+    an OSError that names it.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            # As asyncio does for TCP: [::]:P and 0.0.0.0:P are two listeners, not one.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if rcvbuf_bytes:
@@ -107,7 +112,10 @@ def bind_udp_socket(
                 sock.setsockopt(socket.SOL_SOCKET, force, rcvbuf_bytes)
             except OSError:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf_bytes)
-        sock.bind((host, port))
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise bind_error("udp", host, port, exc) from exc
         sock.setblocking(False)
     except BaseException:
         sock.close()

@@ -179,6 +179,17 @@ async def consume(
     return out
 
 
+def kernel_drops(port: int) -> int:
+    """The drops column of 127.0.0.1:`port` in /proc/net/udp (not the receiver's figure)."""
+    local = f"0100007F:{port:04X}"
+    with open("/proc/net/udp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == local:
+                return int(fields[12])
+    raise AssertionError(f"127.0.0.1:{port} not in /proc/net/udp")
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -23,6 +23,7 @@ from receiver_process import (
 )
 
 from pipeline.embedded import EmbeddedKafka
+from pipeline.embedded.net import free_tcp_port
 
 pytestmark = pytest.mark.integration
 
@@ -101,15 +102,16 @@ def test_two_workers_share_the_ports_and_stop_cleanly(
 def test_a_failing_worker_stops_the_others_and_fails(
     kafka: EmbeddedKafka, topic_name: str, tmp_path: Path
 ) -> None:
-    # Something else holds the TCP port without SO_REUSEPORT: every worker fails to bind.
+    # Something else holds worker 1's /metrics port: that worker fails after binding
+    # the shared listen ports, and the supervisor stops worker 0.
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
-        port = blocker.getsockname()[1]
+        metrics_port = blocker.getsockname()[1] - 1
         result = subprocess.run(
             [*hep_ingest_command(), "receive", "--workers", "2", "--no-udp",
-             "--tcp", f"127.0.0.1:{port}", "--bootstrap-servers", kafka.bootstrap_servers,
-             "--topic", topic_name],
+             "--tcp", f"127.0.0.1:{free_tcp_port()}", "--metrics", f"127.0.0.1:{metrics_port}",
+             "--bootstrap-servers", kafka.bootstrap_servers, "--topic", topic_name],
             capture_output=True,
             timeout=60,
             env={k: v for k, v in os.environ.items() if not k.startswith("HEP_INGEST_")},
@@ -117,6 +119,32 @@ def test_a_failing_worker_stops_the_others_and_fails(
     logs = result.stdout + result.stderr
     assert result.returncode == 1, logs[-3000:]
     assert logs.count(b'"worker_exited"') == 2
+
+
+def test_workers_refuse_a_port_another_process_holds(
+    kafka: EmbeddedKafka, topic_name: str
+) -> None:
+    # Held without SO_REUSEPORT or with it: the supervisor checks before any worker starts.
+    for reuse_port in (False, True):
+        with socket.socket() as blocker:
+            blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, int(reuse_port))
+            blocker.bind(("127.0.0.1", 0))
+            blocker.listen()
+            port = blocker.getsockname()[1]
+            result = subprocess.run(
+                [*hep_ingest_command(), "receive", "--workers", "2", "--no-udp",
+                 "--tcp", f"127.0.0.1:{port}", "--bootstrap-servers", kafka.bootstrap_servers,
+                 "--topic", topic_name],
+                capture_output=True,
+                timeout=60,
+                env={k: v for k, v in os.environ.items() if not k.startswith("HEP_INGEST_")},
+            )
+        logs = (result.stdout + result.stderr).decode()
+        assert result.returncode == 1, logs[-3000:]
+        failures = [line for line in logs.splitlines() if "receiver_failed" in line]
+        assert len(failures) == 1, logs[-3000:]
+        assert f"cannot bind TCP 127.0.0.1:{port}: Address already in use" in failures[0]
+        assert "workers_started" not in logs
 
 
 def test_workers_need_fixed_ports() -> None:

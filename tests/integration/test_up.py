@@ -26,6 +26,7 @@ from typing import Any
 import asyncpg
 import pytest
 from conftest import load_vectors
+from receiver_process import kernel_drops
 
 from pipeline.embedded import free_tcp_port, free_udp_port
 from pipeline.embedded.state import embedded_database
@@ -274,3 +275,32 @@ def test_up_uses_external_kafka_and_postgres_when_given(
     assert processes_mentioning(str(data_dir)) == []
     assert not (data_dir / "postgres" / "pgdata" / "PG_VERSION").exists()
     assert not list(data_dir.rglob("PG_VERSION"))
+
+
+def test_up_status_line_shows_udp_socket_drops(tmp_path: Path, up_env: dict[str, str]) -> None:
+    packets, _ = load_vectors("kamailio_hep3_udp")
+    udp_port = free_udp_port()
+    up = Up(
+        ["--data-dir", str(tmp_path / "data"), "--udp", f"127.0.0.1:{udp_port}",
+         "--tcp", f"127.0.0.1:{free_tcp_port()}", "--kafka-port", "0", "--pg-port", "0",
+         "--status-interval", "0.5"],
+        up_env,
+    )  # fmt: skip
+    try:
+        up.wait_for_line(DSN_PATTERN, 180)
+        # `up` stopped reads nothing: its 16 MiB socket buffer fills and the kernel drops
+        # the rest of a burst far larger than it.
+        os.kill(up.process.pid, signal.SIGSTOP)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                for i in range(40_000):
+                    sock.sendto(packets[i % len(packets)], ("127.0.0.1", udp_port))
+            dropped = kernel_drops(udp_port)
+        finally:
+            os.kill(up.process.pid, signal.SIGCONT)
+        assert dropped > 0
+        up.wait_for_line(re.compile(rf"^status: received {40_000 - dropped} .*"
+                                    rf"  udp socket drops {dropped}$"), 120)
+    finally:
+        code = up.interrupt()
+    assert code == 0, f"exit {code}\n{up.stderr}"

@@ -9,7 +9,9 @@ import zlib
 import pytest
 
 from pipeline.hep import (
+    MAX_CHUNKS,
     MAX_INFLATED_PAYLOAD,
+    MAX_PACKET_SIZE,
     HepChunk,
     HepDecodeError,
     HepError,
@@ -121,9 +123,28 @@ MALFORMED = [
     pytest.param(hep3(chunk(0x0010, b"")), "bad_compressed_payload", id="compressed-empty"),
     pytest.param(
         hep3(chunk(0x0010, zlib.compress(b"\x00" * (MAX_INFLATED_PAYLOAD + 1), 9))),
-        "bad_compressed_payload",
+        "payload_too_large",
         id="bomb",
     ),
+    pytest.param(
+        hep3(*BASIC, chunk(0x000C, struct.pack(">I", 8))), "duplicate_chunk", id="dup-dedicated"
+    ),
+    pytest.param(
+        hep3(chunk(0x0014, bytes(8)), chunk(0x0014, bytes(8))), "duplicate_chunk", id="dup-extra"
+    ),
+    pytest.param(
+        hep3(chunk(0x0025, b"k"), chunk(0x0025, b"k")), "duplicate_chunk", id="dup-variable"
+    ),
+    pytest.param(hep3(chunk(0x0000, b""), chunk(0x0000, b"")), "duplicate_chunk", id="dup-type-0"),
+    pytest.param(
+        hep3(chunk(0x0010, zlib.compress(b"first")), chunk(0x000F, b"second")),
+        "duplicate_chunk",
+        id="dup-payloads",
+    ),
+    pytest.param(
+        hep3(*[chunk(7, b"", vendor=5)] * (MAX_CHUNKS + 1)), "too_many_chunks", id="vendor-flood"
+    ),
+    pytest.param(hep2(payload=bytes(MAX_PACKET_SIZE)), "too_large", id="hep2-too-large"),
 ]
 
 
@@ -202,11 +223,11 @@ def test_inflated_payload_at_the_cap_is_accepted() -> None:
     assert pkt.payload == payload
 
 
-def test_later_payload_chunk_wins() -> None:
-    pkt = decode_packet(hep3(chunk(0x0010, zlib.compress(b"first")), chunk(0x000F, b"second")))
-    assert (pkt.payload, pkt.payload_was_compressed) == (b"second", False)
-    pkt = decode_packet(hep3(chunk(0x000F, b"first"), chunk(0x0010, zlib.compress(b"second"))))
-    assert (pkt.payload, pkt.payload_was_compressed) == (b"second", True)
+def test_two_payload_chunks_are_refused_before_inflating() -> None:
+    bomb = zlib.compress(b"\x00" * (MAX_INFLATED_PAYLOAD + 1), 9)
+    with pytest.raises(HepDecodeError) as info:
+        decode_packet(hep3(chunk(0x000F, b"first"), chunk(0x0010, bomb)))
+    assert info.value.reason == "duplicate_chunk"
 
 
 def test_zero_timestamp_preserved_and_absent_timestamp_is_zero() -> None:
@@ -288,12 +309,41 @@ def test_eep1_magic_is_hep3() -> None:
     assert decode_packet(hep3(*BASIC, magic=b"EEP1")).capture_id == 7
 
 
-def test_duplicate_chunk_last_wins() -> None:
-    pkt = decode_packet(
-        hep3(chunk(0x000C, struct.pack(">I", 1)), chunk(0x000C, struct.pack(">I", 2)))
-    )
-    assert pkt.capture_id == 2
-    assert len(pkt.chunk_order) == 2
+def test_flood_of_empty_chunks_is_refused_after_max_chunks() -> None:
+    """The issue's 60 KB packet of 10,000 empty chunks: refused, not decoded in full."""
+    for ctype, vendor in ((0x0099, 0), (0x0099, 2)):
+        data = hep3(*BASIC, *[chunk(ctype, b"", vendor=vendor)] * 10_000)
+        assert len(data) > 60_000
+        with pytest.raises(HepDecodeError) as info:
+            decode_packet(data)
+        # A generic type is refused at its second copy, a vendor flood at MAX_CHUNKS:
+        # the offset in the detail shows where decoding stopped.
+        stopped_at = int(info.value.detail.rsplit(" ", 1)[1])
+        if vendor == 0:
+            assert info.value.reason == "duplicate_chunk"
+            assert stopped_at == len(hep3(*BASIC)) + 6
+        else:
+            assert info.value.reason == "too_many_chunks"
+            assert stopped_at == len(hep3(*BASIC)) + 6 * (MAX_CHUNKS - len(BASIC))
+
+
+def test_max_chunks_is_accepted() -> None:
+    vendor_chunks = [chunk(i, b"v", vendor=2) for i in range(MAX_CHUNKS - len(BASIC) - 1)]
+    pkt = decode_packet(hep3(*BASIC, chunk(0x000F, b"x"), *vendor_chunks))
+    assert len(pkt.chunk_order) == MAX_CHUNKS
+    assert len(pkt.extra_chunks) == len(vendor_chunks)
+
+
+def test_vendor_chunks_may_repeat() -> None:
+    pkt = decode_packet(hep3(chunk(0x000C, b"a", vendor=2), chunk(0x000C, b"b", vendor=2)))
+    assert [c.value for c in pkt.extra_chunks] == [b"a", b"b"]
+    assert pkt.capture_id is None
+
+
+def test_hep2_at_max_packet_size_is_accepted() -> None:
+    data = hep2(payload=b"")
+    data += bytes(MAX_PACKET_SIZE - len(data))
+    assert len(decode_packet(data).payload) == MAX_PACKET_SIZE - 28
 
 
 def test_trailing_bytes_after_total_length_ignored() -> None:

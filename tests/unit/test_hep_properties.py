@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.hep import (
+    MAX_CHUNKS,
     HepChunk,
     HepDecodeError,
     HepPacket,
@@ -72,6 +73,12 @@ extra_chunk = st.one_of(
     ),
 )
 
+
+def _generic_type_once(c: HepChunk) -> object:
+    """A generic type appears at most once (a second copy is duplicate_chunk); vendor
+    chunks may repeat, so each gets a key of its own."""
+    return c.type if c.vendor == 0 else c
+
 packets = st.builds(
     HepPacket,
     version=st.just(3),
@@ -92,7 +99,7 @@ packets = st.builds(
     correlation_id=st.one_of(st.none(), text),
     vlan=st.one_of(st.none(), u16),
     node_name=st.one_of(st.none(), text),
-    extra_chunks=st.lists(extra_chunk, max_size=6),
+    extra_chunks=st.lists(extra_chunk, max_size=6, unique_by=_generic_type_once),
 )
 
 
@@ -151,6 +158,27 @@ raw_chunk = st.tuples(
 def test_random_chunk_sequences_only_raise_hep_decode_error(chunks: list[bytes]) -> None:
     body = b"".join(chunks)
     _decode_or_reason(b"HEP3" + struct.pack(">H", (6 + len(body)) & 0xFFFF) + body)
+
+
+empty_chunk = st.tuples(st.sampled_from([0, 2]), st.integers(0x0000, 0x0003)).map(
+    lambda c: struct.pack(">HHH", c[0], c[1], 6)
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(empty_chunk, max_size=MAX_CHUNKS * 3))
+def test_accepted_packets_are_bounded(chunks: list[bytes]) -> None:
+    """Whatever a sender repeats, an accepted packet has at most MAX_CHUNKS chunks and
+    each generic type once; anything else is refused with a reason."""
+    body = b"".join(chunks)
+    try:
+        pkt = decode_packet(b"HEP3" + struct.pack(">H", 6 + len(body)) + body)
+    except HepDecodeError as exc:
+        assert exc.reason in {"duplicate_chunk", "too_many_chunks", "bad_fixed_size"}
+        return
+    assert len(pkt.chunk_order) <= MAX_CHUNKS
+    generic = [ctype for vendor, ctype, _ in pkt.chunk_order if vendor == 0]
+    assert len(generic) == len(set(generic))
 
 
 @st.composite
@@ -240,7 +268,7 @@ kamailio_packets = st.builds(
     payload_was_compressed=st.booleans(),
     correlation_id=st.one_of(st.none(), text),
     node_name=st.one_of(st.none(), text),
-    extra_chunks=st.lists(extra_chunk, max_size=3),
+    extra_chunks=st.lists(extra_chunk, max_size=3, unique_by=_generic_type_once),
 )
 
 

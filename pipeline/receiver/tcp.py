@@ -32,6 +32,7 @@ from typing import cast
 from pipeline.hep.framer import HepStreamFramer
 from pipeline.observability import get_logger
 from pipeline.receiver.intake import Intake
+from pipeline.receiver.memory import release_free_memory
 from pipeline.receiver.metrics import ReceiverMetrics
 from pipeline.records import ReceiveContext
 
@@ -69,6 +70,7 @@ class TcpListener:
         self.connections: set[TcpConnection] = set()
         self.paused: set[TcpConnection] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._release: asyncio.TimerHandle | None = None
         self._refused_since_log = 0
         self._refusal_logged_at: float | None = None
         metrics.bind_tcp_connections_open(lambda: len(self.connections))
@@ -115,15 +117,28 @@ class TcpListener:
             self._refused_since_log = 0
         return False
 
+    def connection_closed(self, connection: TcpConnection) -> None:
+        self.connections.discard(connection)
+        self.paused.discard(connection)
+        # Once a burst of closes is over (at most once a second), give what their
+        # buffers held back to the system: the heap would keep it otherwise.
+        if self._release is None:
+            self._release = asyncio.get_running_loop().call_later(1.0, self._release_memory)
+
+    def _release_memory(self) -> None:
+        self._release = None
+        release_free_memory()
+
     def resume_all(self) -> None:
         paused, self.paused = self.paused, set()
         for connection in paused:
             connection.resume()
 
     def close_all(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._release):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._release = None
         for connection in list(self.connections):
             connection.close()
 
@@ -254,8 +269,6 @@ class TcpConnection(asyncio.Protocol):
         if not self._admitted:
             return
         listener = self._listener
-        listener.connections.discard(self)
-        listener.paused.discard(self)
         reason = self._close_reason if exc is None else "error"
         listener.metrics.tcp_connections_closed[reason] += 1
         framer = self._framer
@@ -264,3 +277,4 @@ class TcpConnection(asyncio.Protocol):
             listener.intake.count_unframed(self._transport_label, framer.head, "truncated")
         # Drop the partial frame now, not when the transport lets go of the protocol.
         self._framer = HepStreamFramer()
+        listener.connection_closed(self)

@@ -285,3 +285,30 @@ def test_kamailio_layout_fast_path_matches_general_path(pkt: HepPacket, trailer:
     fast_view = decode_packet(memoryview(data))
     fast_view.chunk_order = []
     assert fast_view == general == pkt
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from(sorted(STREAMS)),
+    flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 7)), min_size=1, max_size=4),
+    read=st.integers(1, 4096),
+)
+def test_framer_on_a_damaged_stream_delivers_exactly_the_frames_before_the_damage(
+    kind: str, flips: list[tuple[float, int]], read: int
+) -> None:
+    stream = bytearray(b"".join(STREAMS[kind]))
+    for where, bit in flips:
+        stream[int(where * (len(stream) - 1))] ^= 1 << bit
+    framer = HepStreamFramer()
+    frames: list[bytes] = []
+    for start in range(0, len(stream), read):
+        frames.extend(framer.feed(bytes(stream[start : start + read])))
+    delivered = b"".join(frames)
+    # Frames are consecutive pieces of the stream from its start: nothing skipped,
+    # nothing invented; what is not delivered is held or reported.
+    assert stream.startswith(delivered)
+    if framer.error is None:
+        assert len(delivered) + framer.buffered == len(stream)
+    else:
+        assert framer.buffered == 0 and len(delivered) < len(stream)
+        assert framer.error_head == stream[len(delivered)]

@@ -181,12 +181,12 @@ class TcpConnection(asyncio.Protocol):
             log.debug("tcp_connected", peer=f"{peer[0]}:{peer[1]}")
 
     def data_received(self, data: bytes) -> None:
-        framer = self._framer
-        if not self._admitted or framer.error is not None:
+        if not self._admitted or self._close_reason == "broken_stream":
             # Refused, or broken and closing (TLS may still hand over decrypted bytes):
             # what follows was counted with the break, or is not ours to count.
             return
         listener = self._listener
+        framer = self._framer
         frames = framer.feed(data)
         context = self._context
         assert context is not None

@@ -281,6 +281,35 @@ def receive(
             show_default=True,
         ),
     ] = _DEFAULTS.udp_rcvbuf_bytes,
+    tcp_max_connections: Annotated[
+        int,
+        typer.Option(
+            envvar="HEP_INGEST_TCP_MAX_CONNECTIONS",
+            help="Most TCP and TLS connections open at once (per worker); more are "
+            "closed when accepted and counted in "
+            "hep_ingest_tcp_connections_refused_total{reason=\"max_connections\"}.",
+            show_default=True,
+        ),
+    ] = _DEFAULTS.tcp_max_connections,
+    tcp_idle_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="HEP_INGEST_TCP_IDLE_TIMEOUT",
+            help="Close a TCP or TLS connection after this many seconds without a byte "
+            "(0: never); counted as closed with reason idle_timeout.",
+            show_default=True,
+        ),
+    ] = _DEFAULTS.tcp_idle_timeout_s,
+    tcp_frame_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="HEP_INGEST_TCP_FRAME_TIMEOUT",
+            help="Close a TCP or TLS connection whose HEP frame is not complete this many "
+            "seconds after its first byte; counted as closed with reason frame_timeout "
+            "and the partial frame as invalid (truncated).",
+            show_default=True,
+        ),
+    ] = _DEFAULTS.tcp_frame_timeout_s,
     log_level: LogLevelOption = LogLevel.info,
     log_format: LogFormatOption = LogFormat.json,
     workers: Annotated[
@@ -319,6 +348,9 @@ def receive(
             queue_size=queue_size,
             max_backlog_bytes=max_backlog_bytes,
             udp_rcvbuf_bytes=udp_rcvbuf,
+            tcp_max_connections=tcp_max_connections,
+            tcp_idle_timeout_s=tcp_idle_timeout,
+            tcp_frame_timeout_s=tcp_frame_timeout,
             retry_initial_s=retry_initial_s,
             retry_max_s=retry_max_s,
             shutdown_timeout_s=shutdown_timeout,

@@ -1,4 +1,4 @@
-"""Pure HEP codec: decode HEPv1/v2/v3, encode HEPv3, frame HEPv3 TCP streams.
+"""Pure HEP codec: decode HEPv1/v2/v3, encode HEPv3, frame HEPv1/v2/v3 TCP streams.
 
 No I/O, logging, clock or asyncio: the receiver owns those.
 """

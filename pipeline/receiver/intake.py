@@ -108,6 +108,15 @@ class Intake:
         )
         return record_key(packet), self._encode(record)
 
+    def count_unframed(self, transport: str, head: int | None, reason: str) -> None:
+        """Count bytes of a stream that never made a frame as one received, invalid packet.
+
+        `head` is their first byte (the version label, as for a frame).
+        """
+        metrics = self._metrics
+        metrics.received[(transport, "other" if head is None else _VERSION_LABEL[head])] += 1
+        metrics.invalid[reason] += 1
+
     def acceptor(self, transport: str) -> Callable[[bytes, ReceiveContext, int], Encoded | None]:
         """`accept` for the contexts of one transport, with its lookups bound once.
 

@@ -19,6 +19,8 @@ TRANSPORTS = ("udp", "tcp", "tls")
 VERSIONS = ("1", "2", "3")
 DROP_REASONS = ("queue_full", "shutdown")
 REJECT_REASONS = ("auth_missing", "auth_mismatch")
+TCP_TIMEOUT_REASONS = ("idle_timeout", "frame_timeout")
+TCP_REFUSE_REASONS = ("max_connections",)
 
 
 class ReceiverMetrics:
@@ -34,9 +36,15 @@ class ReceiverMetrics:
         self.published = 0
         self.dropped: Counter[str] = Counter(dict.fromkeys(DROP_REASONS, 0))
         self.publish_retries = 0
-        self.tcp_connections_closed: Counter[str] = Counter()
+        self.tcp_connections_closed: Counter[str] = Counter(
+            dict.fromkeys(TCP_TIMEOUT_REASONS, 0)
+        )
+        self.tcp_connections_refused: Counter[str] = Counter(
+            dict.fromkeys(TCP_REFUSE_REASONS, 0)
+        )
         self._queue_depth: Callable[[], int] = lambda: 0
         self._socket_drops: Callable[[], dict[str, int]] = dict
+        self._tcp_connections_open: Callable[[], int] = lambda: 0
         self.publish_latency = Histogram(
             "hep_ingest_publish_latency_seconds",
             "Time from handing a batch to the Kafka producer to its acknowledgement.",
@@ -57,6 +65,11 @@ class ReceiverMetrics:
 
     def socket_drops(self) -> dict[str, int]:
         return self._socket_drops()
+    def bind_tcp_connections_open(self, count: Callable[[], int]) -> None:
+        self._tcp_connections_open = count
+
+    def tcp_connections_open(self) -> int:
+        return self._tcp_connections_open()
 
     def totals(self) -> dict[str, int]:
         """A snapshot for progress logs."""
@@ -115,7 +128,9 @@ class _Collector(Collector):
         yield _labelled(
             "hep_ingest_tcp_connections_closed",
             "TCP and TLS connections closed by the receiver or the peer, by reason "
-            "(tls_handshake: a TLS handshake that failed).",
+            "(tls_handshake: a TLS handshake that failed; idle_timeout: nothing read for "
+            "--tcp-idle-timeout; frame_timeout: a frame not completed within "
+            "--tcp-frame-timeout; broken_stream: HEP framing lost).",
             m.tcp_connections_closed,
         )
         socket_drops = CounterMetricFamily(
@@ -127,6 +142,17 @@ class _Collector(Collector):
         for listen, value in m.socket_drops().items():
             socket_drops.add_metric([listen], value)
         yield socket_drops
+        yield _labelled(
+            "hep_ingest_tcp_connections_refused",
+            "TCP and TLS connections closed as soon as accepted, by reason "
+            "(max_connections: --tcp-max-connections were open).",
+            m.tcp_connections_refused,
+        )
+        yield GaugeMetricFamily(
+            "hep_ingest_tcp_connections_open",
+            "TCP and TLS connections open (TLS: once the handshake is done).",
+            value=m.tcp_connections_open(),
+        )
         yield GaugeMetricFamily(
             "hep_ingest_queue_depth",
             "Records accepted and not yet acknowledged by Kafka.",

@@ -48,7 +48,15 @@ async def run_receiver(
         auth_key=settings.auth_key,
         forward_auth_key=settings.forward_auth_key,
     )
-    tcp = TcpListener(intake, publisher.offer, publisher.above_high_water, metrics)
+    tcp = TcpListener(
+        intake,
+        publisher.offer,
+        publisher.above_high_water,
+        metrics,
+        max_connections=settings.tcp_max_connections,
+        idle_timeout_s=settings.tcp_idle_timeout_s,
+        frame_timeout_s=settings.tcp_frame_timeout_s,
+    )
     publisher.set_low_water_callback(tcp.resume_all)
 
     socket_drops = UdpSocketDrops()
@@ -130,6 +138,7 @@ async def run_receiver(
             auth_key_required=settings.auth_key is not None,
             compression=settings.compression,
         )
+        tcp.start()
         progress = loop.create_task(_log_progress(metrics, publisher, settings.progress_interval_s))
         if ready is not None:
             ready.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import ssl
@@ -54,6 +55,15 @@ class ReceiverSettings:
     tcp_high_water: float = 0.8
     tcp_low_water: float = 0.5
     udp_rcvbuf_bytes: int = 8 * 1024 * 1024
+    # TCP and TLS connections, together, per process: more are closed when accepted.
+    # A connection holds at most one partial frame (64 KB), plus 256 KB of TLS buffer.
+    tcp_max_connections: int = 1024
+    # Nothing read for this long closes a connection (0: never). Agents reconnect when
+    # they next send; Kamailio closes its own idle TCP connections after 120 s.
+    tcp_idle_timeout_s: float = 300.0
+    # A frame begun and not completed within this long closes the connection: a sender
+    # trickling bytes cannot hold a buffer for ever.
+    tcp_frame_timeout_s: float = 30.0
     # SO_REUSEPORT on every listen socket: set by `receive --workers N` (N > 1) in each
     # worker so that N processes share the ports and the kernel spreads the load.
     reuse_port: bool = False
@@ -89,6 +99,18 @@ class ReceiverSettings:
                 raise ValueError(f"{name} must be positive, got {value}")
         if self.linger_ms < 0:
             raise ValueError("linger_ms must not be negative")
+        if self.tcp_max_connections < 1:
+            raise ValueError(
+                f"tcp_max_connections must be at least 1, got {self.tcp_max_connections}"
+            )
+        if not (math.isfinite(self.tcp_idle_timeout_s) and self.tcp_idle_timeout_s >= 0):
+            raise ValueError(
+                f"tcp idle timeout must be >= 0 seconds (0: never), got {self.tcp_idle_timeout_s}"
+            )
+        if not (math.isfinite(self.tcp_frame_timeout_s) and self.tcp_frame_timeout_s > 0):
+            raise ValueError(
+                f"tcp frame timeout must be > 0 seconds, got {self.tcp_frame_timeout_s}"
+            )
         if not 0 < self.tcp_low_water < self.tcp_high_water <= 1:
             raise ValueError("need 0 < tcp_low_water < tcp_high_water <= 1")
         if not 0 < self.retry_initial_s <= self.retry_max_s:

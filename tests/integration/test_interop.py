@@ -171,20 +171,27 @@ async def stored(dsn: str, sent: int, consumer: subprocess.Popen[bytes], log: Pa
 # --- Kamailio + SIPp -------------------------------------------------------------------
 
 
-def kamailio_cfg(sip_port: int, uas_port: int, hep_port: int, hep_version: int) -> str:
-    """The captures' Kamailio configuration on test ports: UDP only, HEP to `hep_port`."""
+def kamailio_cfg(
+    sip_port: int, uas_port: int, hep_port: int, hep_version: int, hep_transport: str = "udp"
+) -> str:
+    """The captures' Kamailio configuration on test ports: SIP over UDP, HEP to `hep_port`
+    over `hep_transport` (over TCP Kamailio needs its TCP stack, on the SIP port)."""
     cfg = KAMAILIO_CFG.read_text()
+    hep_uri = f"sip:127.0.0.1:{hep_port}" + (";transport=tcp" if hep_transport == "tcp" else "")
     substitutions = [
         (r"listen=udp:127\.0\.0\.1:5060\n", f"listen=udp:127.0.0.1:{sip_port}\n"),
-        (r"listen=tcp:127\.0\.0\.1:5060\n", "disable_tcp=yes\n"),
-        (r"tcp_children=\d+\n", ""),
+        (
+            r"listen=tcp:127\.0\.0\.1:5060\n",
+            f"listen=tcp:127.0.0.1:{sip_port}\n" if hep_transport == "tcp" else "disable_tcp=yes\n",
+        ),
+        (r"tcp_children=\d+\n", "" if hep_transport == "udp" else "tcp_children=1\n"),
         (r"tcp_connection_lifetime=\d+\n", ""),
         (r'alias="127\.0\.0\.1:5060"', f'alias="127.0.0.1:{sip_port}"'),
         (r"mpath=.*\n", ""),  # the package's module directory is kamailio's default
         (r'"sip:127\.0\.0\.1:5070"', f'"sip:127.0.0.1:{uas_port}"'),
         (
             r'"duplicate_uri", "sip:127\.0\.0\.1:9060"',
-            f'"duplicate_uri", "sip:127.0.0.1:{hep_port}"',
+            f'"duplicate_uri", "{hep_uri}"',
         ),
         (r'"hep_version", 3\)', f'"hep_version", {hep_version})'),
         (r'"hep_capture_id", 2001\)', '"hep_capture_id", 2001)'),  # asserted below
@@ -219,9 +226,20 @@ def sipp(binary: str, scenario: str, port: int, *extra: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("hep_version", [3, 2])
+@pytest.mark.parametrize(
+    ("hep_version", "hep_transport"),
+    # HEPv2 over TCP has no length field: the receiver frames it by its header and the
+    # SIP message it carries (headers, then Content-Length).
+    [(3, "udp"), (2, "udp"), (2, "tcp")],
+    ids=["hep3-udp", "hep2-udp", "hep2-tcp"],
+)
 async def test_kamailio_siptrace_calls_between_sipp_agents(
-    hep_version: int, kafka: EmbeddedKafka, database_dsn: str, topic_name: str, tmp_path: Path
+    hep_version: int,
+    hep_transport: str,
+    kafka: EmbeddedKafka,
+    database_dsn: str,
+    topic_name: str,
+    tmp_path: Path,
 ) -> None:
     kamailio = require("kamailio", "kamailio")
     sipp_binary = require("sipp", "sip-tester")
@@ -229,7 +247,8 @@ async def test_kamailio_siptrace_calls_between_sipp_agents(
     consumer_log = tmp_path / "consumer.log"
     with ingest_pipeline(kafka, database_dsn, topic_name, tmp_path) as (receiver, consumer):
         cfg = tmp_path / "kamailio.cfg"
-        cfg.write_text(kamailio_cfg(sip_port, uas_port, receiver.udp_port, hep_version))
+        hep_port = receiver.tcp_port if hep_transport == "tcp" else receiver.udp_port
+        cfg.write_text(kamailio_cfg(sip_port, uas_port, hep_port, hep_version, hep_transport))
         kamailio_log = tmp_path / "kamailio.log"
         started = datetime.now(UTC)
         proxy = spawn(
@@ -253,6 +272,9 @@ async def test_kamailio_siptrace_calls_between_sipp_agents(
             mirrored = CALLS * KAMAILIO_CALL_LADDER.total()
             await stored(database_dsn, mirrored, consumer, consumer_log)
             assert receiver.metric("hep_ingest_packets_invalid_total") == 0
+            received = {"transport": hep_transport, "version": str(hep_version)}
+            assert receiver.metric("hep_ingest_packets_received_total", received) == mirrored
+            assert receiver.metric("hep_ingest_packets_received_total") == mirrored
         finally:
             for process in (uac, uas, proxy):
                 if process is not None:

@@ -449,31 +449,111 @@ def test_framer_splits_and_buffers() -> None:
 @pytest.mark.parametrize(
     ("stream", "reason"),
     [
-        pytest.param(hep2(), "bad_stream_magic", id="hepv2-on-tcp"),
         pytest.param(b"\x16\x03\x01", "bad_stream_magic", id="tls-client-hello-prefix"),
-        pytest.param(FRAME_A + b"HEP4\x00\x06", "bad_stream_magic", id="second-frame"),
+        pytest.param(b"HEP4\x00\x06", "bad_stream_magic", id="bad-magic"),
         pytest.param(b"HEP3\x00\x05\x00", "bad_length", id="length-5"),
         pytest.param(b"HEP3\x00\x00", "bad_length", id="length-0"),
+        pytest.param(hep2(family=7), "bad_address_family", id="hepv2-family"),
+        pytest.param(
+            hep2(payload=b"OPTIONS sip:a SIP/2.0\r\nl: x1\r\n\r\n"),
+            "bad_content_length",
+            id="hepv2-content-length-not-a-number",
+        ),
+        pytest.param(
+            hep2(payload=b"OPTIONS sip:a SIP/2.0\r\nContent-Length: 1\r\nl: 2\r\n\r\n"),
+            "bad_content_length",
+            id="hepv2-content-length-conflict",
+        ),
     ],
 )
-def test_framer_rejects_lost_framing(stream: bytes, reason: str) -> None:
+@pytest.mark.parametrize("before", [b"", FRAME_A, FRAME_A + hep2()], ids=["alone", "v3", "v3v2"])
+def test_framer_delivers_frames_before_lost_framing(
+    stream: bytes, reason: str, before: bytes
+) -> None:
     framer = HepStreamFramer()
-    with pytest.raises(HepDecodeError) as info:
-        framer.feed(stream)
-    assert info.value.reason == reason
+    frames = framer.feed(before + stream + FRAME_B)
+    # What came before the break is delivered; the break is reported once.
+    assert b"".join(frames) == before
+    assert framer.error is not None
+    assert framer.error.reason == reason
+    assert framer.error_head == stream[0]
+    assert framer.buffered == 0
     # The stream cannot be trusted any more, even for good bytes.
-    with pytest.raises(HepDecodeError):
-        framer.feed(FRAME_A)
+    assert framer.feed(FRAME_A) == []
 
 
-def test_framer_max_buffer() -> None:
-    framer = HepStreamFramer(max_buffer=len(FRAME_A))
+def test_framer_valid_frame_then_garbage_in_one_read() -> None:
+    framer = HepStreamFramer()
+    assert framer.feed(FRAME_A + b"\x00garbage") == [FRAME_A]
+    assert framer.error is not None
+    assert (framer.error.reason, framer.error_head) == ("bad_stream_magic", 0)
+
+
+def test_framer_max_frame() -> None:
+    framer = HepStreamFramer(max_frame=len(FRAME_A))
     assert framer.feed(FRAME_A) == [FRAME_A]
-    with pytest.raises(HepDecodeError) as info:
-        framer.feed(FRAME_B[:6])
-    assert info.value.reason == "frame_too_large"
+    assert framer.feed(FRAME_B[:6]) == []
+    assert framer.error is not None
+    assert framer.error.reason == "frame_too_large"
     with pytest.raises(ValueError):
-        HepStreamFramer(max_buffer=5)
+        HepStreamFramer(max_frame=5)
+
+
+def _sip(
+    body: bytes = b"", length_header: bytes | None = b"Content-Length", lf: bytes = b"\r\n"
+) -> bytes:
+    lines = [b"MESSAGE sip:bob@example.com SIP/2.0", b"Call-ID: framer-1@example.com"]
+    if length_header is not None:
+        lines.append(length_header + b": " + str(len(body)).encode())
+    return lf.join(lines) + lf + lf + body
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pytest.param(hep2(payload=_sip(b"v=0\r\n")), id="v2-content-length"),
+        pytest.param(hep2(payload=_sip(b"hello", b"l")), id="v2-compact"),
+        pytest.param(hep2(payload=_sip(b"x" * 300, b"CONTENT-length ")), id="v2-upper-space"),
+        pytest.param(hep2(payload=_sip(length_header=None)), id="v2-no-content-length"),
+        pytest.param(hep2(payload=_sip(b"\r\n\r\nbody", lf=b"\n")), id="v2-bare-lf"),
+        pytest.param(hep2(payload=_sip(b"abc"), version=1), id="v1"),
+        pytest.param(hep2(family=10, addr_len=16, payload=_sip(b"abc")), id="v2-ipv6"),
+    ],
+)
+def test_framer_hep2_frames_by_sip_headers_and_content_length(frame: bytes) -> None:
+    stream = frame + FRAME_A + frame + frame
+    framer = HepStreamFramer()
+    assert framer.feed(stream) == [frame, FRAME_A, frame, frame]
+    assert framer.error is None
+    # Byte by byte: the same frames, and the partial frame is never rescanned whole.
+    framer = HepStreamFramer()
+    frames = [f for i in range(len(stream)) for f in framer.feed(stream[i : i + 1])]
+    assert frames == [frame, FRAME_A, frame, frame]
+    assert framer.buffered == 0
+    # The decoder reads the frame as one packet with its whole SIP message.
+    header = 16 if frame[0] == 1 else 28 if frame[2] == 2 else 52
+    assert decode_packet(frame).payload == frame[header:]
+
+
+def test_framer_hep2_frame_too_large() -> None:
+    framer = HepStreamFramer(max_frame=1000)
+    assert framer.feed(hep2(payload=_sip(b"x" * 2000))) == []
+    assert framer.error is not None
+    assert framer.error.reason == "frame_too_large"
+    # Headers that never end are refused once the frame limit is reached.
+    framer = HepStreamFramer(max_frame=1000)
+    assert framer.feed(hep2(payload=b"MESSAGE sip:a SIP/2.0\r\n")) == []
+    assert framer.feed(b"X-Pad: y\r\n" * 120) == []
+    assert framer.error is not None
+    assert framer.error.reason == "frame_too_large"
+
+
+def test_framer_releases_its_buffer() -> None:
+    framer = HepStreamFramer()
+    assert framer.feed(FRAME_A[:10]) == []
+    assert (framer.buffered, framer.head) == (10, FRAME_A[0])
+    assert framer.feed(FRAME_A[10:]) == [FRAME_A]
+    assert (framer.buffered, framer.head) == (0, None)
 
 
 # --- names -----------------------------------------------------------------------

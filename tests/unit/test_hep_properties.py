@@ -37,6 +37,12 @@ ALL_VECTORS = [
 ]
 TCP_FRAMES = _packets("kamailio_hep3_tcp")
 TCP_STREAM = b"".join(TCP_FRAMES)
+# Kamailio's HEPv2 captures (UDP), back to back as siptrace sends them over TCP, and
+# interleaved with HEPv3 frames as a stream of mixed agents' frames would never be but
+# the framer must allow, since it tells the version per frame.
+HEP2_FRAMES = _packets("kamailio_hep2_udp")
+MIXED_FRAMES = [frame for pair in zip(TCP_FRAMES, HEP2_FRAMES, strict=False) for frame in pair]
+STREAMS = {"hep3": TCP_FRAMES, "hep2": HEP2_FRAMES, "mixed": MIXED_FRAMES}
 
 u8 = st.integers(0, 0xFF)
 u16 = st.integers(0, 0xFFFF)
@@ -209,41 +215,61 @@ def test_mutated_vectors_only_raise_hep_decode_error(data: bytes) -> None:
 
 @settings(max_examples=500)
 @given(
-    cuts=st.lists(st.integers(0, len(TCP_STREAM)), max_size=60),
+    kind=st.sampled_from(sorted(STREAMS)),
+    cuts=st.lists(st.floats(0, 1), max_size=60),
     as_view=st.booleans(),
 )
-def test_framer_any_split_yields_the_same_frames(cuts: list[int], as_view: bool) -> None:
-    bounds = [0, *sorted(cuts), len(TCP_STREAM)]
+def test_framer_any_split_yields_the_same_frames(
+    kind: str, cuts: list[float], as_view: bool
+) -> None:
+    expected = STREAMS[kind]
+    stream = b"".join(expected)
+    bounds = [0, *sorted(int(cut * len(stream)) for cut in cuts), len(stream)]
     framer = HepStreamFramer()
     frames: list[bytes] = []
     for start, stop in pairwise(bounds):
-        piece = TCP_STREAM[start:stop]
+        piece = stream[start:stop]
         frames.extend(framer.feed(memoryview(piece) if as_view else piece))
-        assert framer.buffered < 0xFFFF
-    assert frames == TCP_FRAMES
+        assert framer.buffered <= 0xFFFF
+    assert frames == expected
     assert framer.buffered == 0
+    assert framer.error is None
 
 
 @settings(max_examples=200)
-@given(st.integers(1, 64))
-def test_framer_fixed_size_reads(size: int) -> None:
+@given(kind=st.sampled_from(sorted(STREAMS)), size=st.integers(1, 64))
+def test_framer_fixed_size_reads(kind: str, size: int) -> None:
+    expected = STREAMS[kind]
+    stream = b"".join(expected)
     framer = HepStreamFramer()
     frames: list[bytes] = []
-    for start in range(0, len(TCP_STREAM), size):
-        frames.extend(framer.feed(TCP_STREAM[start : start + size]))
-    assert frames == TCP_FRAMES
+    for start in range(0, len(stream), size):
+        frames.extend(framer.feed(stream[start : start + size]))
+    assert frames == expected
 
 
 @settings(max_examples=500)
 @given(st.lists(st.binary(max_size=80), max_size=8))
-def test_framer_arbitrary_bytes_only_raise_hep_decode_error(pieces: list[bytes]) -> None:
+def test_framer_arbitrary_bytes_yield_frames_or_a_framing_error(pieces: list[bytes]) -> None:
     framer = HepStreamFramer()
-    try:
-        for piece in pieces:
-            for frame in framer.feed(piece):
-                _decode_or_reason(frame)
-    except HepDecodeError as exc:
-        assert exc.reason in {"bad_stream_magic", "bad_length", "frame_too_large"}
+    delivered = 0
+    for piece in pieces:
+        for frame in framer.feed(piece):
+            delivered += len(frame)
+            _decode_or_reason(frame)
+    # Every byte is a delivered frame, the partial frame held, or after a reported break.
+    fed = sum(map(len, pieces))
+    if framer.error is None:
+        assert delivered + framer.buffered == fed
+    else:
+        assert framer.buffered == 0 and delivered < fed
+        assert framer.error.reason in {
+            "bad_stream_magic",
+            "bad_length",
+            "frame_too_large",
+            "bad_address_family",
+            "bad_content_length",
+        }
 
 
 # The Kamailio/heplify IPv4 layout (all ten fixed chunks, in encode_hep3's order) takes
@@ -287,3 +313,30 @@ def test_kamailio_layout_fast_path_matches_general_path(pkt: HepPacket, trailer:
     fast_view = decode_packet(memoryview(data))
     fast_view.chunk_order = []
     assert fast_view == general == pkt
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from(sorted(STREAMS)),
+    flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 7)), min_size=1, max_size=4),
+    read=st.integers(1, 4096),
+)
+def test_framer_on_a_damaged_stream_delivers_exactly_the_frames_before_the_damage(
+    kind: str, flips: list[tuple[float, int]], read: int
+) -> None:
+    stream = bytearray(b"".join(STREAMS[kind]))
+    for where, bit in flips:
+        stream[int(where * (len(stream) - 1))] ^= 1 << bit
+    framer = HepStreamFramer()
+    frames: list[bytes] = []
+    for start in range(0, len(stream), read):
+        frames.extend(framer.feed(bytes(stream[start : start + read])))
+    delivered = b"".join(frames)
+    # Frames are consecutive pieces of the stream from its start: nothing skipped,
+    # nothing invented; what is not delivered is held or reported.
+    assert stream.startswith(delivered)
+    if framer.error is None:
+        assert len(delivered) + framer.buffered == len(stream)
+    else:
+        assert framer.buffered == 0 and len(delivered) < len(stream)
+        assert framer.error_head == stream[len(delivered)]

@@ -108,6 +108,7 @@ def up(
         typer.Option(
             envvar="HEP_INGEST_STATUS_INTERVAL",
             min=0.1,
+            max=3600,
             help="Seconds between status updates (default: 1 on a terminal, else 10).",
             show_default=False,
         ),
@@ -117,6 +118,7 @@ def up(
         typer.Option(
             envvar="HEP_INGEST_DRAIN_TIMEOUT",
             min=0,
+            max=86_400,
             help="On stop, seconds to wait for the consumer to store what was published.",
         ),
     ] = 15.0,

@@ -5,7 +5,8 @@ ReceiverSettings, configure logging, choose uvloop, install SIGTERM/SIGINT handl
 serve /metrics, and map failures to exit codes:
 
     0  stopped by a signal after publishing what was accepted
-    1  runtime failure (for example a listen address that cannot be bound)
+    1  runtime failure (for example a listen address that cannot be bound), or a
+       shutdown that dropped records it had accepted (the log says how many)
     2  bad option or environment variable
 
 With ``--workers N`` (N > 1) the process is a supervisor: it re-executes its own
@@ -42,6 +43,7 @@ from pipeline.commands.options import (
 )
 from pipeline.observability import configure_logging, get_logger
 from pipeline.observability.metrics import parse_host_port
+from pipeline.receiver.metrics import shutdown_drops
 from pipeline.receiver.settings import (
     COMPRESSIONS,
     DEFAULT_LISTEN,
@@ -434,7 +436,7 @@ def run(settings: ReceiverSettings, metrics_address: str | None) -> int:
     except Exception as exc:
         log.exception("receiver_failed", error=repr(exc))
         return EXIT_FAILURE
-    return EXIT_OK
+    return EXIT_FAILURE if shutdown_drops(registry) else EXIT_OK
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

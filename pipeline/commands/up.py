@@ -203,6 +203,13 @@ def up(
         get_logger("pipeline.commands.up").exception("up_failed", error=repr(exc))
         print(f"hep-ingest up: {exc!r}", file=sys.stderr)
         raise typer.Exit(1) from exc
+    from pipeline.receiver.metrics import shutdown_drops
+
+    dropped = shutdown_drops(registry)
+    if dropped:
+        print(f"hep-ingest up: stopped, {dropped} received records dropped at shutdown "
+              "(not published before the shutdown timeout)", file=sys.stderr, flush=True)
+        raise typer.Exit(1)
     print("Stopped.", file=sys.stderr, flush=True)
 
 

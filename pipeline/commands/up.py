@@ -199,7 +199,14 @@ def up(
             text = detail.decode(errors="replace") if isinstance(detail, bytes) else str(detail)
             print(text.rstrip()[-2000:], file=sys.stderr)
         raise typer.Exit(1) from exc
-    except Exception as exc:  # a bug: keep the traceback, exit like any failure
+    except Exception as exc:
+        from pipeline.postgres.errors import describe_database_error
+
+        failure = describe_database_error(exc, settings.dsn)
+        if failure is not None:  # --dsn names a database that is not there, ...
+            print(f"hep-ingest up: {failure.message}", file=sys.stderr)
+            raise typer.Exit(failure.exit_code) from exc
+        # A bug: keep the traceback, exit like any failure.
         get_logger("pipeline.commands.up").exception("up_failed", error=repr(exc))
         print(f"hep-ingest up: {exc!r}", file=sys.stderr)
         raise typer.Exit(1) from exc

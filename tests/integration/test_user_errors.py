@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
 from receiver_process import hep_ingest_command
@@ -126,3 +127,18 @@ def test_receive_refuses_bad_numbers_before_starting(
 )
 def test_other_commands_refuse_bad_numbers(command: list[str], args: list[str]) -> None:
     assert_one_line(run_cli(*command, *args), 2, args[0])
+
+
+def test_up_with_an_unknown_database_says_so_in_one_line(
+    postgres: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    missing = f"nosuch_{uuid.uuid4().hex[:8]}"
+    result = run_cli(
+        "up", "--data-dir", str(tmp_path / "data"), "--kafka-port", "0",
+        "--udp", f"127.0.0.1:{free_udp_port()}", "--tcp", f"127.0.0.1:{free_tcp_port()}",
+        "--dsn", _server_dsn(postgres, user=postgres.user, database=missing),
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("hep-ingest up:")]
+    assert len(errors) == 1 and missing in errors[0], result.stderr

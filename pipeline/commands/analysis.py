@@ -214,6 +214,9 @@ def stats(
     """Per interval: calls attempted and answered, ASR, ACD, PDD p50/p95, top failures."""
     now = datetime.now(UTC)
     start, end, bucket = parse_time(since, now), parse_time(until, now), parse_duration(interval)
+    if bucket <= timedelta(0):
+        raise typer.BadParameter(f"must be longer than zero, got {interval!r}",
+                                 param_hint="--interval")
     rows = _run(dsn, lambda conn: fetch_stats(conn, start, end, bucket, top))
     typer.echo(render_rows(rows, STATS_COLUMNS, fmt), nl=False)
 

@@ -77,3 +77,20 @@ def test_variable_refused(
 def test_every_numeric_option_shows_its_range_in_help() -> None:
     for _name, param, _ in numeric_options():
         assert param.min is not None, f"{param.opts[0]} declares no minimum"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["stats", "--interval", "0m"],
+        ["partitions", "create", "--ahead", "soon"],
+        ["receive", "--metrics", "localhost:notaport"],
+        ["receive", "--retry-initial-s", "2", "--retry-max-s", "1"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_other_bad_settings_are_one_line_and_exit_2(args: list[str]) -> None:
+    result = CliRunner().invoke(app, args, env={})
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and "Invalid value" in lines[0], result.output

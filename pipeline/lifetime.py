@@ -33,10 +33,12 @@ def die_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
     if not sys.platform.startswith("linux"):
         return None
     parent = os.getpid()
-    libc = ctypes.CDLL(None, use_errno=True)
+    # Looked up here, not in the child: between fork and exec only async-signal-safe
+    # work is sound when other threads exist (a symbol lookup may take a lock).
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
 
     def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
+        prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
         # The parent may have died between fork and prctl: then no signal would come.
         if os.getppid() != parent:
             os.kill(os.getpid(), signum)

@@ -126,20 +126,22 @@ class CommandLine(TyperGroup):
         windows_expand_args: bool = True,
         **extra: Any,
     ) -> Any:
-        def run(standalone: bool) -> Any:
+        def run() -> Any:
+            # Not standalone: errors come back here instead of being printed by typer.
             return super(CommandLine, self).main(
-                args, prog_name, complete_var, standalone, windows_expand_args, **extra
+                args, prog_name, complete_var, False, windows_expand_args, **extra
             )
 
         if not standalone_mode:
-            return run(False)
+            return run()
         try:
-            code = run(False)
-        except NoArgsIsHelpError as exc:
+            code = run()
+        except NoArgsIsHelpError as exc:  # the help, as a usage error (exit 2)
             exc.show()
-            sys.exit(0)
+            sys.exit(exc.exit_code)
         except ClickException as exc:
-            where = exc.ctx.command_path if getattr(exc, "ctx", None) else "hep-ingest"  # type: ignore[attr-defined]
+            ctx = getattr(exc, "ctx", None)
+            where = ctx.command_path if ctx is not None else "hep-ingest"
             typer.echo(f"{where}: {exc.format_message()}", err=True)
             sys.exit(exc.exit_code)
         except typer.Abort:

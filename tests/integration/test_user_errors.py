@@ -125,8 +125,13 @@ def test_receive_refuses_bad_numbers_before_starting(
         (["partitions"], ["--retention-days", "-1"]),
     ],
 )
-def test_other_commands_refuse_bad_numbers(command: list[str], args: list[str]) -> None:
-    assert_one_line(run_cli(*command, *args), 2, args[0])
+def test_other_commands_refuse_bad_numbers(
+    command: list[str], args: list[str], tmp_path: Path
+) -> None:
+    # A data directory of the test's own: if the value were accepted, `up` must not
+    # start servers in the user's.
+    result = run_cli(*command, *args, env={"HEP_INGEST_DATA_DIR": str(tmp_path)})
+    assert_one_line(result, 2, args[0])
 
 
 def test_up_with_an_unknown_database_says_so_in_one_line(

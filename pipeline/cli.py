@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from pipeline.commands.options import CommandLine
+
 app = typer.Typer(
+    cls=CommandLine,
     name="hep-ingest",
     help="HEP capture ingestion: receive HEP into Kafka, store it in PostgreSQL, analyse calls.",
     no_args_is_help=True,

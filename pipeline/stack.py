@@ -34,6 +34,7 @@ from pipeline.embedded.state import (
     kafka_dir,
     open_embedded_postgres,
     pid_alive,
+    postgres_dir,
     read_state,
     write_state,
 )
@@ -254,6 +255,12 @@ class Stack:
         dsn = s.dsn
         pg_port: int | None = previous.pg_port if previous else None
         if dsn is None:
+            from pipeline.embedded.watchdog import PostgresWatchdog
+
+            # Started first and closed last: if `up` is killed from here on, the
+            # watchdog stops the server pg_ctl daemonized.
+            watchdog = PostgresWatchdog(postgres_dir(s.data_dir))
+            self._closers.append(("postgres watchdog", watchdog.close))
             server, _ = open_embedded_postgres(s.data_dir, s.pg_port)
             # Adopted or started here: the data directory's server stops with `up`.
             self._closers.append(("postgres", lambda: server.stop("fast")))

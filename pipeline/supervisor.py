@@ -10,6 +10,8 @@ per-worker name, ``--metrics`` on the port + K), and waits for them:
   it cannot reach) is a failure: the others are sent SIGTERM, so the orchestrator sees
   the whole service exit non-zero and restarts it;
 - nothing is restarted here: that is the orchestrator's job (systemd, Kubernetes);
+- a supervisor that is SIGKILLed takes its workers with it (SIGTERM from the kernel,
+  pipeline.lifetime), so a restart never finds the ports held by orphans;
 - the exit code is 0 when every worker exited 0 after a signal, else 1.
 
 The workers inherit stdin, stdout, stderr and the environment; options on the command
@@ -25,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from pipeline.lifetime import die_with_parent
 from pipeline.observability import get_logger
 from pipeline.observability.logs import EventLogger
 
@@ -89,7 +92,12 @@ def supervise(
         for index in range(workers):
             if stopping:
                 break
-            children.append(subprocess.Popen(list(worker_argv(argv, index))))
+            # A SIGKILLed supervisor cannot forward anything: the kernel stops them.
+            children.append(
+                subprocess.Popen(
+                    list(worker_argv(argv, index)), preexec_fn=die_with_parent(signal.SIGTERM)
+                )
+            )
         log.info(
             "workers_started",
             workers=workers,

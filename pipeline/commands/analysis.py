@@ -82,12 +82,8 @@ def _run(dsn: str | None, work: Callable[[asyncpg.Connection], Awaitable[T]]) ->
         finally:
             await conn.close()
 
-    try:
-        with database(dsn) as resolved:
-            return asyncio.run(main(resolved))
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
-        raise typer.Exit(1) from exc
+    with database(dsn) as resolved:
+        return asyncio.run(main(resolved))
 
 
 FormatOption = Annotated[
@@ -121,14 +117,16 @@ def calls(
     ] = None,
     status: Annotated[
         int | None,
-        typer.Option(envvar="HEP_INGEST_CALLS_STATUS", help="Only calls with this final status."),
+        typer.Option(envvar="HEP_INGEST_CALLS_STATUS", min=100, max=699,
+                     help="Only calls with this final status."),
     ] = None,
     state: Annotated[
         CallState | None,
         typer.Option(envvar="HEP_INGEST_CALLS_STATE", help="Only calls in this state."),
     ] = None,
     limit: Annotated[
-        int, typer.Option(envvar="HEP_INGEST_CALLS_LIMIT", min=1, help="Most recent N calls.")
+        int, typer.Option(envvar="HEP_INGEST_CALLS_LIMIT", min=1, max=1_000_000,
+                          help="Most recent N calls.")
     ] = 50,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
@@ -208,13 +206,17 @@ def stats(
                      help="Bucket size: 15m, 1h, 1d, or minute/hour/day/week."),
     ] = "hour",
     top: Annotated[
-        int, typer.Option(envvar="HEP_INGEST_STATS_TOP", min=1, help="Failure codes listed.")
+        int, typer.Option(envvar="HEP_INGEST_STATS_TOP", min=1, max=100,
+                          help="Failure codes listed.")
     ] = 3,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """Per interval: calls attempted and answered, ASR, ACD, PDD p50/p95, top failures."""
     now = datetime.now(UTC)
     start, end, bucket = parse_time(since, now), parse_time(until, now), parse_duration(interval)
+    if bucket <= timedelta(0):
+        raise typer.BadParameter(f"must be longer than zero, got {interval!r}",
+                                 param_hint="--interval")
     rows = _run(dsn, lambda conn: fetch_stats(conn, start, end, bucket, top))
     typer.echo(render_rows(rows, STATS_COLUMNS, fmt), nl=False)
 

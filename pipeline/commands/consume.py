@@ -81,20 +81,24 @@ def consume(
     ] = None,
     batch_size: Annotated[
         int,
-        typer.Option(envvar="HEP_INGEST_BATCH_SIZE", min=1, help="Rows per database write."),
+        typer.Option(
+            envvar="HEP_INGEST_BATCH_SIZE", min=1, max=1_000_000, help="Rows per database write."
+        ),
     ] = 10_000,
     flush_interval: Annotated[
         float,
         typer.Option(
             envvar="HEP_INGEST_FLUSH_INTERVAL",
             min=0.001,
+            max=3600,
             help="Seconds before a batch that is not full is written.",
         ),
     ] = 1.0,
     retention_days: Annotated[
         int,
         typer.Option(
-            envvar="HEP_INGEST_RETENTION_DAYS", min=1, help="Drop partitions older than this."
+            envvar="HEP_INGEST_RETENTION_DAYS", min=1, max=36_500,
+            help="Drop partitions older than this.",
         ),
     ] = 14,
     partition_interval: Annotated[
@@ -104,7 +108,8 @@ def consume(
     partitions_ahead: Annotated[
         int,
         typer.Option(
-            envvar="HEP_INGEST_PARTITIONS_AHEAD", min=0, help="Partitions created in advance."
+            envvar="HEP_INGEST_PARTITIONS_AHEAD", min=0, max=1000,
+            help="Partitions created in advance.",
         ),
     ] = 2,
     dead_letter_topic: Annotated[
@@ -136,7 +141,7 @@ def consume(
     workers: Annotated[
         int,
         typer.Option(
-            envvar="HEP_INGEST_WORKERS",
+            envvar="HEP_INGEST_WORKERS", min=1, max=1024,
             help="Consumer processes in the group --group, one core each. With N > 1 a "
             "supervisor runs N workers; worker K serves /metrics on the --metrics port + K.",
             show_default=True,

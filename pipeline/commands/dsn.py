@@ -1,4 +1,4 @@
-"""Which database a query command talks to when no --dsn is given."""
+"""Which database a query command talks to when no --dsn is given, and how its failures read."""
 
 from __future__ import annotations
 
@@ -14,7 +14,30 @@ def database(dsn: str | None) -> Iterator[str]:
 
     After `up` has stopped, its PostgreSQL is started for the duration of the command
     and stopped again, so `hep-ingest calls` needs no flags and leaves nothing behind.
+    A database error inside the block (pipeline.postgres.errors) ends the command with
+    one line on stderr: exit 2 when the DSN is wrong, 1 when the server failed.
     """
+    with _resolved(dsn) as resolved, database_errors(resolved):
+        yield resolved
+
+
+@contextlib.contextmanager
+def database_errors(dsn: str | None = None) -> Iterator[None]:
+    """Turn a database error into one line on stderr and its exit code (never a traceback)."""
+    from pipeline.postgres.errors import describe_database_error
+
+    try:
+        yield
+    except Exception as exc:
+        failure = describe_database_error(exc, dsn)
+        if failure is None:
+            raise
+        typer.echo(f"error: {failure.message}", err=True)
+        raise typer.Exit(failure.exit_code) from exc
+
+
+@contextlib.contextmanager
+def _resolved(dsn: str | None) -> Iterator[str]:
     if dsn:
         yield dsn
         return

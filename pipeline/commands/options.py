@@ -1,11 +1,28 @@
-"""Options several commands share, declared once so their names, variables and help agree."""
+"""Options several commands share, declared once so their names, variables and help agree.
+
+Also the rules every command's options follow, applied to the whole CLI in one place
+(`CommandLine`, the group `pipeline.cli` builds):
+
+- every numeric option declares its range (typer's ``min``/``max``), so a negative or
+  zero value where it makes no sense is refused;
+- every float option must be finite: ``nan`` and ``inf`` are refused, from a flag or
+  from its ``HEP_INGEST_*`` variable alike (typer's range check lets ``inf`` through,
+  and ``nan`` when no ``min`` is declared);
+- a usage error is one line on stderr (``hep-ingest receive: Invalid value for ...``)
+  and exit code 2, never a usage banner or a framed box.
+"""
 
 from __future__ import annotations
 
+import math
+import sys
+from collections.abc import Sequence
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer._click.exceptions import ClickException, NoArgsIsHelpError
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 
 class LogLevel(StrEnum):
@@ -45,7 +62,7 @@ TopicOption = Annotated[
 ]
 WorkerIndexOption = Annotated[
     int | None,
-    typer.Option(hidden=True, help="Set by the --workers supervisor in each worker."),
+    typer.Option(hidden=True, min=0, help="Set by the --workers supervisor in each worker."),
 ]
 
 
@@ -69,3 +86,65 @@ def check_worker_ports(
                                  param_hint="--workers")
     if metrics_address and metrics_address[1] + workers - 1 > 65535:
         raise typer.BadParameter("metrics port + workers - 1 > 65535", param_hint="--workers")
+
+
+def finite(_ctx: Any, _param: Any, value: Any) -> Any:
+    """Parameter callback: refuse NaN and infinities (None, the unset default, passes)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, got {value}")
+    return value
+
+
+def require_finite_floats(command: TyperCommand) -> None:
+    """Every float option of `command` refuses nan and inf, after its own callback."""
+    for param in command.params:
+        if not isinstance(param, TyperOption) or param.type_descriptor.annotation is not float:
+            continue
+        own = param.callback
+
+        def check(ctx: Any, param: Any, value: Any, own: Any = own) -> Any:
+            return finite(ctx, param, own(ctx, param, value) if own is not None else value)
+
+        param.callback = check
+
+
+class CommandLine(TyperGroup):
+    """The `hep-ingest` group: the option rules above, and usage errors on one line."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for command in self.commands.values():
+            if isinstance(command, TyperCommand):
+                require_finite_floats(command)
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        def run() -> Any:
+            # Not standalone: errors come back here instead of being printed by typer.
+            return super(CommandLine, self).main(
+                args, prog_name, complete_var, False, windows_expand_args, **extra
+            )
+
+        if not standalone_mode:
+            return run()
+        try:
+            code = run()
+        except NoArgsIsHelpError as exc:  # the help, as a usage error (exit 2)
+            exc.show()
+            sys.exit(exc.exit_code)
+        except ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            where = ctx.command_path if ctx is not None else "hep-ingest"
+            typer.echo(f"{where}: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("Aborted.", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)

@@ -5,7 +5,8 @@ ReceiverSettings, configure logging, choose uvloop, install SIGTERM/SIGINT handl
 serve /metrics, and map failures to exit codes:
 
     0  stopped by a signal after publishing what was accepted
-    1  runtime failure (for example a listen address that cannot be bound)
+    1  runtime failure (for example a listen address that cannot be bound), or a
+       shutdown that dropped records it had accepted (the log says how many)
     2  bad option or environment variable
 
 With ``--workers N`` (N > 1) the process is a supervisor: it re-executes its own
@@ -44,6 +45,7 @@ from pipeline.commands.options import (
 )
 from pipeline.observability import configure_logging, get_logger
 from pipeline.observability.metrics import parse_host_port
+from pipeline.receiver.metrics import shutdown_drops
 from pipeline.receiver.settings import (
     COMPRESSIONS,
     DEFAULT_LISTEN,
@@ -166,7 +168,7 @@ def receive(
     batch_bytes: Annotated[
         int,
         typer.Option(
-            envvar="HEP_INGEST_BATCH_BYTES",
+            envvar="HEP_INGEST_BATCH_BYTES", min=1,
             help="Target size of one Kafka record batch (per partition), in bytes.",
             show_default=True,
         ),
@@ -174,7 +176,7 @@ def receive(
     linger_ms: Annotated[
         int,
         typer.Option(
-            envvar="HEP_INGEST_LINGER_MS",
+            envvar="HEP_INGEST_LINGER_MS", min=0, max=600_000,
             help="Wait this long for more records when less than one batch is queued.",
             show_default=True,
         ),
@@ -182,7 +184,7 @@ def receive(
     queue_size: Annotated[
         int,
         typer.Option(
-            envvar="HEP_INGEST_QUEUE_SIZE",
+            envvar="HEP_INGEST_QUEUE_SIZE", min=1,
             help="Most packets held (queued or in flight) before UDP packets are dropped "
             "(counted) and TCP reading pauses.",
             show_default=True,
@@ -191,7 +193,7 @@ def receive(
     max_backlog_bytes: Annotated[
         int,
         typer.Option(
-            envvar="HEP_INGEST_MAX_BACKLOG_BYTES",
+            envvar="HEP_INGEST_MAX_BACKLOG_BYTES", min=1,
             help="Most record bytes held while the broker is slow or away (same effect "
             "as --queue-size).",
             show_default=True,
@@ -210,7 +212,7 @@ def receive(
     request_timeout_ms: Annotated[
         int,
         typer.Option(
-            envvar="HEP_INGEST_REQUEST_TIMEOUT_MS",
+            envvar="HEP_INGEST_REQUEST_TIMEOUT_MS", min=1, max=3_600_000,
             help="A batch not acknowledged within this time is sent again.",
             show_default=True,
         ),
@@ -227,7 +229,7 @@ def receive(
     partitions: Annotated[
         int,
         typer.Option(
-            envvar="HEP_INGEST_PARTITIONS",
+            envvar="HEP_INGEST_PARTITIONS", min=1, max=100_000,
             help="Partitions of a topic created by --create-topic.",
             show_default=True,
         ),
@@ -235,7 +237,7 @@ def receive(
     replication_factor: Annotated[
         int,
         typer.Option(
-            envvar="HEP_INGEST_REPLICATION_FACTOR",
+            envvar="HEP_INGEST_REPLICATION_FACTOR", min=1, max=32_767,
             help="Replication factor of a topic created by --create-topic.",
             show_default=True,
         ),
@@ -243,7 +245,7 @@ def receive(
     retry_initial_s: Annotated[
         float,
         typer.Option(
-            envvar="HEP_INGEST_RETRY_INITIAL_S",
+            envvar="HEP_INGEST_RETRY_INITIAL_S", min=0.001, max=3600,
             help="First backoff after a broker error; doubles (with jitter) per retry.",
             show_default=True,
         ),
@@ -251,14 +253,15 @@ def receive(
     retry_max_s: Annotated[
         float,
         typer.Option(
-            envvar="HEP_INGEST_RETRY_MAX_S", help="Longest backoff between retries.",
+            envvar="HEP_INGEST_RETRY_MAX_S", min=0.001, max=3600,
+            help="Longest backoff between retries.",
             show_default=True,
         ),
     ] = _DEFAULTS.retry_max_s,
     shutdown_timeout: Annotated[
         float,
         typer.Option(
-            envvar="HEP_INGEST_SHUTDOWN_TIMEOUT",
+            envvar="HEP_INGEST_SHUTDOWN_TIMEOUT", min=0, max=86_400,
             help="Seconds to publish the backlog after SIGTERM/SIGINT; what is left "
             "after that is counted as dropped.",
             show_default=True,
@@ -267,7 +270,7 @@ def receive(
     progress_interval: Annotated[
         float,
         typer.Option(
-            envvar="HEP_INGEST_PROGRESS_INTERVAL",
+            envvar="HEP_INGEST_PROGRESS_INTERVAL", min=0.01, max=86_400,
             help="Seconds between progress log lines.",
             show_default=True,
         ),
@@ -275,7 +278,7 @@ def receive(
     udp_rcvbuf: Annotated[
         int,
         typer.Option(
-            envvar="HEP_INGEST_UDP_RCVBUF",
+            envvar="HEP_INGEST_UDP_RCVBUF", min=1, max=2**31 - 1,
             help="UDP socket receive buffer in bytes (capped by net.core.rmem_max "
             "unless running with CAP_NET_ADMIN).",
             show_default=True,
@@ -315,7 +318,7 @@ def receive(
     workers: Annotated[
         int,
         typer.Option(
-            envvar="HEP_INGEST_WORKERS",
+            envvar="HEP_INGEST_WORKERS", min=1, max=1024,
             help="Receiver processes sharing the listen ports (SO_REUSEPORT, Linux). "
             "With N > 1, worker K uses receiver id <id>-wK and serves /metrics on the "
             "--metrics port + K.",
@@ -357,10 +360,14 @@ def receive(
             progress_interval_s=progress_interval,
             reuse_port=worker_index is not None,
         )
-        # Parsed here only for workers; a single receiver reports a bad address as before.
-        metrics_address = parse_host_port(metrics) if metrics and workers > 1 else None
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    try:
+        # Checked before anything is bound: a bad address is a usage error, not a
+        # failure once the listeners are up.
+        metrics_address = parse_host_port(metrics) if metrics else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--metrics") from exc
     listen_ports = [port for _, port in (*settings.udp, *settings.tcp, *settings.tls)]
     check_worker_ports(workers, listen_ports, metrics_address)
     configure_logging(log_level, log_format)
@@ -477,7 +484,7 @@ def run(settings: ReceiverSettings, metrics_address: str | None) -> int:
     except Exception as exc:
         log.exception("receiver_failed", error=repr(exc))
         return EXIT_FAILURE
-    return EXIT_OK
+    return EXIT_FAILURE if shutdown_drops(registry) else EXIT_OK
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -108,6 +108,7 @@ def up(
         typer.Option(
             envvar="HEP_INGEST_STATUS_INTERVAL",
             min=0.1,
+            max=3600,
             help="Seconds between status updates (default: 1 on a terminal, else 10).",
             show_default=False,
         ),
@@ -117,6 +118,7 @@ def up(
         typer.Option(
             envvar="HEP_INGEST_DRAIN_TIMEOUT",
             min=0,
+            max=86_400,
             help="On stop, seconds to wait for the consumer to store what was published.",
         ),
     ] = 15.0,
@@ -197,10 +199,24 @@ def up(
             text = detail.decode(errors="replace") if isinstance(detail, bytes) else str(detail)
             print(text.rstrip()[-2000:], file=sys.stderr)
         raise typer.Exit(1) from exc
-    except Exception as exc:  # a bug: keep the traceback, exit like any failure
+    except Exception as exc:
+        from pipeline.postgres.errors import describe_database_error
+
+        failure = describe_database_error(exc, settings.dsn)
+        if failure is not None:  # --dsn names a database that is not there, ...
+            print(f"hep-ingest up: {failure.message}", file=sys.stderr)
+            raise typer.Exit(failure.exit_code) from exc
+        # A bug: keep the traceback, exit like any failure.
         get_logger("pipeline.commands.up").exception("up_failed", error=repr(exc))
         print(f"hep-ingest up: {exc!r}", file=sys.stderr)
         raise typer.Exit(1) from exc
+    from pipeline.receiver.metrics import shutdown_drops
+
+    dropped = shutdown_drops(registry)
+    if dropped:
+        print(f"hep-ingest up: stopped, {dropped} received records dropped at shutdown "
+              "(not published before the shutdown timeout)", file=sys.stderr, flush=True)
+        raise typer.Exit(1)
     print("Stopped.", file=sys.stderr, flush=True)
 
 

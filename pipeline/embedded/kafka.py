@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.embedded.net import free_tcp_port, wait_for_tcp
+from pipeline.lifetime import die_with_parent
 
 
 def broker_binary() -> str:
@@ -55,6 +56,8 @@ class EmbeddedKafka:
                 # Its own process group: a Ctrl-C in the terminal reaches `hep-ingest up`,
                 # which then stops the broker after the receiver has flushed to it.
                 start_new_session=True,
+                # ... and a SIGKILLed `up` (or test run) does not leave it running.
+                preexec_fn=die_with_parent(signal.SIGTERM),
             )
         finally:
             if log is not subprocess.DEVNULL:

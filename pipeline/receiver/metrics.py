@@ -85,6 +85,12 @@ class ReceiverMetrics:
         }
 
 
+def shutdown_drops(registry: CollectorRegistry) -> int:
+    """Records accepted but never published because the shutdown timeout ran out."""
+    dropped = registry.get_sample_value("hep_ingest_packets_dropped_total", {"reason": "shutdown"})
+    return int(dropped or 0)
+
+
 class _Collector(Collector):
     def __init__(self, metrics: ReceiverMetrics) -> None:
         self._m = metrics

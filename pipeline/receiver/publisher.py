@@ -49,6 +49,8 @@ _PARTITION_CACHE_LIMIT = 100_000
 # Consecutive failed cycles after which the producer is rebuilt from scratch.
 _RESET_AFTER_FAILURES = 3
 _STOP_TIMEOUT_S = 5.0
+# The least a producer gets to stop (or a cancelled cycle to clean up) at shutdown.
+_STOP_MARGIN_S = 0.2
 _NO_HEADERS: list[tuple[str, bytes]] = []  # the record builder wants a list; never mutated
 
 
@@ -150,19 +152,21 @@ class KafkaPublisher:
         self._wakeup.set()
         task = self._task
         if task is not None:
-            # The run loop stops retrying at the deadline; a send already waiting for
-            # its acknowledgement gets a little longer before it is cancelled.
-            done, _ = await asyncio.wait({task}, timeout=grace_s + _STOP_TIMEOUT_S)
+            # The run loop stops retrying at the deadline; a send still waiting for its
+            # acknowledgement then is cancelled (its records go back to the queue).
+            done, _ = await asyncio.wait({task}, timeout=grace_s)
             if not done:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                # Its own clean-up (stopping the producer) is bounded by the deadline too.
+                await asyncio.wait({task}, timeout=_STOP_MARGIN_S)
             elif not task.cancelled() and task.exception() is not None:
                 log.error("publisher_failed", error=repr(task.exception()))
         left = len(self._queue)
         if left:
             self._metrics.dropped["shutdown"] += left
-            log.error("shutdown_dropped", dropped=left, reason="grace period over")
+            log.error(
+                "shutdown_dropped", dropped=left, reason="shutdown timeout over", grace_s=grace_s
+            )
             self._queue = []
             self._inflight_bytes = 0
             self._held_packets = 0
@@ -314,8 +318,13 @@ class KafkaPublisher:
     async def _close_producer(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
+            timeout = _STOP_TIMEOUT_S
+            if self._closing.is_set():
+                # aiokafka's stop() flushes and may wait on a broker that is away; at
+                # shutdown it gets what is left of the shutdown timeout, no more.
+                timeout = max(_STOP_MARGIN_S, min(timeout, self._deadline - time.monotonic()))
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), _STOP_TIMEOUT_S)
+                await asyncio.wait_for(producer.stop(), timeout)
 
     def _take(self) -> tuple[list[Record], int]:
         """Pop the next cycle's records (about one full batch per partition) and their bytes."""

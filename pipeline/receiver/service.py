@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import ssl
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -67,6 +69,7 @@ async def run_receiver(
     servers: list[asyncio.AbstractServer] = []
     publisher.start()
     progress: asyncio.Task[None] | None = None
+    drops: asyncio.Task[None] | None = None
     try:
         udp_bound: list[str] = []
         for host, port in settings.udp:
@@ -140,12 +143,15 @@ async def run_receiver(
         )
         tcp.start()
         progress = loop.create_task(_log_progress(metrics, publisher, settings.progress_interval_s))
+        drops = loop.create_task(_log_queue_full(metrics, publisher, settings.queue_size))
         if ready is not None:
             ready.set()
         await stop.wait()
         log.info("receiver_stopping", backlog=publisher.depth, grace_s=settings.shutdown_timeout_s)
     finally:
         socket_drops.read()  # the last figures, before the sockets leave /proc/net/udp
+        # The whole stop, listeners included, fits in the shutdown timeout.
+        deadline = loop.time() + settings.shutdown_timeout_s
         for transport in udp_transports:
             transport.close()
         for listening in servers:
@@ -153,11 +159,18 @@ async def run_receiver(
         tcp.close_all()
         for listening in servers:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(listening.wait_closed(), 1.0)
-        if progress is not None:
-            progress.cancel()
-        await publisher.close(settings.shutdown_timeout_s)
-        log.info("receiver_stopped", **metrics.totals())
+                await asyncio.wait_for(
+                    listening.wait_closed(), max(0.0, min(1.0, deadline - loop.time()))
+                )
+        for task in (progress, drops):
+            if task is not None:
+                task.cancel()
+        await publisher.close(max(0.0, deadline - loop.time()))
+        totals = metrics.totals()
+        if metrics.dropped["shutdown"]:
+            log.error("receiver_stopped", **totals, dropped_at_shutdown=metrics.dropped["shutdown"])
+        else:
+            log.info("receiver_stopped", **totals)
 
 
 async def _log_progress(metrics: ReceiverMetrics, publisher: KafkaPublisher, every: float) -> None:
@@ -178,3 +191,57 @@ async def _log_progress(metrics: ReceiverMetrics, publisher: KafkaPublisher, eve
             backlog_bytes=publisher.backlog_bytes,
         )
         last, last_time = now, now_time
+
+
+@dataclass
+class DropWatch:
+    """Turns the queue_full drop counter into a few log events, never one per packet.
+
+    `observe` is called about once a second with the counter's value: the first
+    increase is `queue_full_drops_started`; while drops go on, one
+    `queue_full_drops_continuing` every `repeat_s`; the first quiet observation ends
+    the episode with `queue_full_drops_stopped` and its total.
+    """
+
+    repeat_s: float = 10.0
+    _last: int = 0
+    _base: int | None = None  # the counter when the episode began; None: no drops
+    _started: float = 0.0
+    _reported: tuple[float, int] = field(default=(0.0, 0))
+
+    def observe(self, total: int, now: float) -> tuple[str, dict[str, Any]] | None:
+        previous, self._last = self._last, total
+        if self._base is None:
+            if total <= previous:
+                return None
+            self._base, self._started, self._reported = previous, now, (now, total)
+            return "queue_full_drops_started", {"dropped": total - previous}
+        episode = {"dropped": total - self._base, "duration_s": round(now - self._started, 1)}
+        if total <= previous:
+            self._base = None
+            return "queue_full_drops_stopped", episode
+        reported_at, reported_total = self._reported
+        if now - reported_at < self.repeat_s:
+            return None
+        self._reported = (now, total)
+        return "queue_full_drops_continuing", {**episode, "since_last": total - reported_total}
+
+
+async def _log_queue_full(
+    metrics: ReceiverMetrics, publisher: KafkaPublisher, queue_size: int, every: float = 1.0
+) -> None:
+    watch = DropWatch()
+    watch.observe(metrics.dropped["queue_full"], time.monotonic())
+    while True:
+        await asyncio.sleep(every)
+        seen = watch.observe(metrics.dropped["queue_full"], time.monotonic())
+        if seen is not None:
+            event, fields = seen
+            (log.info if event.endswith("stopped") else log.warning)(
+                event,
+                **fields,
+                total=metrics.dropped["queue_full"],
+                backlog=publisher.depth,
+                backlog_bytes=publisher.backlog_bytes,
+                queue_size=queue_size,
+            )

@@ -154,3 +154,26 @@ def test_workers_need_fixed_ports() -> None:
         timeout=60,
     )
     assert result.returncode == 2
+
+
+def test_sigkill_of_the_supervisor_takes_its_workers_along(
+    kafka: EmbeddedKafka, topic_name: str, tmp_path: Path
+) -> None:
+    workers: list[int] = []
+    with run_receiver_process(
+        tmp_path, kafka.bootstrap_servers, topic_name, "--workers", "2"
+    ) as receiver:
+        try:
+            wait_for_events(receiver, "receiver_started", 2)
+            workers = child_pids(receiver.process.pid)
+            assert len(workers) == 2
+            receiver.process.kill()
+            receiver.process.wait(30)
+            deadline = time.monotonic() + 10
+            while [pid for pid in workers if alive(pid)] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not [pid for pid in workers if alive(pid)], receiver.log()
+        finally:
+            for pid in workers:
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)

@@ -304,3 +304,45 @@ def test_up_status_line_shows_udp_socket_drops(tmp_path: Path, up_env: dict[str,
     finally:
         code = up.interrupt()
     assert code == 0, f"exit {code}\n{up.stderr}"
+
+
+def wait_until_gone(needles: list[str], timeout: float = 10) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = processes_mentioning(*needles)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def test_sigkill_of_up_leaves_no_server_behind(tmp_path: Path, up_env: dict[str, str]) -> None:
+    data_dir = tmp_path / "data"
+    args = [
+        "--data-dir", str(data_dir),
+        "--udp", f"127.0.0.1:{free_udp_port()}",
+        "--tcp", f"127.0.0.1:{free_tcp_port()}",
+        "--kafka-port", "0",
+        "--pg-port", "0",
+    ]  # fmt: skip
+    first = Up(args, up_env)
+    try:
+        dsn = first.wait_for_line(DSN_PATTERN, 180).group(1)
+        kafka_port = first.wait_for_line(KAFKA_PATTERN, 1).group(2)
+        assert processes_mentioning(str(data_dir), f"127.0.0.1:{kafka_port}")
+    finally:
+        first.process.kill()  # SIGKILL: `up` runs no clean-up of its own
+        first.process.wait(30)
+    # The kernel signals tansu (parent-death signal); the watchdog stops PostgreSQL.
+    leftovers = wait_until_gone([str(data_dir), f"127.0.0.1:{kafka_port}"], timeout=10)
+    assert leftovers == [], leftovers
+
+    second = Up(args, up_env)
+    try:
+        assert second.wait_for_line(DSN_PATTERN, 180).group(1).startswith("postgresql://")
+        count_rows(second.wait_for_line(DSN_PATTERN, 1).group(1))
+    finally:
+        code = second.interrupt()
+    assert code == 0, f"exit {code}\n{second.stderr}"
+    assert "stale_broker_stopped" not in second.stderr
+    assert dsn.startswith("postgresql://")
+    assert wait_until_gone([str(data_dir)], timeout=10) == []

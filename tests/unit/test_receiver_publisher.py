@@ -132,3 +132,23 @@ def test_group_uses_murmur2_and_one_sticky_partition_for_keyless_records() -> No
                 assert group == [r for r in records if r in group]  # order kept
 
     asyncio.run(run())
+
+
+def test_drop_watch_reports_start_progress_and_stop_never_per_packet() -> None:
+    from pipeline.receiver.service import DropWatch
+
+    watch = DropWatch(repeat_s=10)
+    assert watch.observe(0, 0.0) is None
+    assert watch.observe(0, 1.0) is None
+    assert watch.observe(7, 2.0) == ("queue_full_drops_started", {"dropped": 7})
+    assert watch.observe(500, 3.0) is None  # rate-limited while it goes on
+    continuing = watch.observe(900, 12.5)
+    assert continuing == (
+        "queue_full_drops_continuing", {"dropped": 900, "duration_s": 10.5, "since_last": 893}
+    )
+    assert watch.observe(901, 13.0) is None
+    assert watch.observe(901, 14.0) == (
+        "queue_full_drops_stopped", {"dropped": 901, "duration_s": 12.0}
+    )
+    assert watch.observe(901, 15.0) is None
+    assert watch.observe(905, 16.0) == ("queue_full_drops_started", {"dropped": 4})

@@ -1,0 +1,300 @@
+"""CPU per packet of each process, for two or more code trees, in one run on one box.
+
+Machines here differ 2-3x from one session to the next, so a figure only means
+something beside another measured in the same run. This bench runs `hep-ingest receive`
+and `hep-ingest consume` of each tree given with --tree NAME=PATH (a checkout, e.g. a git
+worktree of the commit before a change) against the same tansu and PostgreSQL, feeding
+them the distinct-call load (`bench/load/`: every packet its own Call-ID) at each rate
+for a few seconds, and prints per rate and tree:
+
+- CPU microseconds per packet sent of the receiver, the consumer, PostgreSQL (its
+  backends, summed) and tansu, all on the same cores as the sender;
+- packets lost (sent minus distinct Call-IDs stored), and how long storage took to catch
+  up after the sender stopped.
+
+Trees alternate within each rate so that drift of the machine hits them alike.
+
+    .venv/bin/python bench/side_by_side.py --tree main=/work/wt-main --tree new=. \
+        [--rates 5000,20000,100000] [--seconds 5] [--receive-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.embedded import (  # noqa: E402
+    EmbeddedKafka,
+    EmbeddedPostgres,
+    free_tcp_port,
+    free_udp_port,
+)
+
+LOAD = ROOT / "bench" / "load"
+
+
+def build_sender(workdir: Path) -> Path:
+    binary = workdir / "hep_send_seq"
+    subprocess.run(["gcc", "-O2", "-o", str(binary), str(LOAD / "hep_send_seq.c")], check=True)
+    return binary
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its reaped children so far (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return sum(int(f) for f in fields[11:15]) / tick
+
+
+def descendants(parent: int) -> list[int]:
+    by_parent: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            by_parent.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [parent]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(by_parent.get(pid, []))
+    return out
+
+
+def tree_cpu(pid: int) -> float:
+    return sum(cpu_seconds(p) for p in descendants(pid))
+
+
+def metric(port: int, name: str) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return float("nan")
+    return sum(
+        float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line.startswith(name) and line[len(name)] in " {"
+    )
+
+
+def hep_ingest(tree: Path, *args: str) -> list[str]:
+    code = f"import sys; sys.path.insert(0, {str(tree)!r}); from pipeline.cli import main; main()"
+    return [sys.executable, "-c", code, *args]
+
+
+@dataclass
+class Run:
+    tree: str
+    rate: int
+    sent: int
+    stored: int
+    catch_up_s: float
+    receiver_us: float
+    consumer_us: float
+    postgres_us: float
+    tansu_us: float
+
+
+async def stored_call_ids(dsn: str) -> int:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        tables = [
+            r[0] for r in await conn.fetch("SELECT table_name FROM hep_ingest_capture_tables")
+        ]
+        union = " UNION ALL ".join(f"SELECT call_id FROM {t}" for t in tables)
+        value = await conn.fetchval(f"SELECT count(DISTINCT call_id) FROM ({union}) r")
+        return int(value or 0)
+    finally:
+        await conn.close()
+
+
+async def create_database(admin_dsn: str, name: str) -> str:
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return admin_dsn.rsplit("/", 1)[0] + "/" + name
+
+
+def wait_until(check: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def run_one(
+    name: str,
+    tree: Path,
+    rate: int,
+    seconds: float,
+    sender: Path,
+    kafka: EmbeddedKafka,
+    postgres: EmbeddedPostgres,
+    workdir: Path,
+    seq_base: int,
+    receive_only: bool,
+) -> Run:
+    topic = f"bench-{name}-{rate}-{seq_base}"
+    udp_port, receiver_metrics, consumer_metrics = free_udp_port(), free_tcp_port(), free_tcp_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEP_INGEST_")}
+    env["HEP_INGEST_MIGRATIONS_DIR"] = str(tree / "migrations")
+    env["HEP_INGEST_SCHEMAS_DIR"] = str(tree / "schemas")
+    log = open(workdir / f"{topic}.log", "wb")  # noqa: SIM115
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        receiver = subprocess.Popen(
+            hep_ingest(
+                tree, "receive", "--udp", f"127.0.0.1:{udp_port}", "--no-tcp",
+                "--bootstrap-servers", kafka.bootstrap_servers, "--topic", topic,
+                "--partitions", "4", "--metrics", f"127.0.0.1:{receiver_metrics}",
+                "--log-format", "json",
+            ),
+            stdout=log, stderr=log, env=env,
+        )  # fmt: skip
+        processes.append(receiver)
+        wait_until(lambda: metric(receiver_metrics, "hep_ingest_packets_received_total") == 0, 30)
+        consumer = None
+        dsn = ""
+        if not receive_only:
+            dsn = asyncio.run(create_database(postgres.dsn, topic.replace("-", "_")))
+            consumer = subprocess.Popen(
+                hep_ingest(
+                    tree, "consume", "--bootstrap-servers", kafka.bootstrap_servers,
+                    "--topic", topic, "--group", f"g-{topic}", "--dsn", dsn,
+                    "--metrics", f"127.0.0.1:{consumer_metrics}", "--log-format", "json",
+                ),
+                stdout=log, stderr=log, env=env,
+            )  # fmt: skip
+            processes.append(consumer)
+            wait_until(lambda: metric(consumer_metrics, "hep_ingest_consumer_lag_total") >= 0, 30)
+            time.sleep(2)
+        postgres_pid = int((postgres.pgdata / "postmaster.pid").read_text().split()[0])
+        kafka_pid = kafka.pid or 0
+        before = {
+            "receiver": tree_cpu(receiver.pid),
+            "consumer": tree_cpu(consumer.pid) if consumer else 0.0,
+            "postgres": tree_cpu(postgres_pid) if postgres_pid else 0.0,
+            "tansu": cpu_seconds(kafka_pid) if kafka_pid else 0.0,
+        }
+        result = subprocess.run(
+            [str(sender), str(udp_port), str(rate), str(seconds), str(LOAD / "hep_corpus.bin"),
+             str(seq_base)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        stopped = time.monotonic()
+        sent = int(json.loads(result.stdout.strip().splitlines()[-1])["sent"])
+        wait_until(
+            lambda: (
+                metric(receiver_metrics, "hep_ingest_packets_published_total")
+                >= metric(receiver_metrics, "hep_ingest_packets_decoded_total")
+                and metric(receiver_metrics, "hep_ingest_queue_depth") == 0
+            ),
+            60,
+        )
+        stored = int(metric(receiver_metrics, "hep_ingest_packets_published_total"))
+        if consumer is not None:
+            wait_until(lambda: asyncio.run(stored_call_ids(dsn)) >= stored, 120)
+            stored = asyncio.run(stored_call_ids(dsn))
+        catch_up = time.monotonic() - stopped
+        after = {
+            "receiver": tree_cpu(receiver.pid),
+            "consumer": tree_cpu(consumer.pid) if consumer else 0.0,
+            "postgres": tree_cpu(postgres_pid) if postgres_pid else 0.0,
+            "tansu": cpu_seconds(kafka_pid) if kafka_pid else 0.0,
+        }
+        per = {k: (after[k] - before[k]) / max(sent, 1) * 1e6 for k in before}
+        return Run(
+            name, rate, sent, stored, catch_up,
+            per["receiver"], per["consumer"], per["postgres"], per["tansu"],
+        )  # fmt: skip
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        log.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tree", action="append", required=True, help="NAME=PATH (repeatable)")
+    parser.add_argument("--rates", default="5000,20000,100000")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--receive-only", action="store_true", help="no consumer, no database")
+    args = parser.parse_args()
+    trees = [(n, Path(p).resolve()) for n, p in (t.split("=", 1) for t in args.tree)]
+    workdir = Path(tempfile.mkdtemp(prefix="side-by-side-"))
+    sender = build_sender(workdir)
+    print(f"logs in {workdir}", flush=True)
+    print(
+        f"{'rate/s':>8} {'tree':>6} {'sent':>8} {'stored':>8} {'lost':>7} {'catch-up':>9} "
+        f"{'receive':>8} {'consume':>8} {'postgres':>8} {'tansu':>7}   (CPU us per packet)",
+        flush=True,
+    )
+    seq_base = 0
+    with EmbeddedKafka(log_path=workdir / "tansu.log") as kafka:
+        postgres = EmbeddedPostgres(workdir / "pg")
+        postgres.start()
+        try:
+            for rate in (int(r) for r in args.rates.split(",")):
+                runs = []
+                for name, tree in trees:
+                    run = run_one(
+                        name, tree, rate, args.seconds, sender, kafka, postgres, workdir,
+                        seq_base, args.receive_only,
+                    )  # fmt: skip
+                    seq_base += run.sent + 1
+                    runs.append(run)
+                    print(
+                        f"{rate:>8} {name:>6} {run.sent:>8} {run.stored:>8} "
+                        f"{run.sent - run.stored:>7} {run.catch_up_s:>8.1f}s "
+                        f"{run.receiver_us:>8.1f} {run.consumer_us:>8.1f} "
+                        f"{run.postgres_us:>8.1f} {run.tansu_us:>7.1f}",
+                        flush=True,
+                    )
+                base = runs[0]
+                for run in runs[1:]:
+                    ratio = run.receiver_us / base.receiver_us if base.receiver_us else 0
+                    consume_ratio = (
+                        run.consumer_us / base.consumer_us if base.consumer_us else float("nan")
+                    )
+                    print(
+                        f"{'':>8} {run.tree}/{base.tree}: receive x{ratio:.2f}, "
+                        f"consume x{consume_ratio:.2f}",
+                        flush=True,
+                    )
+        finally:
+            postgres.stop("fast")
+
+
+if __name__ == "__main__":
+    main()

@@ -288,6 +288,8 @@ def receive(
         int,
         typer.Option(
             envvar="HEP_INGEST_TCP_MAX_CONNECTIONS",
+            min=1,
+            max=1_000_000,
             help="Most TCP and TLS connections open at once (per worker); more are "
             "closed when accepted and counted in "
             "hep_ingest_tcp_connections_refused_total{reason=\"max_connections\"}.",
@@ -298,6 +300,8 @@ def receive(
         float,
         typer.Option(
             envvar="HEP_INGEST_TCP_IDLE_TIMEOUT",
+            min=0,
+            max=86_400,
             help="Close a TCP or TLS connection after this many seconds without a byte "
             "(0: never); counted as closed with reason idle_timeout.",
             show_default=True,
@@ -307,6 +311,8 @@ def receive(
         float,
         typer.Option(
             envvar="HEP_INGEST_TCP_FRAME_TIMEOUT",
+            min=0.001,
+            max=86_400,
             help="Close a TCP or TLS connection whose HEP frame is not complete this many "
             "seconds after its first byte; counted as closed with reason frame_timeout "
             "and the partial frame as invalid (truncated).",

@@ -91,7 +91,6 @@ class Intake:
         except HepDecodeError as exc:
             metrics.invalid[exc.reason] += 1
             return None
-        metrics.decoded += 1
         expected = self._auth_key
         if expected is not None:
             if packet.auth_key is None:
@@ -100,6 +99,8 @@ class Intake:
             if not hmac.compare_digest(packet.auth_key, expected):
                 metrics.rejected["auth_mismatch"] += 1
                 return None
+        # Counted once accepted, so that received == decoded + invalid + rejected.
+        metrics.decoded += 1
         encode_packet = self._encode_packet
         if encode_packet is not None:
             return record_key(packet), encode_packet(packet, self._ids.next(), now_us, context)

@@ -106,7 +106,10 @@ class _Collector(Collector):
             received.add_metric([transport, version], value)
         yield received
         yield CounterMetricFamily(
-            "hep_ingest_packets_decoded", "Packets that decoded as HEP.", value=m.decoded
+            "hep_ingest_packets_decoded",
+            "Packets that decoded as HEP and were accepted (received = decoded + invalid + "
+            "rejected).",
+            value=m.decoded,
         )
         yield _labelled(
             "hep_ingest_packets_invalid", "Packets that are not valid HEP, by reason.", m.invalid

@@ -191,7 +191,12 @@ def consume(
     )
     registry = CollectorRegistry()
     if metrics:
-        serve_metrics(registry, metrics)
+        try:
+            serve_metrics(registry, metrics)
+        except OSError as exc:
+            print(f"hep-ingest consume: cannot serve --metrics on {metrics}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            raise typer.Exit(2) from exc
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -200,8 +205,13 @@ def consume(
             loop.add_signal_handler(signum, stop.set)
         await run_consumer(settings, registry, stop)
 
+    from pipeline.postgres.sink import SinkConfigError
+
     try:
         _run(main())
+    except SinkConfigError as exc:  # a wrong --dsn: retrying cannot help
+        print(f"hep-ingest consume: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from exc
     except Exception as exc:  # the worker's own failures (not transient ones): exit 1
         log.error("consumer_failed", error=repr(exc), exc_info=True)
         print(f"hep-ingest consume: {exc}", file=sys.stderr)

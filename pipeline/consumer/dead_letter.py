@@ -72,8 +72,8 @@ class DeadLetterPublisher:
             acks="all",
             linger_ms=5,
         )
+        self._producer = producer  # stop() closes it even if starting is cancelled
         await self._retrying(producer.start)
-        self._producer = producer
 
     async def _ensure_topic(self) -> None:
         async def create() -> None:

@@ -14,10 +14,14 @@ Errors, told apart by SQLSTATE class::
     connections, refused connections)
         -> retried with bounded exponential backoff and jitter until success, the
            policy's max_elapsed, or `stop()`: the consumer pauses, nothing is dropped
+    configuration errors at connect (a DSN asyncpg cannot parse; class 28 and 3D:
+    no such role or database, wrong password)
+        -> SinkConfigError at once, never retried
     anything else (permissions, bugs) -> SinkError
 
     SinkError
      +-- SinkStoppedError   stop() was requested while a write was still retrying
+     +-- SinkConfigError    the DSN is wrong: retrying cannot help
 
 A capture table that does not exist yet (a HEP type seen for the first time) is
 created with ``hep_ingest_create_capture_table`` and given its partitions first.
@@ -28,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import re
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -78,6 +83,9 @@ TRANSIENT_SQLSTATES = frozenset(
 )
 TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "53", "58"})
 DATA_SQLSTATE_CLASSES = frozenset({"22", "23"})
+# 28: invalid authorization (no such role, wrong password, no pg_hba entry);
+# 3D: invalid catalog name (no such database).
+CONFIG_SQLSTATE_CLASSES = frozenset({"28", "3D"})
 
 
 class SinkError(Exception):
@@ -86,6 +94,11 @@ class SinkError(Exception):
 
 class SinkStoppedError(SinkError):
     """`stop()` or `close()` was requested while the batch was not yet stored."""
+
+
+class SinkConfigError(SinkError):
+    """The DSN is malformed, or the server refused it (no such database or role, bad
+    password): retrying cannot help."""
 
 
 class RejectedRow(NamedTuple):
@@ -171,8 +184,22 @@ def is_data_error(exc: BaseException) -> bool:
     return False
 
 
+def is_configuration_error(exc: BaseException) -> bool:
+    """Connecting failed because of what the DSN says, not because of the network.
+
+    Call it on errors of a connect only: asyncpg reports a DSN it cannot parse as
+    ClientConfigurationError, or as a plain ValueError (``[zz``: "Invalid IPv6 URL")
+    or OverflowError (port out of range).
+    """
+    if isinstance(exc, asyncpg.PostgresError):
+        return (exc.sqlstate or "")[:2] in CONFIG_SQLSTATE_CLASSES
+    return isinstance(exc, asyncpg.exceptions.ClientConfigurationError | ValueError | OverflowError)
+
+
 def is_transient(exc: BaseException) -> bool:
     """Retrying later may succeed: the server or the network, not the rows."""
+    if isinstance(exc, asyncpg.exceptions.ClientConfigurationError):
+        return False
     if isinstance(exc, (OSError, TimeoutError, asyncpg.exceptions.InternalClientError)):
         return True
     if isinstance(exc, asyncpg.PostgresError):
@@ -197,6 +224,24 @@ def _reject_reason(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate:
         return exc.sqlstate, f"{exc.sqlstate}: {exc}"
     return "encode", f"encode: {exc}"
+
+
+# The password of a URL's user info (up to the host's "@"), or a password= parameter.
+_DSN_PASSWORD = re.compile(r"(?<=://)([^:/@]*:)[^/]*@|(?<=password=)[^&\s]*")
+
+
+def redact_dsn(dsn: str) -> str:
+    """`dsn` without its password, for messages."""
+    return _DSN_PASSWORD.sub(lambda m: f"{m.group(1)}***@" if m.group(1) else "***", dsn)
+
+
+def _configuration_error(dsn: str, exc: BaseException) -> SinkConfigError:
+    if isinstance(exc, asyncpg.PostgresError):
+        return SinkConfigError(
+            f"PostgreSQL at {redact_dsn(dsn)} refused the connection: {exc} "
+            f"(SQLSTATE {exc.sqlstate})"
+        )
+    return SinkConfigError(f"invalid PostgreSQL DSN {redact_dsn(dsn)!r}: {exc}")
 
 
 def _check_table_name(table: str) -> None:
@@ -289,9 +334,14 @@ class PostgresSink:
         """Connect (retrying transient failures), apply migrations if configured, and
         make sure the partitions around `now` exist."""
         s = self.settings
-        if s.apply_migrations:
-            await self._retrying(lambda: apply_migrations(s.dsn))
-        self._pool = await self._retrying(self._create_pool)
+        try:
+            if s.apply_migrations:
+                await self._retrying(lambda: apply_migrations(s.dsn))
+            self._pool = await self._retrying(self._create_pool)
+        except Exception as exc:
+            if is_configuration_error(exc):
+                raise _configuration_error(s.dsn, exc) from exc
+            raise
         self._known_tables = set()
         await self.maintain(now or self._clock(), raise_errors=True)
 

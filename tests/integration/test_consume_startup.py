@@ -1,0 +1,167 @@
+"""`hep-ingest consume` at start: a stop request ends the retries, a wrong setting is
+one line and exit 2. Real processes, the real broker and the real PostgreSQL."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.embedded import EmbeddedKafka, EmbeddedPostgres
+from pipeline.embedded.net import free_tcp_port
+from tests.integration.consume_support import log_events, start_consumer, stop_process, tail
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+# How long after SIGTERM a consumer that is still retrying its start may take to exit.
+STOP_WITHIN_S = 3.0
+# A configuration error must not be retried: it ends well before this (the old code
+# retried it forever).
+CONFIG_ERROR_WITHIN_S = 20.0
+
+
+def closed_port_address() -> str:
+    """127.0.0.1:<a port nobody listens on>: connections to it are refused."""
+    return f"127.0.0.1:{free_tcp_port()}"
+
+
+def wait_for_event(log: Path, name: str, process: subprocess.Popen[bytes], within: float) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if any(e.get("event") == name for e in log_events(log)):
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"consumer exited with {process.returncode}:\n{tail(log)}")
+        time.sleep(0.1)
+    raise AssertionError(f"no {name} event within {within}s:\n{tail(log)}")
+
+
+def signal_and_time(
+    process: subprocess.Popen[bytes], signum: signal.Signals = signal.SIGTERM
+) -> tuple[int, float]:
+    """(exit code, seconds from the signal to exit); kills the process after 30 s."""
+    started = time.monotonic()
+    process.send_signal(signum)
+    try:
+        code = process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return -9, time.monotonic() - started
+    return code, time.monotonic() - started
+
+
+def assert_stopped_promptly(
+    process: subprocess.Popen[bytes], log: Path, signum: signal.Signals = signal.SIGTERM
+) -> None:
+    code, took = signal_and_time(process, signum)
+    assert took < STOP_WITHIN_S, f"took {took:.1f}s to stop:\n{tail(log)}"
+    assert code == 0, tail(log)
+    stopped = [e for e in log_events(log) if e.get("event") == "consumer_stopped_before_start"]
+    assert len(stopped) == 1, tail(log)
+    assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stop_ends_postgres_retries_at_start(
+    kafka: EmbeddedKafka, topic_name: str, tmp_path: Path, signum: signal.Signals
+) -> None:
+    log = tmp_path / "consumer.log"
+    dsn = f"postgresql://postgres@{closed_port_address()}/hep"
+    process = start_consumer(kafka.bootstrap_servers, topic_name, dsn, log)
+    try:
+        wait_for_event(log, "write_retry", process, 30)
+        time.sleep(3)  # several retries, the backoff growing
+        assert process.poll() is None, tail(log)
+        assert_stopped_promptly(process, log, signum)
+    finally:
+        stop_process(process, timeout=5)
+
+
+def test_sigterm_ends_broker_retries_at_start(
+    database_dsn: str, topic_name: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "consumer.log"
+    process = start_consumer(closed_port_address(), topic_name, database_dsn, log)
+    try:
+        wait_for_event(log, "dead_letter_retry", process, 60)
+        time.sleep(3)
+        assert process.poll() is None, tail(log)
+        assert_stopped_promptly(process, log)
+    finally:
+        stop_process(process, timeout=5)
+
+
+def run_to_exit(
+    bootstrap_servers: str, topic: str, dsn: str, tmp_path: Path, *extra: str
+) -> tuple[int, list[str], float]:
+    """Run a consumer that should fail at start: (exit code, stderr lines, seconds)."""
+    log = tmp_path / "consumer.log"
+    started = time.monotonic()
+    process = start_consumer(bootstrap_servers, topic, dsn, log, *extra)
+    try:
+        code = process.wait(CONFIG_ERROR_WITHIN_S)
+    except subprocess.TimeoutExpired as exc:
+        stop_process(process, timeout=5)
+        raise AssertionError(
+            f"still running after {CONFIG_ERROR_WITHIN_S}s:\n{tail(log)}"
+        ) from exc
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    return code, lines, time.monotonic() - started
+
+
+def assert_one_line_exit_2(code: int, lines: list[str], *needles: str) -> None:
+    text = "\n".join(lines)
+    assert code == 2, text
+    assert "Traceback" not in text
+    assert len(lines) == 1, text
+    for needle in needles:
+        assert needle in lines[0], text
+
+
+def test_garbage_dsn_is_one_line_and_exit_2(
+    kafka: EmbeddedKafka, topic_name: str, tmp_path: Path
+) -> None:
+    code, lines, _ = run_to_exit(kafka.bootstrap_servers, topic_name, "not-a-dsn", tmp_path)
+    assert_one_line_exit_2(code, lines, "not-a-dsn", "DSN")
+
+
+def test_unknown_database_is_one_line_and_exit_2(
+    kafka: EmbeddedKafka, postgres: EmbeddedPostgres, topic_name: str, tmp_path: Path
+) -> None:
+    dsn = postgres.dsn.rsplit("/", 1)[0] + "/no_such_database"
+    code, lines, _ = run_to_exit(kafka.bootstrap_servers, topic_name, dsn, tmp_path)
+    assert_one_line_exit_2(code, lines, "no_such_database", "does not exist")
+
+
+def test_unknown_role_is_one_line_and_exit_2(
+    kafka: EmbeddedKafka, postgres: EmbeddedPostgres, topic_name: str, tmp_path: Path
+) -> None:
+    dsn = f"postgresql://no_such_role:secret@{postgres.host}:{postgres.port}/{postgres.database}"
+    code, lines, _ = run_to_exit(kafka.bootstrap_servers, topic_name, dsn, tmp_path)
+    assert_one_line_exit_2(code, lines, "no_such_role")
+    assert "secret" not in lines[0], "the password must not be printed"
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A 127.0.0.1 port another socket listens on."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+def test_metrics_port_in_use_is_one_line_and_exit_2(
+    kafka: EmbeddedKafka, database_dsn: str, topic_name: str, tmp_path: Path, busy_port: int
+) -> None:
+    address = f"127.0.0.1:{busy_port}"
+    code, lines, _ = run_to_exit(
+        kafka.bootstrap_servers, topic_name, database_dsn, tmp_path, "--metrics", address
+    )
+    assert_one_line_exit_2(code, lines, address)

@@ -91,6 +91,7 @@ async def run_consumer(
             retry=settings.retry,
             on_retry=metrics.kafka_retries.inc,
             client_id=f"{client_id}-dlq",
+            stop=stop,
         )
         stack.push_async_callback(dead_letters.stop)
 
@@ -114,7 +115,7 @@ async def run_consumer(
             metrics=metrics,
         )
         consumer.subscribe([settings.topic], listener=worker.rebalance_listener)
-        stack.push_async_callback(consumer.stop)  # also cleans up after a failed start
+        stack.push_async_callback(_stop_consumer, consumer)  # also after a failed start
 
         async def start() -> None:
             await sink.start()
@@ -145,6 +146,22 @@ async def run_consumer(
             ready.set()
         await worker.run(stop)
     log.info("consumer_stopped")
+
+
+async def _stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """consumer.stop(), minus a cancellation that is not ours.
+
+    aiokafka's fetcher cancels its fetch tasks on close and awaits them; one that was
+    backing off after a failed fetch (the broker gone) re-raises that CancelledError
+    out of stop(), which would end the process with a traceback.
+    """
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("kafka_consumer_stop_incomplete", reason="a fetch was still retrying")
 
 
 async def _start_consumer(

@@ -37,7 +37,7 @@ from tenacity import (
 
 from pipeline.consumer.dead_letter import DeadLetter, DeadLetterPublisher
 from pipeline.consumer.metrics import ConsumerMetrics
-from pipeline.consumer.retry import backoff, is_transient
+from pipeline.consumer.retry import backoff, is_transient, sleep_unless_stopped
 from pipeline.consumer.settings import ConsumerSettings
 from pipeline.consumer.sink import Sink
 from pipeline.observability import get_logger
@@ -48,6 +48,9 @@ log = get_logger("pipeline.consumer")
 
 # While paused for backpressure, call getmany this often so the group keeps us.
 _KEEPALIVE_SECONDS = 1.0
+# Once stopping, one offset-commit attempt waits at most this long: a broker that does
+# not answer by then costs a replay of the last batch (deduplicated), never data.
+_STOPPING_COMMIT_TIMEOUT = 2.0
 _LAG_INTERVAL = 1.0
 # Records fetched and decoded between two yields to the event loop (~15 ms of CPU).
 # The write in flight only advances when the loop gets back to it: each of its round
@@ -224,12 +227,22 @@ class ConsumerWorker:
     async def _drain(self) -> None:
         if self._in_flight is None:
             return
+        stopping = self._stop.is_set()
+        if stopping:
+            # A write still retrying (the database unreachable) gives up now instead of
+            # holding the stop for shutdown_timeout; a write in progress may finish.
+            self._sink.stop()
         try:
             await asyncio.wait_for(
                 self._complete_in_flight(backpressure=False), self._settings.shutdown_timeout
             )
         except TimeoutError:
             log.warning("shutdown_write_abandoned", timeout=self._settings.shutdown_timeout)
+        except Exception as exc:
+            if not stopping:
+                raise
+            # Its offsets stay uncommitted: the records are read again at the next start.
+            log.warning("shutdown_write_abandoned", error=repr(exc)[:300])
         finally:
             task, self._in_flight = self._in_flight, None
             if task is not None and not task.done():
@@ -247,6 +260,7 @@ class ConsumerWorker:
                 retry=retry_if_exception(_retry_fetch),
                 wait=backoff(self._settings.retry),
                 stop=lambda _state: self._stop.is_set(),
+                sleep=sleep_unless_stopped(self._stop),
                 before_sleep=self._before_retry("fetch"),
                 reraise=True,
             ):
@@ -429,11 +443,13 @@ class ConsumerWorker:
         offsets = pending()
         if not offsets:
             return
+        attempts = stop_after_attempt(self._settings.retry.commit_attempts)
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(is_transient),
                 wait=backoff(self._settings.retry),
-                stop=stop_after_attempt(self._settings.retry.commit_attempts),
+                stop=lambda state: attempts(state) or self._stop.is_set(),
+                sleep=sleep_unless_stopped(self._stop),
                 before_sleep=self._before_retry("commit"),
                 reraise=True,
             ):
@@ -442,9 +458,10 @@ class ConsumerWorker:
                     if offsets:
                         # aiokafka retries a commit for as long as the coordinator is
                         # unknown; bound each attempt so a stop is never stuck here.
-                        await asyncio.wait_for(
-                            self._consumer.commit(offsets), self._settings.commit_timeout
-                        )
+                        timeout = self._settings.commit_timeout
+                        if self._stop.is_set():
+                            timeout = min(timeout, _STOPPING_COMMIT_TIMEOUT)
+                        await asyncio.wait_for(self._consumer.commit(offsets), timeout)
         except (KafkaError, OSError, TimeoutError) as exc:
             # Durable but not committed: the next commit carries these offsets again;
             # if the partition moves to another worker it re-reads them (deduplicated).

@@ -5,6 +5,7 @@ PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
@@ -15,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.embedded import EmbeddedKafka, EmbeddedPostgres
-from pipeline.embedded.net import free_tcp_port
+from pipeline.embedded.net import free_tcp_port, free_udp_port
 from tests.conftest import create_topic
 from tests.integration.consume_support import (
+    cli,
     generated_sip,
     log_events,
     publish,
@@ -234,5 +236,28 @@ async def test_sigterm_ends_broker_retries_mid_run(
         await asyncio.sleep(4)  # the consumer finds the broker gone and retries
         assert process.poll() is None, tail(log)
         await asyncio.to_thread(assert_stops_promptly, process, log)
+    finally:
+        stop_process(process, timeout=5)
+
+
+def test_up_stops_promptly_while_its_consumer_cannot_reach_the_broker(
+    database_dsn: str, tmp_path: Path
+) -> None:
+    """`up`'s consumer retries its start like `consume`; the stop cancels it there too."""
+    log = tmp_path / "up.log"
+    udp = f"127.0.0.1:{free_udp_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEP_INGEST_")}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [*cli(), "up", "--data-dir", str(tmp_path / "data"), "--udp", udp, "--tcp",
+             f"127.0.0.1:{free_tcp_port()}", "--bootstrap-servers", closed_port_address(),
+             "--dsn", database_dsn, "--log-format", "json"],
+            stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=env,
+        )
+    try:
+        wait_for_event(log, "dead_letter_retry", process, 60)
+        time.sleep(3)
+        assert process.poll() is None, tail(log)
+        assert_stops_promptly(process, log)
     finally:
         stop_process(process, timeout=5)

@@ -5,23 +5,30 @@ record published and not stored. Real consumer process, broker and PostgreSQL.""
 from __future__ import annotations
 
 import asyncio
+import re
+import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.embedded import EmbeddedKafka, EmbeddedPostgres, free_tcp_port
+from pipeline.embedded import EmbeddedKafka, EmbeddedPostgres, free_tcp_port, free_udp_port
+from pipeline.hep.encode import encode_hep3
 from tests.conftest import create_topic
 from tests.integration.consume_support import (
     generated_sip,
     publish,
+    sip_packet,
     start_consumer,
     stop_process,
     tail,
     wait_for_rows,
 )
+from tests.integration.lifecycle_support import signal_and_time, start_up
+from tests.integration.receiver_process import send_udp
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -102,3 +109,63 @@ async def test_lag_counts_records_published_while_postgres_is_down(
         assert await asyncio.to_thread(lag, port) == (0, 0)
     finally:
         assert stop_process(process) == 0, tail(log)
+
+
+N_UP = 10_000  # HEP packets sent to `up` while its PostgreSQL is down
+STATUS = re.compile(
+    r"status: received (\d+)  published (\d+)  stored (\d+)  dead-lettered (\d+)  lag (\d+)"
+)
+
+
+def last_status(path: Path) -> dict[str, int]:
+    """The numbers of `up`'s last status line (all 0 before the first one)."""
+    found = STATUS.findall(path.read_text(errors="replace"))
+    numbers = [int(n) for n in found[-1]] if found else [0] * 5
+    return dict(zip(("received", "published", "stored", "dead_lettered", "lag"), numbers,
+                    strict=True))
+
+
+def wait_for_status(path: Path, ok: Callable[[dict[str, int]], bool], within: float,
+                    process: subprocess.Popen[bytes]) -> dict[str, int]:
+    deadline = time.monotonic() + within
+    status = last_status(path)
+    while time.monotonic() < deadline and process.poll() is None:
+        status = last_status(path)
+        if ok(status):
+            return status
+        time.sleep(0.25)
+    raise AssertionError(f"last status {status}:\n{tail(path)}")
+
+
+async def test_up_status_line_shows_the_lag_while_postgres_is_down(
+    fresh_postgres: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    out = tmp_path / "up.out"
+    udp = free_udp_port()
+    process = start_up(
+        tmp_path / "data", out, "--udp", f"127.0.0.1:{udp}", "--dsn", fresh_postgres.dsn,
+        "--status-interval", "0.5",
+    )
+    try:
+        await asyncio.to_thread(wait_for_status, out, lambda _: "status:" in out.read_text(),
+                                90, process)
+        await asyncio.to_thread(fresh_postgres.stop, "fast")
+        packets = [encode_hep3(sip_packet(f"up-lag-{i % 500}@test", i)) for i in range(N_UP)]
+        await asyncio.to_thread(send_udp, udp, packets, 0.0002)
+        during = await asyncio.to_thread(
+            wait_for_status, out,
+            lambda s: s["published"] >= 0.9 * N_UP and s["lag"] >= 0.9 * s["published"],
+            60, process,
+        )
+        assert during["stored"] == 0 and during["lag"] <= during["published"], during
+
+        await asyncio.to_thread(fresh_postgres.start)
+        after = await asyncio.to_thread(
+            wait_for_status, out,
+            lambda s: s["stored"] == s["published"] == during["published"] and s["lag"] == 0,
+            120, process,
+        )
+        assert after["published"] >= 0.9 * N_UP, after
+    finally:
+        code, _ = signal_and_time(process)
+    assert code == 0, tail(out)

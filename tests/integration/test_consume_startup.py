@@ -5,7 +5,6 @@ PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import subprocess
@@ -16,10 +15,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.embedded import EmbeddedKafka, EmbeddedPostgres
-from pipeline.embedded.net import free_tcp_port, free_udp_port
 from tests.conftest import create_topic
 from tests.integration.consume_support import (
-    cli,
     generated_sip,
     log_events,
     publish,
@@ -27,6 +24,12 @@ from tests.integration.consume_support import (
     stop_process,
     tail,
     wait_for_rows,
+)
+from tests.integration.lifecycle_support import (
+    closed_port_address,
+    signal_and_time,
+    start_up,
+    wait_for_event,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -37,37 +40,6 @@ STOP_WITHIN_S = 3.0
 # retried it forever).
 CONFIG_ERROR_WITHIN_S = 20.0
 FAST = ("--batch-size", "1000", "--flush-interval", "0.2")
-
-
-def closed_port_address() -> str:
-    """127.0.0.1:<a port nobody listens on>: connections to it are refused."""
-    return f"127.0.0.1:{free_tcp_port()}"
-
-
-def wait_for_event(log: Path, name: str, process: subprocess.Popen[bytes], within: float) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if any(e.get("event") == name for e in log_events(log)):
-            return
-        if process.poll() is not None:
-            raise AssertionError(f"consumer exited with {process.returncode}:\n{tail(log)}")
-        time.sleep(0.1)
-    raise AssertionError(f"no {name} event within {within}s:\n{tail(log)}")
-
-
-def signal_and_time(
-    process: subprocess.Popen[bytes], signum: signal.Signals = signal.SIGTERM
-) -> tuple[int, float]:
-    """(exit code, seconds from the signal to exit); kills the process after 30 s."""
-    started = time.monotonic()
-    process.send_signal(signum)
-    try:
-        code = process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        return -9, time.monotonic() - started
-    return code, time.monotonic() - started
 
 
 def assert_no_traceback(log: Path) -> None:
@@ -245,15 +217,10 @@ def test_up_stops_promptly_while_its_consumer_cannot_reach_the_broker(
 ) -> None:
     """`up`'s consumer retries its start like `consume`; the stop cancels it there too."""
     log = tmp_path / "up.log"
-    udp = f"127.0.0.1:{free_udp_port()}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEP_INGEST_")}
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [*cli(), "up", "--data-dir", str(tmp_path / "data"), "--udp", udp, "--tcp",
-             f"127.0.0.1:{free_tcp_port()}", "--bootstrap-servers", closed_port_address(),
-             "--dsn", database_dsn, "--log-format", "json"],
-            stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=env,
-        )
+    process = start_up(
+        tmp_path / "data", log, "--bootstrap-servers", closed_port_address(),
+        "--dsn", database_dsn, "--log-format", "json",
+    )
     try:
         wait_for_event(log, "dead_letter_retry", process, 60)
         time.sleep(3)

@@ -31,6 +31,7 @@ from tests.integration.lifecycle_support import (
     start_up,
     wait_for_event,
 )
+from tests.integration.receiver_process import run_receiver_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -228,3 +229,15 @@ def test_up_stops_promptly_while_its_consumer_cannot_reach_the_broker(
         assert_stops_promptly(process, log)
     finally:
         stop_process(process, timeout=5)
+
+
+def test_receive_stops_promptly_while_the_broker_is_unreachable(
+    tmp_path: Path, topic_name: str
+) -> None:
+    """The receiver's publisher retries in the background; the stop is not held by it."""
+    with run_receiver_process(tmp_path, closed_port_address(), topic_name) as receiver:
+        receiver.wait_for_event("broker_unreachable")
+        time.sleep(3)
+        code, took = signal_and_time(receiver.process)
+        assert took < STOP_WITHIN_S, f"took {took:.1f}s to stop:\n{receiver.log}"
+        assert code == 0, receiver.log

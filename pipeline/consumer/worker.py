@@ -519,7 +519,10 @@ class ConsumerWorker:
     async def _report_lag(self) -> None:
         """Every _LAG_INTERVAL: the lag gauges, and the progress line when it is due."""
         while True:
-            await self._update_lag()
+            try:
+                await self._update_lag()
+            except Exception as exc:  # a gauge must never stop the consumer
+                log.warning("lag_update_failed", error=repr(exc))
             self._log_progress()
             await asyncio.sleep(_LAG_INTERVAL)
 

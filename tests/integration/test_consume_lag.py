@@ -157,12 +157,12 @@ async def test_up_status_line_shows_the_lag_while_postgres_is_down(
             lambda s: s["published"] >= 0.9 * N_UP and s["lag"] >= 0.9 * s["published"],
             60, process,
         )
-        assert during["stored"] == 0 and during["lag"] <= during["published"], during
+        assert during["stored"] == 0 and during["lag"] <= during["received"], during
 
         await asyncio.to_thread(fresh_postgres.start)
         after = await asyncio.to_thread(
             wait_for_status, out,
-            lambda s: s["stored"] == s["published"] == during["published"] and s["lag"] == 0,
+            lambda s: s["stored"] == s["published"] >= during["published"] and s["lag"] == 0,
             120, process,
         )
         assert after["published"] >= 0.9 * N_UP, after

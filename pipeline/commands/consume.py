@@ -30,7 +30,9 @@ to share the topic's partitions, or give --workers N to run N worker processes u
 this one (one worker keeps about one core busy). Offsets are committed only once rows
 are committed in PostgreSQL and undecodable records are on the dead-letter topic, so a
 crash or a restart never loses a record, and replays never duplicate a row. SIGTERM
-or Ctrl-C finishes the batch being written, commits and exits.
+or Ctrl-C finishes the batch being written, commits and exits; while PostgreSQL or
+the broker is unreachable it exits at once (what is not stored is read again at the
+next start). A --dsn naming no database or role, or that cannot be parsed, exits 2.
 """
 
 

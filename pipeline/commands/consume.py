@@ -30,7 +30,9 @@ to share the topic's partitions, or give --workers N to run N worker processes u
 this one (one worker keeps about one core busy). Offsets are committed only once rows
 are committed in PostgreSQL and undecodable records are on the dead-letter topic, so a
 crash or a restart never loses a record, and replays never duplicate a row. SIGTERM
-or Ctrl-C finishes the batch being written, commits and exits.
+or Ctrl-C finishes the batch being written, commits and exits; while PostgreSQL or
+the broker is unreachable it exits at once (what is not stored is read again at the
+next start). A --dsn naming no database or role, or that cannot be parsed, exits 2.
 """
 
 
@@ -196,7 +198,12 @@ def consume(
     )
     registry = CollectorRegistry()
     if metrics:
-        serve_metrics(registry, metrics)
+        try:
+            serve_metrics(registry, metrics)
+        except OSError as exc:
+            print(f"hep-ingest consume: cannot serve --metrics on {metrics}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            raise typer.Exit(2) from exc
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -205,8 +212,13 @@ def consume(
             loop.add_signal_handler(signum, stop.set)
         await run_consumer(settings, registry, stop)
 
+    from pipeline.postgres.sink import SinkConfigError
+
     try:
         _run(main())
+    except SinkConfigError as exc:  # a wrong --dsn: retrying cannot help
+        print(f"hep-ingest consume: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from exc
     except Exception as exc:  # the worker's own failures (not transient ones): exit 1
         log.error("consumer_failed", error=repr(exc), exc_info=True)
         print(f"hep-ingest consume: {exc}", file=sys.stderr)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from tenacity import AsyncRetrying, retry_if_exception, stop_never
+from tenacity import AsyncRetrying, retry_if_exception
 
-from pipeline.consumer.retry import backoff, is_transient
+from pipeline.consumer.retry import backoff, is_transient, sleep_unless_stopped
 from pipeline.consumer.settings import RetryPolicy
 from pipeline.observability import get_logger
 
@@ -56,8 +56,12 @@ class DeadLetterPublisher:
         retry: RetryPolicy,
         on_retry: Callable[[], None] = lambda: None,
         client_id: str = "hep-ingest-dead-letter",
+        stop: asyncio.Event | None = None,
     ) -> None:
         self.topic = topic
+        # Once set, retries give up (publish raises): the worker then leaves the
+        # records' offsets uncommitted.
+        self._stop = stop or asyncio.Event()
         self._bootstrap_servers = bootstrap_servers
         self._retry = retry
         self._on_retry = on_retry
@@ -72,8 +76,8 @@ class DeadLetterPublisher:
             acks="all",
             linger_ms=5,
         )
+        self._producer = producer  # stop() closes it even if starting is cancelled
         await self._retrying(producer.start)
-        self._producer = producer
 
     async def _ensure_topic(self) -> None:
         async def create() -> None:
@@ -96,9 +100,9 @@ class DeadLetterPublisher:
     async def publish(self, letters: Sequence[DeadLetter]) -> None:
         """Send every letter and wait until the broker has acknowledged all of them.
 
-        Transient failures are retried with backoff for as long as it takes (the
-        caller bounds it by cancelling): a letter that is not acknowledged must keep
-        its offset uncommitted.
+        Transient failures are retried with backoff for as long as it takes, or until
+        the stop event is set (the caller may also cancel): a letter that is not
+        acknowledged must keep its offset uncommitted.
         """
         if not letters:
             return
@@ -143,7 +147,8 @@ class DeadLetterPublisher:
         return AsyncRetrying(
             retry=retry_if_exception(lambda e: is_transient(e) or isinstance(e, KafkaError)),
             wait=backoff(self._retry),
-            stop=stop_never,
+            stop=lambda _state: self._stop.is_set(),
+            sleep=sleep_unless_stopped(self._stop),
             before_sleep=before_sleep,
             reraise=True,
         )

@@ -27,7 +27,8 @@ class ConsumerMetrics:
         )
         self.lag = Gauge(
             "hep_ingest_consumer_lag",
-            "Records behind the partition's high watermark (highwater - position).",
+            "Records of the partition not yet stored or dead-lettered (its end offset "
+            "minus the offset after the last record stored), kept current while paused.",
             ["partition"],
             registry=registry,
         )

@@ -1,6 +1,13 @@
-"""Which Kafka errors are worth retrying, and the backoff used for them."""
+"""Which Kafka errors are worth retrying, the backoff used for them, and how a stop
+request ends a retry: by cancelling it (`unless_stopped`) or by waking its sleep
+(`sleep_unless_stopped`)."""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from aiokafka.errors import (
     CommitFailedError,
@@ -15,6 +22,8 @@ from tenacity import wait_exponential_jitter
 from tenacity.wait import wait_base
 
 from pipeline.consumer.settings import RetryPolicy
+
+T = TypeVar("T")
 
 # Errors a worker outlives: the broker went away, a request timed out, the group
 # rebalanced under a commit. Anything aiokafka marks retriable counts too.
@@ -39,3 +48,40 @@ def is_transient(exc: BaseException) -> bool:
 
 def backoff(policy: RetryPolicy) -> wait_base:
     return wait_exponential_jitter(initial=policy.initial, max=policy.maximum, jitter=policy.jitter)
+
+
+class StopRequested(Exception):
+    """The stop event was set before the operation finished; it was cancelled."""
+
+
+async def unless_stopped(operation: Coroutine[Any, Any, T], stop: asyncio.Event) -> T:
+    """Run `operation` to its end, or cancel it as soon as `stop` is set.
+
+    Start-up retries (PostgreSQL or the broker unreachable) may sleep for seconds and
+    each attempt may wait for a connect timeout: cancelling is the only way a stop
+    request ends them at once. Raises StopRequested when it did.
+    """
+    task = asyncio.ensure_future(operation)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+            # Whatever the cancelled operation raises while unwinding is moot now.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    raise StopRequested
+
+
+def sleep_unless_stopped(stop: asyncio.Event) -> Callable[[float], Awaitable[None]]:
+    """A tenacity `sleep` that returns early when `stop` is set."""
+
+    async def sleep(seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+
+    return sleep

@@ -17,7 +17,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from pipeline.consumer.dead_letter import DeadLetterPublisher
 from pipeline.consumer.metrics import ConsumerMetrics
-from pipeline.consumer.retry import backoff, is_transient
+from pipeline.consumer.retry import StopRequested, backoff, is_transient, unless_stopped
 from pipeline.consumer.settings import ConsumerSettings
 from pipeline.consumer.sink import Sink
 from pipeline.consumer.worker import ConsumerWorker
@@ -83,8 +83,7 @@ async def run_consumer(
     client_id = f"{settings.client_id}-{socket.gethostname()}"
     async with AsyncExitStack() as stack:
         sink = await build_sink(settings, registry)
-        await sink.start()
-        stack.push_async_callback(sink.close)
+        stack.push_async_callback(sink.close)  # also after a start cut short
 
         dead_letters = DeadLetterPublisher(
             settings.bootstrap_servers,
@@ -92,8 +91,8 @@ async def run_consumer(
             retry=settings.retry,
             on_retry=metrics.kafka_retries.inc,
             client_id=f"{client_id}-dlq",
+            stop=stop,
         )
-        await dead_letters.start()
         stack.push_async_callback(dead_letters.stop)
 
         consumer = AIOKafkaConsumer(
@@ -116,28 +115,20 @@ async def run_consumer(
             metrics=metrics,
         )
         consumer.subscribe([settings.topic], listener=worker.rebalance_listener)
+        stack.push_async_callback(_stop_consumer, consumer)  # also after a failed start
 
-        def before_sleep(state: RetryCallState) -> None:
-            metrics.kafka_retries.inc()
-            error = state.outcome.exception() if state.outcome is not None else None
-            log.warning("kafka_start_retry", error=repr(error))
+        async def start() -> None:
+            await sink.start()
+            await dead_letters.start()
+            await _start_consumer(consumer, settings, metrics)
 
-        stack.push_async_callback(consumer.stop)  # also cleans up after a failed start
+        # Each step retries while its server is unreachable, as long as it takes: a
+        # stop request cancels whichever is running.
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(is_transient),
-                wait=backoff(settings.retry),
-                stop=lambda _state: stop.is_set(),
-                before_sleep=before_sleep,
-                reraise=True,
-            ):
-                with attempt:
-                    await consumer.start()
-        except Exception:
-            if stop.is_set():  # asked to stop while the broker was still unreachable
-                log.info("consumer_stopped_before_start")
-                return
-            raise
+            await unless_stopped(start(), stop)
+        except StopRequested:
+            log.info("consumer_stopped_before_start")
+            return
 
         log.info(
             "consumer_started",
@@ -155,3 +146,37 @@ async def run_consumer(
             ready.set()
         await worker.run(stop)
     log.info("consumer_stopped")
+
+
+async def _stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """consumer.stop(), minus a cancellation that is not ours.
+
+    aiokafka's fetcher cancels its fetch tasks on close and awaits them; one that was
+    backing off after a failed fetch (the broker gone) re-raises that CancelledError
+    out of stop(), which would end the process with a traceback.
+    """
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("kafka_consumer_stop_incomplete", reason="a fetch was still retrying")
+
+
+async def _start_consumer(
+    consumer: AIOKafkaConsumer, settings: ConsumerSettings, metrics: ConsumerMetrics
+) -> None:
+    def before_sleep(state: RetryCallState) -> None:
+        metrics.kafka_retries.inc()
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.warning("kafka_start_retry", error=repr(error))
+
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception(is_transient),
+        wait=backoff(settings.retry),
+        before_sleep=before_sleep,
+        reraise=True,
+    ):
+        with attempt:
+            await consumer.start()

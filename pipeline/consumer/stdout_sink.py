@@ -50,5 +50,8 @@ class StdoutSink:
     async def maintain(self, now: datetime) -> None:
         return None
 
+    def stop(self) -> None:
+        return None
+
     async def close(self) -> None:
         (self._stream or sys.stdout).flush()

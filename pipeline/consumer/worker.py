@@ -10,6 +10,10 @@ fills up and the worker pauses its partitions instead of fetching further; it ke
 calling ``getmany`` so that the group does not consider it dead, and resumes when the
 write completes.
 
+Lag (records not yet stored) is measured by a task of its own, so it keeps moving while
+the worker waits paused: the end offsets are asked of the broker, because the high
+watermarks of fetch responses stop when the partitions are paused.
+
 On a rebalance, ``on_partitions_revoked`` waits for the write in flight, commits what
 is durable, and drops the records of revoked partitions that were fetched but not
 written: their new owner reads them again from the committed offset.
@@ -37,7 +41,7 @@ from tenacity import (
 
 from pipeline.consumer.dead_letter import DeadLetter, DeadLetterPublisher
 from pipeline.consumer.metrics import ConsumerMetrics
-from pipeline.consumer.retry import backoff, is_transient
+from pipeline.consumer.retry import backoff, is_transient, sleep_unless_stopped
 from pipeline.consumer.settings import ConsumerSettings
 from pipeline.consumer.sink import Sink
 from pipeline.observability import get_logger
@@ -48,7 +52,13 @@ log = get_logger("pipeline.consumer")
 
 # While paused for backpressure, call getmany this often so the group keeps us.
 _KEEPALIVE_SECONDS = 1.0
+# Once stopping, one offset-commit attempt waits at most this long: a broker that does
+# not answer by then costs a replay of the last batch (deduplicated), never data.
+_STOPPING_COMMIT_TIMEOUT = 2.0
 _LAG_INTERVAL = 1.0
+# One end-offsets request waits at most this long (the broker may be away too); the
+# gauges keep their last values meanwhile.
+_LAG_QUERY_TIMEOUT = 5.0
 # Records fetched and decoded between two yields to the event loop (~15 ms of CPU).
 # The write in flight only advances when the loop gets back to it: each of its round
 # trips (BEGIN, COPY's steps and flow control, INSERT, COMMIT) waits for the decode
@@ -143,7 +153,9 @@ class ConsumerWorker:
         self._progress = _Progress()
         self._stop = asyncio.Event()
         self._next_maintain = 0.0
-        self._next_lag = 0.0
+        # Per partition, the offset of the first record fetched since its assignment:
+        # what is stored when no write of it has completed yet.
+        self._fetch_start: dict[TopicPartition, int] = {}
         self._lag_total = 0
 
     # -- rebalance -----------------------------------------------------------------
@@ -163,6 +175,7 @@ class ConsumerWorker:
             for tp in revoked:
                 self._durable.pop(tp, None)
                 self._committed.pop(tp, None)
+                self._fetch_start.pop(tp, None)
                 self._assigned.discard(tp)
                 self._forget_lag(tp)
             self._metrics.assigned_partitions.set(len(self._assigned))
@@ -188,6 +201,7 @@ class ConsumerWorker:
         self._progress.last_log = now
         await self._maintain()
         self._next_maintain = now + settings.maintain_interval
+        lag_reporter = asyncio.create_task(self._report_lag(), name="hep-ingest-lag")
         try:
             while not stop.is_set():
                 batch = self._building
@@ -215,6 +229,9 @@ class ConsumerWorker:
                         self._launch(self._building)
                 await self._periodic()
         finally:
+            lag_reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lag_reporter
             await self._drain()
 
     def _launch(self, batch: _Batch) -> None:
@@ -224,12 +241,22 @@ class ConsumerWorker:
     async def _drain(self) -> None:
         if self._in_flight is None:
             return
+        stopping = self._stop.is_set()
+        if stopping:
+            # A write still retrying (the database unreachable) gives up now instead of
+            # holding the stop for shutdown_timeout; a write in progress may finish.
+            self._sink.stop()
         try:
             await asyncio.wait_for(
                 self._complete_in_flight(backpressure=False), self._settings.shutdown_timeout
             )
         except TimeoutError:
             log.warning("shutdown_write_abandoned", timeout=self._settings.shutdown_timeout)
+        except Exception as exc:
+            if not stopping:
+                raise
+            # Its offsets stay uncommitted: the records are read again at the next start.
+            log.warning("shutdown_write_abandoned", error=repr(exc)[:300])
         finally:
             task, self._in_flight = self._in_flight, None
             if task is not None and not task.done():
@@ -247,6 +274,7 @@ class ConsumerWorker:
                 retry=retry_if_exception(_retry_fetch),
                 wait=backoff(self._settings.retry),
                 stop=lambda _state: self._stop.is_set(),
+                sleep=sleep_unless_stopped(self._stop),
                 before_sleep=self._before_retry("fetch"),
                 reraise=True,
             ):
@@ -278,6 +306,7 @@ class ConsumerWorker:
             chunk = batch.parts.get(tp)
             if chunk is None:
                 chunk = batch.parts[tp] = _PartitionChunk()
+                self._fetch_start.setdefault(tp, messages[0].offset)
             add_row = chunk.rows.append
             add_offset = chunk.offsets.append
             add_key = chunk.keys.append
@@ -434,11 +463,13 @@ class ConsumerWorker:
         offsets = pending()
         if not offsets:
             return
+        attempts = stop_after_attempt(self._settings.retry.commit_attempts)
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(is_transient),
                 wait=backoff(self._settings.retry),
-                stop=stop_after_attempt(self._settings.retry.commit_attempts),
+                stop=lambda state: attempts(state) or self._stop.is_set(),
+                sleep=sleep_unless_stopped(self._stop),
                 before_sleep=self._before_retry("commit"),
                 reraise=True,
             ):
@@ -447,9 +478,10 @@ class ConsumerWorker:
                     if offsets:
                         # aiokafka retries a commit for as long as the coordinator is
                         # unknown; bound each attempt so a stop is never stuck here.
-                        await asyncio.wait_for(
-                            self._consumer.commit(offsets), self._settings.commit_timeout
-                        )
+                        timeout = self._settings.commit_timeout
+                        if self._stop.is_set():
+                            timeout = min(timeout, _STOPPING_COMMIT_TIMEOUT)
+                        await asyncio.wait_for(self._consumer.commit(offsets), timeout)
         except (KafkaError, OSError, TimeoutError) as exc:
             # Durable but not committed: the next commit carries these offsets again;
             # if the partition moves to another worker it re-reads them (deduplicated).
@@ -476,9 +508,6 @@ class ConsumerWorker:
 
     async def _periodic(self) -> None:
         now = self._clock()
-        if now >= self._next_lag:
-            self._next_lag = now + _LAG_INTERVAL
-            await self._update_lag()
         if now >= self._next_maintain:
             self._next_maintain = now + self._settings.maintain_interval
             # Not alongside a write: both would compete for the same connections.
@@ -492,21 +521,52 @@ class ConsumerWorker:
         except Exception as exc:  # rows still land in the DEFAULT partition
             log.warning("maintenance_failed", error=repr(exc))
 
-    async def _update_lag(self) -> None:
-        total = 0
-        for tp in list(self._assigned):
-            highwater = self._consumer.highwater(tp)
-            if highwater is None:
-                continue
+    async def _report_lag(self) -> None:
+        """Every _LAG_INTERVAL: the lag gauges, and the progress line when it is due."""
+        while True:
             try:
-                position = await asyncio.wait_for(self._consumer.position(tp), 0.05)
-            except (TimeoutError, IllegalStateError, KafkaError):
+                await self._update_lag()
+            except Exception as exc:  # a gauge must never stop the consumer
+                log.warning("lag_update_failed", error=repr(exc))
+            self._log_progress()
+            await asyncio.sleep(_LAG_INTERVAL)
+
+    async def _update_lag(self) -> None:
+        """Per assigned partition: its end offset minus the offset after the last record
+        stored or dead-lettered, i.e. what a restart would read again plus what is new."""
+        partitions = list(self._assigned)
+        try:
+            ends = await asyncio.wait_for(
+                self._consumer.end_offsets(partitions), _LAG_QUERY_TIMEOUT
+            ) if partitions else {}
+        except (TimeoutError, KafkaError, OSError) as exc:
+            log.debug("lag_unknown", error=repr(exc))
+            return
+        total = 0
+        for tp, listed in ends.items():
+            # The broker's answer, or the high watermark of the last fetch if higher:
+            # tansu (the embedded broker) answers the base offset of the partition's
+            # last record batch + 1, short of the end by that batch's other records.
+            end = max(listed, self._consumer.highwater(tp) or 0)
+            done = await self._stored_offset(tp)
+            if done is None or tp not in self._assigned:  # revoked meanwhile
                 continue
-            lag = max(0, highwater - position)
+            lag = max(0, end - done)
             total += lag
             self._metrics.lag.labels(partition=str(tp.partition)).set(lag)
         self._lag_total = total
         self._metrics.lag_total.set(total)
+
+    async def _stored_offset(self, tp: TopicPartition) -> int | None:
+        """The offset after the partition's last stored record, as far as we know."""
+        offset = self._durable.get(tp, self._fetch_start.get(tp))
+        if offset is not None:
+            return offset
+        try:  # nothing fetched since the assignment: fetching starts here
+            position: int = await asyncio.wait_for(self._consumer.position(tp), 0.05)
+        except (TimeoutError, IllegalStateError, KafkaError):
+            return None
+        return position
 
     def _forget_lag(self, tp: TopicPartition) -> None:
         with contextlib.suppress(KeyError):

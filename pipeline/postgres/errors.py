@@ -21,6 +21,9 @@ import asyncpg
 EXIT_RUNTIME = 1
 EXIT_CONFIGURATION = 2
 
+# 28: invalid authorization (no such role, wrong password, no pg_hba entry);
+# 3D: invalid catalog name (no such database).
+_CONFIGURATION_SQLSTATE_CLASSES = frozenset({"28", "3D"})
 _PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
 
 
@@ -42,24 +45,25 @@ class DatabaseFailure:
 
 
 def is_configuration_error(exc: BaseException) -> bool:
-    """The DSN is at fault (bad syntax, unknown database or role, wrong password)."""
-    return isinstance(
-        exc,
-        asyncpg.ClientConfigurationError
-        | OverflowError  # a port out of range in the DSN
-        | asyncpg.InvalidCatalogNameError
-        | asyncpg.InvalidAuthorizationSpecificationError,
-    )
+    """The DSN is at fault (bad syntax, unknown database or role, wrong password).
+
+    Call it on errors of a connect only: asyncpg reports a DSN it cannot parse as
+    ClientConfigurationError, or as a plain ValueError (``[zz``: "Invalid IPv6 URL") or
+    OverflowError (a port out of range).
+    """
+    if isinstance(exc, asyncpg.PostgresError):
+        return (exc.sqlstate or "")[:2] in _CONFIGURATION_SQLSTATE_CLASSES
+    return isinstance(exc, asyncpg.ClientConfigurationError | ValueError | OverflowError)
 
 
 def describe_database_error(exc: BaseException, dsn: str | None = None) -> DatabaseFailure | None:
     """The user-facing failure for `exc`, or None when it is not a database error (a bug)."""
     where = f" {redact_dsn(dsn)}" if dsn else ""
-    if isinstance(exc, asyncpg.ClientConfigurationError | OverflowError):
+    if isinstance(exc, asyncpg.ClientConfigurationError | ValueError | OverflowError):
         return DatabaseFailure(f"bad PostgreSQL DSN{where}: {exc}", configuration=True)
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
         return DatabaseFailure(f"PostgreSQL{where}: {exc}", configuration=True)
-    if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
+    if is_configuration_error(exc):  # SQLSTATE class 28: the login was refused
         return DatabaseFailure(f"PostgreSQL{where} refused the login: {exc}", configuration=True)
     if isinstance(exc, socket.gaierror):
         return DatabaseFailure(

@@ -15,10 +15,14 @@ Errors, told apart by SQLSTATE class::
     connections, refused connections)
         -> retried with bounded exponential backoff and jitter until success, the
            policy's max_elapsed, or `stop()`: the consumer pauses, nothing is dropped
+    configuration errors at connect (a DSN asyncpg cannot parse; class 28 and 3D:
+    no such role or database, wrong password)
+        -> SinkConfigError at once, never retried
     anything else (permissions, bugs) -> SinkError
 
     SinkError
      +-- SinkStoppedError   stop() was requested while a write was still retrying
+     +-- SinkConfigError    the DSN is wrong: retrying cannot help
 
 Every table a row can be routed to (`pipeline.storage.rows.CAPTURE_TABLES`) is created
 by the migrations; `start` checks that they exist. The sink never creates a table: a
@@ -50,6 +54,7 @@ from tenacity import (
 )
 
 from pipeline.observability import get_logger
+from pipeline.postgres.errors import describe_database_error, is_configuration_error, redact_dsn
 from pipeline.postgres.migrate import apply_migrations
 from pipeline.postgres.partitions import (
     DEFAULT_AHEAD,
@@ -86,6 +91,11 @@ class SinkError(Exception):
 
 class SinkStoppedError(SinkError):
     """`stop()` or `close()` was requested while the batch was not yet stored."""
+
+
+class SinkConfigError(SinkError):
+    """The DSN is malformed, or the server refused it (no such database or role, bad
+    password): retrying cannot help."""
 
 
 class RejectedRow(NamedTuple):
@@ -173,6 +183,8 @@ def is_data_error(exc: BaseException) -> bool:
 
 def is_transient(exc: BaseException) -> bool:
     """Retrying later may succeed: the server or the network, not the rows."""
+    if isinstance(exc, asyncpg.exceptions.ClientConfigurationError):
+        return False
     if isinstance(exc, (OSError, TimeoutError, asyncpg.exceptions.InternalClientError)):
         return True
     if isinstance(exc, asyncpg.PostgresError):
@@ -197,6 +209,11 @@ def _reject_reason(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate:
         return exc.sqlstate, f"{exc.sqlstate}: {exc}"
     return "encode", f"encode: {exc}"
+
+
+def _configuration_error(dsn: str, exc: BaseException) -> SinkConfigError:
+    failure = describe_database_error(exc, dsn)
+    return SinkConfigError(failure.message if failure else f"PostgreSQL {redact_dsn(dsn)}: {exc}")
 
 
 class _EncodeError(Exception):
@@ -278,9 +295,14 @@ class PostgresSink:
         """Connect (retrying transient failures), apply migrations if configured, and
         make sure the partitions around `now` exist."""
         s = self.settings
-        if s.apply_migrations:
-            await self._retrying(lambda: apply_migrations(s.dsn))
-        self._pool = await self._retrying(self._create_pool)
+        try:
+            if s.apply_migrations:
+                await self._retrying(lambda: apply_migrations(s.dsn))
+            self._pool = await self._retrying(self._create_pool)
+        except Exception as exc:
+            if is_configuration_error(exc):
+                raise _configuration_error(s.dsn, exc) from exc
+            raise
         await self._check_tables()
         await self.maintain(now or self._clock(), raise_errors=True)
 

@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from pipeline.hep.encode import encode_hep3
-from pipeline.hep.packet import HepChunk, HepPacket
+from pipeline.hep.packet import HepChunk
+from tests.integration.consume_support import sip_packet
 
 HEP3_HEADER = 6  # b"HEP3" + u16 total length
 
@@ -45,22 +46,9 @@ def sip_message(call_id: str, seq: int, *, user: str = "alice", agent: str = "ho
 
 
 def hep3(payload: bytes, ts_sec: int, seq: int, **overrides: object) -> bytes:
-    fields: dict[str, object] = {
-        "version": 3,
-        "ip_family": 2,
-        "ip_proto": 17,
-        "src_ip": "10.0.0.1",
-        "dst_ip": "10.0.0.2",
-        "src_port": 5060,
-        "dst_port": 5062,
-        "ts_sec": ts_sec,
-        "ts_usec": seq % 1_000_000,
-        "proto_type": 1,
-        "capture_id": 2001,
-        "payload": payload,
-    }
-    fields.update(overrides)
-    return encode_hep3(HepPacket(**fields))  # type: ignore[arg-type]
+    """A HEPv3 SIP packet as the consumer tests build them, with `payload`."""
+    when = ts_sec + (seq % 1_000_000) / 1_000_000
+    return encode_hep3(sip_packet("", seq, ts=when, payload=payload, **overrides))
 
 
 class HostileCorpus:

@@ -4,10 +4,11 @@
 --    most 2704 bytes (a third of a page); a Call-ID, user, User-Agent or correlation id
 --    longer than that (one 3.3 KB UDP datagram) made PostgreSQL refuse the row with
 --    SQLSTATE 54000 and stopped all ingestion. Indexed text is now bounded by
---    hep_index_key(): a value of up to 256 characters is its own key; a longer one is
---    keyed by its first 200 characters, '~' and the md5 of the whole (233 characters,
---    so the key of a key is itself; md5 of the UTF-8 bytes: the database is UTF8). Real
---    values are far shorter than 256 characters: for them nothing changes.
+--    hep_index_key(): its first 256 characters (at most 1024 bytes in UTF-8, so the key
+--    of a key is itself). Real values are far shorter than 256 characters: for them the
+--    key is the value and nothing changes. Two values that share their first 256
+--    characters share a key; a query that must tell them apart also compares the
+--    full column.
 --    * sid (HOMER's session id, the Call-ID) is stored as the key of the Call-ID (or
 --      correlation id) by the consumer, so its plain (sid, create_date) index, every
 --      `sid = ...` query and homer-app keep working; the call_id column (and raw) keep
@@ -30,17 +31,15 @@ CREATE OR REPLACE FUNCTION hep_index_key(value text)
 RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
-    -- CASE WHEN char_length(value) <= 256 THEN value
-    --      ELSE left(value, 200) || '~' || md5(value) END
-    -- written with strict functions only: PostgreSQL inlines this body into queries and
-    -- indexes, and only a strict expression lets `hep_index_key(col) = ...` prove
-    -- `col IS NOT NULL`, which the partial indexes below require.
-    SELECT left(value, 200 + 56 * (char_length(value) <= 256)::integer)
-           || left('~' || md5(value), 33 * (char_length(value) > 256)::integer)
+    -- A prefix, not a hash: left() is strict (so `hep_index_key(col) = ...` proves
+    -- `col IS NOT NULL` for the partial indexes below) and cheap. PostgreSQL inlines
+    -- this body into queries and into the index expressions it evaluates for every row
+    -- written; an md5 there cost ~2 us per indexed column per row.
+    SELECT left(value, 256)
 $$;
 
 COMMENT ON FUNCTION hep_index_key(text) IS
-    'The bounded form in which capture tables index text (see migrations/0003): the value itself up to 256 characters, else its first 200 and its md5. sid holds it; filter other columns with hep_index_key(col) = hep_index_key(v) to use their index.';
+    'The bounded form in which capture tables index text (see migrations/0003): its first 256 characters. sid holds it; filter other columns with hep_index_key(col) = hep_index_key(v) (and col = v for an exact match) to use their index.';
 
 -- Replaces a capture table's indexes on full text values (0001) with bounded ones.
 -- The new indexes are built before the old ones go, so lookups never lose an index.

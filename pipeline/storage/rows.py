@@ -31,7 +31,6 @@ responses, as heplify-server writes it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from dataclasses import dataclass
@@ -155,17 +154,12 @@ def table_for(proto_type: int | None, sip_method: str | None = None) -> str:
 
 
 _KEY_MAX_CHARS: Final = 256
-_KEY_PREFIX_CHARS: Final = 200
 
 
 def index_key(value: str) -> str:
     """The bounded form in which capture tables index text: the twin of SQL's
-    ``hep_index_key`` (migrations/0003). A value of up to 256 characters is its own key;
-    a longer one is keyed by its first 200 characters, ``~`` and the md5 of its UTF-8."""
-    if len(value) <= _KEY_MAX_CHARS:
-        return value
-    digest = hashlib.md5(value.encode("utf-8"), usedforsecurity=False).hexdigest()
-    return f"{value[:_KEY_PREFIX_CHARS]}~{digest}"
+    ``hep_index_key`` (migrations/0003), the first 256 characters of `value`."""
+    return value[:_KEY_MAX_CHARS]
 
 
 

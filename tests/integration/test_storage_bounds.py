@@ -78,7 +78,7 @@ def hostile_row(
 ) -> tuple[CaptureRow, dict[str, str]]:
     """A row with a `size`-character value in every text column the sender controls."""
     values = {name: long_text(size, rng) for name in SIP_FIELDS}
-    # Multi-byte characters: the key is counted in characters, its md5 over UTF-8.
+    # Multi-byte characters: the key is counted in characters, not bytes.
     values["correlation_id"] = "é€" + long_text(size, rng)
     values["node_name"] = "ñ" + long_text(size, rng)
     payload = hostile_sip(method, values) if proto_type == 1 else long_text(size, rng).encode()

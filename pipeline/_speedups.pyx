@@ -126,6 +126,20 @@ cdef int _check_v3_header(const uint8_t* p, Py_ssize_t n, object data) except -1
     return 0
 
 
+# chunk_order entries of the generic chunks with a small body (every fixed-size one) are
+# shared tuples: a packet's order then allocates only its variable-length chunks' entries.
+DEF ORDER_CACHE_LEN = 64
+_ORDER_CACHE = [
+    [(0, ctype, clen) for clen in range(ORDER_CACHE_LEN)] for ctype in range(SPEC_TYPES)
+]
+
+
+cdef inline object _order_entry(unsigned int vendor, unsigned int ctype, unsigned int clen):
+    if vendor == 0 and ctype < SPEC_TYPES and clen < ORDER_CACHE_LEN:
+        return (<list>(<list>_ORDER_CACHE)[ctype])[clen]
+    return (vendor, ctype, clen)
+
+
 cdef int _scan_v3(const uint8_t* p, Py_ssize_t n, V3* d, list order, object data) except -1:
     """Walk the chunks, validating as decode.py does; `order` is filled unless None."""
     cdef Py_ssize_t end, off, nxt
@@ -156,7 +170,7 @@ cdef int _scan_v3(const uint8_t* p, Py_ssize_t n, V3* d, list order, object data
             )
         count += 1
         if order is not None:
-            order.append((vendor, ctype, clen))
+            order.append(_order_entry(vendor, ctype, clen))
         if vendor == 0:
             has = ctype < SPEC_TYPES and spec_has[ctype]
             want = spec_want[ctype] if has else 0

@@ -67,7 +67,9 @@ def measure(impl: Implementation, datagrams: list[bytes], repeat: int) -> dict[s
     results = {
         "decode": best_us(lambda: [decode(d) for d in datagrams], n, repeat),
         "key": best_us(lambda: [key_of(p) for p in packets], n, repeat),
-        "avro": best_us(lambda: [encode(p, record_id, now_us, context) for p in packets], n, repeat),
+        "avro": best_us(
+            lambda: [encode(p, record_id, now_us, context) for p in packets], n, repeat
+        ),
     }
     results["sum"] = results["decode"] + results["key"] + results["avro"]
     results["fused batch"] = best_us(

@@ -10,8 +10,8 @@ datagram or a batch without building a HepPacket.
 `pipeline.accel` picks this module or the pure one; the unit tests check that both give
 identical packets, error reasons, keys and record bytes.
 
-Deliberately delegated to the pure code (rare, and identical by construction): HEPv1/v2
-decoding, inflating a compressed payload, and the error messages.
+Delegated to the pure code (rare, and identical by construction): HEPv1/v2 decoding and
+inflating a compressed payload (zlib does the work there anyway).
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer

@@ -3,8 +3,8 @@
 `pipeline._speedups` (Cython, built by `pip install` when a C compiler and the Python
 headers are present) and the pure-Python modules it mirrors give identical packets,
 decode errors, Kafka keys and record bytes; the compiled one spends a fraction of the
-CPU. HEP_INGEST_PURE_PYTHON=1 forces the pure implementation (then the extension is
-not even imported). Every hot-path caller imports these names from here;
+CPU. HEP_INGEST_PURE_PYTHON=1 (or true, yes, on) forces the pure implementation (then
+the extension is not even imported). Every hot-path caller imports these names from here;
 `IMPLEMENTATION` says which one is active ("compiled" or "pure") for the startup logs,
 /metrics and `hep-ingest --version`.
 
@@ -36,7 +36,7 @@ PURE_ENV = "HEP_INGEST_PURE_PYTHON"
 
 
 def _compiled_module() -> ModuleType | None:
-    if os.environ.get(PURE_ENV) == "1":
+    if os.environ.get(PURE_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
         return None
     try:
         from pipeline import _speedups

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from pipeline.commands.options import CommandLine
@@ -14,6 +16,30 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from pipeline.version import version_line
+
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and whether the per-packet code is compiled or pure, "
+            "then exit.",
+        ),
+    ] = False,
+) -> None:
+    """HEP capture ingestion: receive HEP into Kafka, store it in PostgreSQL, analyse calls."""
 
 
 def _register() -> None:

@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 
 from pipeline.embedded import EmbeddedKafka, EmbeddedPostgres
+from tests.implementations import COMPILED, NOT_BUILT, PURE, Implementation
 
 DATA_DIR = Path(__file__).parent / "data"
 VECTORS_DIR = DATA_DIR / "hep-vectors"
@@ -31,6 +32,17 @@ def load_vectors(name: str) -> tuple[list[bytes], dict[str, Any]]:
     expected = json.loads((folder / "expected.json").read_text())
     packets = [(folder / p["file"]).read_bytes() for p in expected["packets"]]
     return packets, expected
+
+
+@pytest.fixture(scope="session", params=["pure", "compiled"])
+def impl(request: pytest.FixtureRequest) -> Implementation:
+    """Each per-packet function's implementation in turn: the pure reference, then the
+    compiled extension (skipped when it is not built)."""
+    if request.param == "pure":
+        return PURE
+    if COMPILED is None:
+        pytest.skip(NOT_BUILT)
+    return COMPILED
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from pipeline.observability.metrics import register_build_info
+
 
 class ConsumerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        register_build_info(registry)
         self.records_consumed = Counter(
             "hep_ingest_records_consumed_total",
             "Kafka records fetched by this consumer (before decoding).",

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
+from pipeline.accel import IMPLEMENTATION
 from pipeline.consumer.dead_letter import DeadLetterPublisher
 from pipeline.consumer.metrics import ConsumerMetrics
 from pipeline.consumer.retry import StopRequested, backoff, is_transient, unless_stopped
@@ -139,6 +140,7 @@ async def run_consumer(
             dead_letter_topic=settings.dead_letter_topic_name,
             batch_size=settings.batch_size,
             flush_interval=settings.flush_interval,
+            implementation=IMPLEMENTATION,
         )
         if settings.tune_gc:
             tune_gc()

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import fields
 from socket import AF_INET, AF_INET6, inet_ntop
 
 from pipeline.hep.chunks import DEDICATED_TYPES, FIXED_BODY_SIZES
@@ -84,92 +83,12 @@ def _build_spec() -> dict[int, int]:
 
 
 _SPEC = _build_spec()
-# Indexed by chunk type; every dedicated type is below 0x14.
-_NO_CHUNKS: list[int | None] = [None] * (max(DEDICATED_TYPES) + 1)
-
-# Kamailio, OpenSIPS and friends report a handful of addresses; formatting an IPv4
-# address costs more than the rest of a chunk, so the text is memoised (bounded).
-_IPV4_CACHE: dict[int, str] = {}
-_IPV4_CACHE_MAX = 4096
+# `seen` is indexed by chunk type; every dedicated type is below 0x14.
+_DEDICATED_SLOTS = max(DEDICATED_TYPES) + 1
 
 
 def _ipv4(data: bytes | memoryview, off: int) -> str:
-    key = _u32(data, off)[0]
-    text = _IPV4_CACHE.get(key)
-    if text is None:
-        text = _ipv4_text(key)
-    return text
-
-
-def _ipv4_text(key: int) -> str:
-    """Format (and memoise) an IPv4 address given as a 32-bit integer."""
-    if len(_IPV4_CACHE) >= _IPV4_CACHE_MAX:
-        _IPV4_CACHE.clear()
-    text = _IPV4_CACHE[key] = f"{key >> 24}.{key >> 16 & 255}.{key >> 8 & 255}.{key & 255}"
-    return text
-
-
-_PACKET_FIELDS = (
-    "version",
-    "ip_family",
-    "ip_proto",
-    "src_ip",
-    "dst_ip",
-    "src_port",
-    "dst_port",
-    "ts_sec",
-    "ts_usec",
-    "proto_type",
-    "capture_id",
-    "keep_alive",
-    "auth_key",
-    "payload",
-    "payload_was_compressed",
-    "correlation_id",
-    "vlan",
-    "node_name",
-    "extra_chunks",
-    "chunk_order",
-)
-
-
-def _check_field_order() -> None:
-    actual = tuple(f.name for f in fields(HepPacket))
-    if actual != _PACKET_FIELDS:
-        raise RuntimeError(f"HepPacket fields changed, update decode.py: {actual}")
-
-
-_check_field_order()
-
-# Fast path for the chunk layout Kamailio's sipcapture and heplify send for IPv4: the
-# ten fixed-size chunks family, proto, IPv4 src/dst, ports, seconds, microseconds,
-# protocol type and capture id, in that order, from offset 6. One masked integer
-# comparison checks all ten chunk headers (the values are masked out), one struct
-# call reads the ten values plus the next chunk's header, and the loop below starts
-# after them with exactly the state it would have reached by itself.
-_FAST_TYPES = (1, 2, 3, 4, 7, 8, 9, 10, 11, 12)
-_FAST_FORMAT = ">" + "".join(
-    "6x" + {1: "B", 2: "H", 4: "I"}[FIXED_BODY_SIZES[t]] for t in _FAST_TYPES
-)
-_FAST_END = 6 + struct.calcsize(_FAST_FORMAT)  # 93: where the next chunk starts
-_fast_values = struct.Struct(_FAST_FORMAT + "HHH").unpack_from
-
-
-def _build_fast_template() -> tuple[int, int, list[int | None], list[tuple[int, int, int]]]:
-    template = bytearray()
-    mask = bytearray()
-    seen: list[int | None] = _NO_CHUNKS[:]
-    order: list[tuple[int, int, int]] = []
-    for ctype in _FAST_TYPES:
-        clen = FIXED_BODY_SIZES[ctype] + 6
-        seen[ctype] = 6 + len(template)
-        order.append((0, ctype, clen))
-        template += struct.pack(">HHH", 0, ctype, clen) + bytes(clen - 6)
-        mask += b"\xff" * 6 + bytes(clen - 6)
-    return int.from_bytes(template), int.from_bytes(mask), seen, order
-
-
-_FAST_TEMPLATE, _FAST_MASK, _FAST_SEEN, _FAST_ORDER = _build_fast_template()
+    return inet_ntop(AF_INET, data[off : off + 4])
 
 
 def decode_packet(data: bytes | memoryview) -> HepPacket:
@@ -208,52 +127,12 @@ def _decode_v3(data: bytes | memoryview, n: int) -> HepPacket:
         raise HepDecodeError("truncated", f"total length {end} > {n} bytes received")
 
     # Chunk offsets of dedicated chunks indexed by type (a second one is
-    # duplicate_chunk); values are read after the loop so the loop allocates nothing per
-    # chunk beyond the header tuple that chunk_order keeps anyway.
-    if end >= _FAST_END + 6 and int.from_bytes(data[6:_FAST_END]) & _FAST_MASK == _FAST_TEMPLATE:
-        (family, ip_proto, src4, dst4, src_port, dst_port, ts_sec, ts_usec, proto_type,
-         capture_id, vendor, ctype, clen) = _fast_values(data, 6)
-        if vendor == 0 and ctype == 15 and clen >= 6 and _FAST_END + clen == end:
-            # The whole Kamailio packet: the ten chunks and one plain payload chunk.
-            src_ip = _IPV4_CACHE.get(src4)
-            if src_ip is None:
-                src_ip = _ipv4_text(src4)
-            dst_ip = _IPV4_CACHE.get(dst4)
-            if dst_ip is None:
-                dst_ip = _ipv4_text(dst4)
-            return HepPacket(
-                3,
-                family,
-                ip_proto,
-                src_ip,
-                dst_ip,
-                src_port,
-                dst_port,
-                ts_sec,
-                ts_usec,
-                proto_type,
-                capture_id,
-                None,
-                None,
-                bytes(data[_FAST_END + 6 : end]),
-                False,
-                None,
-                None,
-                None,
-                [],
-                [*_FAST_ORDER, (0, 15, clen)],
-            )
-        seen = _FAST_SEEN[:]
-        order = _FAST_ORDER[:]
-        off = _FAST_END
-    else:
-        seen = _NO_CHUNKS[:]
-        order = []
-        off = 6
+    # duplicate_chunk); their values are read after the loop.
+    seen: list[int | None] = [None] * _DEDICATED_SLOTS
+    order: list[tuple[int, int, int]] = []
     extra: list[HepChunk] = []
     extra_generic: set[int] = set()
-    order_append = order.append
-    spec_get = _SPEC.get
+    off = 6
     while off < end:
         if end - off < 6:
             raise HepDecodeError("bad_chunk_length", f"{end - off} stray bytes at {off}")
@@ -261,16 +140,15 @@ def _decode_v3(data: bytes | memoryview, n: int) -> HepPacket:
             raise HepDecodeError(
                 "too_many_chunks", f"more than {MAX_CHUNKS} chunks, stopped at offset {off}"
             )
-        hdr = _chunk_header(data, off)
-        vendor, ctype, clen = hdr
+        vendor, ctype, clen = _chunk_header(data, off)
         nxt = off + clen
         if clen < 6 or nxt > end:
             raise HepDecodeError(
                 "bad_chunk_length", f"chunk 0x{vendor:04x}:0x{ctype:04x} length {clen} at {off}"
             )
-        order_append(hdr)
+        order.append((vendor, ctype, clen))
         if vendor == 0:
-            want = spec_get(ctype)
+            want = _SPEC.get(ctype)
             if want == clen or want == 0:
                 if seen[ctype] is not None:
                     raise HepDecodeError("duplicate_chunk", f"chunk 0x{ctype:04x} again at {off}")
@@ -353,29 +231,27 @@ def _decode_v3(data: bytes | memoryview, n: int) -> HepPacket:
     elif o is not None:
         payload = bytes(data[o + 6 : o + (data[o + 4] << 8 | data[o + 5])])
 
-    # Positional: keyword construction of the 20 fields costs ~0.7 µs per packet;
-    # _check_field_order() keeps this in step with packet.py.
     return HepPacket(
-        3,
-        family,
-        ip_proto,
-        src_ip,
-        dst_ip,
-        src_port,
-        dst_port,
-        ts_sec,
-        ts_usec,
-        proto_type,
-        capture_id,
-        keep_alive,
-        auth_key,
-        payload,
-        compressed,
-        correlation_id,
-        vlan,
-        node_name,
-        extra,
-        order,
+        version=3,
+        ip_family=family,
+        ip_proto=ip_proto,
+        src_ip=src_ip,
+        dst_ip=dst_ip,
+        src_port=src_port,
+        dst_port=dst_port,
+        ts_sec=ts_sec,
+        ts_usec=ts_usec,
+        proto_type=proto_type,
+        capture_id=capture_id,
+        keep_alive=keep_alive,
+        auth_key=auth_key,
+        payload=payload,
+        payload_was_compressed=compressed,
+        correlation_id=correlation_id,
+        vlan=vlan,
+        node_name=node_name,
+        extra_chunks=extra,
+        chunk_order=order,
     )
 
 

@@ -11,12 +11,11 @@ import hmac
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.hep.decode import decode_packet
+from pipeline.accel import decode_packet, packet_encoder, record_key
 from pipeline.hep.errors import HepDecodeError
 from pipeline.receiver.metrics import ReceiverMetrics
 from pipeline.records import ReceiveContext, RecordCodec, RecordIdGenerator
-from pipeline.records.mapping import packet_to_record, record_key
-from pipeline.records.packetwrite import packet_encoder
+from pipeline.records.mapping import packet_to_record
 
 # The HEP version label from a packet's first byte: "HEP3"/"EEP1" are v3, 1 and 2 are
 # v1/v2; anything else is counted as "other" (and will fail to decode).

@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from pipeline.observability.metrics import register_build_info
+
 TRANSPORTS = ("udp", "tcp", "tls")
 VERSIONS = ("1", "2", "3")
 DROP_REASONS = ("queue_full", "shutdown")
@@ -52,6 +54,7 @@ class ReceiverMetrics:
             registry=registry,
         )
         registry.register(_Collector(self))
+        register_build_info(registry)
 
     def bind_queue_depth(self, depth: Callable[[], int]) -> None:
         self._queue_depth = depth

@@ -15,6 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from pipeline.accel import IMPLEMENTATION
 from pipeline.observability import get_logger
 from pipeline.receiver.intake import Intake
 from pipeline.receiver.listen import bind_error, format_address
@@ -138,6 +139,7 @@ async def run_receiver(
             bootstrap_servers=settings.bootstrap_servers,
             topic=settings.topic,
             receiver_id=settings.receiver_id,
+            implementation=IMPLEMENTATION,
             auth_key_required=settings.auth_key is not None,
             compression=settings.compression,
         )

@@ -38,8 +38,9 @@ from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring_ascii
 from typing import Any, Final, cast
 
+from pipeline.accel import scan_call_id
 from pipeline.hep.chunks import PROTO_TYPE_NAMES, proto_type_name
-from pipeline.sip import SipParseError, SipSummary, scan_call_id, summarise_sip
+from pipeline.sip import SipParseError, SipSummary, summarise_sip
 
 try:
     # asyncpg's own UUID: a uuid.UUID subclass (equal, hashable, str() alike) built

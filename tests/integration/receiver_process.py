@@ -94,7 +94,11 @@ class ReceiverProcess:
 
 @contextlib.contextmanager
 def run_receiver_process(
-    tmp_path: Path, bootstrap_servers: str, topic: str, *extra: str
+    tmp_path: Path,
+    bootstrap_servers: str,
+    topic: str,
+    *extra: str,
+    env_extra: dict[str, str] | None = None,
 ) -> Iterator[ReceiverProcess]:
     udp_port, tcp_port, metrics_port = free_udp_port(), free_tcp_port(), free_tcp_port()
     log_path = tmp_path / f"receiver-{udp_port}.log"
@@ -122,6 +126,7 @@ def run_receiver_process(
         *extra,
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEP_INGEST_")}
+    env.update(env_extra or {})
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     receiver = ReceiverProcess(process, log_path, udp_port, tcp_port, metrics_port)

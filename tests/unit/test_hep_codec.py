@@ -17,11 +17,11 @@ from pipeline.hep import (
     HepError,
     HepPacket,
     HepStreamFramer,
-    decode_packet,
     encode_hep3,
     proto_type_name,
 )
 from pipeline.hep.chunks import FIXED_BODY_SIZES
+from tests.implementations import Implementation
 
 
 def chunk(ctype: int, body: bytes, vendor: int = 0, length: int | None = None) -> bytes:
@@ -149,16 +149,16 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize(("data", "reason"), MALFORMED)
-def test_malformed_input_has_exact_reason(data: bytes, reason: str) -> None:
+def test_malformed_input_has_exact_reason(impl: Implementation, data: bytes, reason: str) -> None:
     with pytest.raises(HepDecodeError) as info:
-        decode_packet(data)
+        impl.decode_packet(data)
     assert info.value.reason == reason
     assert isinstance(info.value, HepError)
     assert isinstance(info.value, ValueError)
 
 
-def test_basic_fields() -> None:
-    pkt = decode_packet(hep3(*BASIC, chunk(0x000F, b"OPTIONS")))
+def test_basic_fields(impl: Implementation) -> None:
+    pkt = impl.decode_packet(hep3(*BASIC, chunk(0x000F, b"OPTIONS")))
     assert (pkt.src_ip, pkt.src_port, pkt.dst_ip, pkt.dst_port) == (
         "10.0.0.1",
         5060,
@@ -169,7 +169,7 @@ def test_basic_fields() -> None:
     assert pkt.payload == b"OPTIONS"
 
 
-def test_vendor_chunk_never_overrides_generic_field() -> None:
+def test_vendor_chunk_never_overrides_generic_field(impl: Implementation) -> None:
     data = hep3(
         *BASIC,
         chunk(0x0007, b"\x00\x01", vendor=2),  # Kamailio's own type 7
@@ -177,7 +177,7 @@ def test_vendor_chunk_never_overrides_generic_field() -> None:
         chunk(0x000F, b"abc", vendor=1),
         chunk(0x000F, b"real payload"),
     )
-    pkt = decode_packet(data)
+    pkt = impl.decode_packet(data)
     assert pkt.src_port == 5060
     assert pkt.capture_id == 7
     assert pkt.payload == b"real payload"
@@ -188,7 +188,7 @@ def test_vendor_chunk_never_overrides_generic_field() -> None:
     ]
 
 
-def test_generic_chunks_without_field_kept_in_wire_order() -> None:
+def test_generic_chunks_without_field_kept_in_wire_order(impl: Implementation) -> None:
     extras = [
         (0x0014, b"\x00\x00\x02\x42\xac\x11\x00\x02"),
         (0x0017, b"\x12"),
@@ -197,7 +197,7 @@ def test_generic_chunks_without_field_kept_in_wire_order() -> None:
         (0x0019, b"unknown generic type"),
         (0x0029, b"group-1"),
     ]
-    pkt = decode_packet(hep3(*BASIC, *(chunk(t, b) for t, b in extras)))
+    pkt = impl.decode_packet(hep3(*BASIC, *(chunk(t, b) for t, b in extras)))
     assert pkt.extra_chunks == [HepChunk(0, t, b) for t, b in extras]
 
 
@@ -209,40 +209,40 @@ def test_generic_chunks_without_field_kept_in_wire_order() -> None:
         pytest.param(lambda b: zlib.compress(b, wbits=-15), id="raw-deflate"),
     ],
 )
-def test_compressed_payload_inflated(compress: object) -> None:
+def test_compressed_payload_inflated(impl: Implementation, compress: object) -> None:
     payload = b"INVITE sip:bob@example.com SIP/2.0\r\n" * 20
-    pkt = decode_packet(hep3(*BASIC, chunk(0x0010, compress(payload))))  # type: ignore[operator]
+    pkt = impl.decode_packet(hep3(*BASIC, chunk(0x0010, compress(payload))))  # type: ignore[operator]
     assert pkt.payload == payload
     assert pkt.payload_was_compressed
     assert pkt.chunk_order[-1][1] == 0x0010
 
 
-def test_inflated_payload_at_the_cap_is_accepted() -> None:
+def test_inflated_payload_at_the_cap_is_accepted(impl: Implementation) -> None:
     payload = b"\x00" * MAX_INFLATED_PAYLOAD
-    pkt = decode_packet(hep3(chunk(0x0010, zlib.compress(payload, 9))))
+    pkt = impl.decode_packet(hep3(chunk(0x0010, zlib.compress(payload, 9))))
     assert pkt.payload == payload
 
 
-def test_two_payload_chunks_are_refused_before_inflating() -> None:
+def test_two_payload_chunks_are_refused_before_inflating(impl: Implementation) -> None:
     bomb = zlib.compress(b"\x00" * (MAX_INFLATED_PAYLOAD + 1), 9)
     with pytest.raises(HepDecodeError) as info:
-        decode_packet(hep3(chunk(0x000F, b"first"), chunk(0x0010, bomb)))
+        impl.decode_packet(hep3(chunk(0x000F, b"first"), chunk(0x0010, bomb)))
     assert info.value.reason == "duplicate_chunk"
 
 
-def test_zero_timestamp_preserved_and_absent_timestamp_is_zero() -> None:
-    zero = decode_packet(
+def test_zero_timestamp_preserved_and_absent_timestamp_is_zero(impl: Implementation) -> None:
+    zero = impl.decode_packet(
         hep3(chunk(0x0009, b"\x00" * 4), chunk(0x000A, b"\x00" * 4), chunk(0x000F, b"x"))
     )
     assert (zero.ts_sec, zero.ts_usec) == (0, 0)
-    absent = decode_packet(hep3(chunk(0x000F, b"x")))
+    absent = impl.decode_packet(hep3(chunk(0x000F, b"x")))
     assert (absent.ts_sec, absent.ts_usec) == (0, 0)
 
 
-def test_ipv6_hep3() -> None:
+def test_ipv6_hep3(impl: Implementation) -> None:
     src = bytes.fromhex("20010db8000000000000000000000001")
     dst = bytes.fromhex("fe800000000000000202b3fffe1e8329")
-    pkt = decode_packet(
+    pkt = impl.decode_packet(
         hep3(chunk(0x0001, b"\x0a"), chunk(0x0005, src), chunk(0x0006, dst), chunk(0x000F, b"x"))
     )
     assert pkt.ip_family == 10
@@ -250,18 +250,18 @@ def test_ipv6_hep3() -> None:
     assert pkt.dst_ip == "fe80::202:b3ff:fe1e:8329"
 
 
-def test_family_picks_between_ipv4_and_ipv6_chunks() -> None:
+def test_family_picks_between_ipv4_and_ipv6_chunks(impl: Implementation) -> None:
     v4 = chunk(0x0003, bytes([192, 0, 2, 1]))
     v6 = chunk(0x0005, bytes(15) + b"\x01")
-    assert decode_packet(hep3(chunk(0x0001, b"\x0a"), v4, v6)).src_ip == "::1"
-    assert decode_packet(hep3(chunk(0x0001, b"\x02"), v6, v4)).src_ip == "192.0.2.1"
-    assert decode_packet(hep3(v6)).src_ip == "::1"
+    assert impl.decode_packet(hep3(chunk(0x0001, b"\x0a"), v4, v6)).src_ip == "::1"
+    assert impl.decode_packet(hep3(chunk(0x0001, b"\x02"), v6, v4)).src_ip == "192.0.2.1"
+    assert impl.decode_packet(hep3(v6)).src_ip == "::1"
     # The family is reported as sent even when the addresses disagree with it.
-    assert decode_packet(hep3(chunk(0x0001, b"\x02"), v6)).ip_family == 2
+    assert impl.decode_packet(hep3(chunk(0x0001, b"\x02"), v6)).ip_family == 2
 
 
-def test_ipv6_hep2() -> None:
-    pkt = decode_packet(hep2(family=10, addr_len=16, payload=b"SIP/2.0 200 OK\r\n\r\n"))
+def test_ipv6_hep2(impl: Implementation) -> None:
+    pkt = impl.decode_packet(hep2(family=10, addr_len=16, payload=b"SIP/2.0 200 OK\r\n\r\n"))
     assert pkt.version == 2
     assert pkt.ip_family == 10
     assert pkt.src_ip == "102:304:506:708:90a:b0c:d0e:f10"
@@ -272,14 +272,14 @@ def test_ipv6_hep2() -> None:
     assert pkt.chunk_order == []
 
 
-def test_hep2_ignores_header_length_byte() -> None:
+def test_hep2_ignores_header_length_byte(impl: Implementation) -> None:
     data = bytearray(hep2())
     data[1] = 0xFF
-    assert decode_packet(bytes(data)).payload == b"OPTIONS sip:a SIP/2.0\r\n\r\n"
+    assert impl.decode_packet(bytes(data)).payload == b"OPTIONS sip:a SIP/2.0\r\n\r\n"
 
 
-def test_hep1() -> None:
-    pkt = decode_packet(hep2(version=1, payload=b"BYE"))
+def test_hep1(impl: Implementation) -> None:
+    pkt = impl.decode_packet(hep2(version=1, payload=b"BYE"))
     assert pkt.version == 1
     assert (pkt.src_ip, pkt.src_port, pkt.dst_ip, pkt.dst_port) == (
         "1.2.3.4",
@@ -291,31 +291,31 @@ def test_hep1() -> None:
     assert pkt.payload == b"BYE"
 
 
-def test_keep_alive_only_packet() -> None:
-    pkt = decode_packet(hep3(chunk(0x000D, struct.pack(">H", 30))))
+def test_keep_alive_only_packet(impl: Implementation) -> None:
+    pkt = impl.decode_packet(hep3(chunk(0x000D, struct.pack(">H", 30))))
     assert pkt.keep_alive == 30
     assert pkt.payload == b""
     assert pkt.src_ip is None
     assert pkt.capture_id is None
 
 
-def test_header_only_packet() -> None:
-    pkt = decode_packet(b"HEP3\x00\x06")
+def test_header_only_packet(impl: Implementation) -> None:
+    pkt = impl.decode_packet(b"HEP3\x00\x06")
     assert pkt.version == 3
     assert pkt.chunk_order == []
 
 
-def test_eep1_magic_is_hep3() -> None:
-    assert decode_packet(hep3(*BASIC, magic=b"EEP1")).capture_id == 7
+def test_eep1_magic_is_hep3(impl: Implementation) -> None:
+    assert impl.decode_packet(hep3(*BASIC, magic=b"EEP1")).capture_id == 7
 
 
-def test_flood_of_empty_chunks_is_refused_after_max_chunks() -> None:
+def test_flood_of_empty_chunks_is_refused_after_max_chunks(impl: Implementation) -> None:
     """The issue's 60 KB packet of 10,000 empty chunks: refused, not decoded in full."""
     for ctype, vendor in ((0x0099, 0), (0x0099, 2)):
         data = hep3(*BASIC, *[chunk(ctype, b"", vendor=vendor)] * 10_000)
         assert len(data) > 60_000
         with pytest.raises(HepDecodeError) as info:
-            decode_packet(data)
+            impl.decode_packet(data)
         # A generic type is refused at its second copy, a vendor flood at MAX_CHUNKS:
         # the offset in the detail shows where decoding stopped.
         stopped_at = int(info.value.detail.rsplit(" ", 1)[1])
@@ -327,32 +327,32 @@ def test_flood_of_empty_chunks_is_refused_after_max_chunks() -> None:
             assert stopped_at == len(hep3(*BASIC)) + 6 * (MAX_CHUNKS - len(BASIC))
 
 
-def test_max_chunks_is_accepted() -> None:
+def test_max_chunks_is_accepted(impl: Implementation) -> None:
     vendor_chunks = [chunk(i, b"v", vendor=2) for i in range(MAX_CHUNKS - len(BASIC) - 1)]
-    pkt = decode_packet(hep3(*BASIC, chunk(0x000F, b"x"), *vendor_chunks))
+    pkt = impl.decode_packet(hep3(*BASIC, chunk(0x000F, b"x"), *vendor_chunks))
     assert len(pkt.chunk_order) == MAX_CHUNKS
     assert len(pkt.extra_chunks) == len(vendor_chunks)
 
 
-def test_vendor_chunks_may_repeat() -> None:
-    pkt = decode_packet(hep3(chunk(0x000C, b"a", vendor=2), chunk(0x000C, b"b", vendor=2)))
+def test_vendor_chunks_may_repeat(impl: Implementation) -> None:
+    pkt = impl.decode_packet(hep3(chunk(0x000C, b"a", vendor=2), chunk(0x000C, b"b", vendor=2)))
     assert [c.value for c in pkt.extra_chunks] == [b"a", b"b"]
     assert pkt.capture_id is None
 
 
-def test_hep2_at_max_packet_size_is_accepted() -> None:
+def test_hep2_at_max_packet_size_is_accepted(impl: Implementation) -> None:
     data = hep2(payload=b"")
     data += bytes(MAX_PACKET_SIZE - len(data))
-    assert len(decode_packet(data).payload) == MAX_PACKET_SIZE - 28
+    assert len(impl.decode_packet(data).payload) == MAX_PACKET_SIZE - 28
 
 
-def test_trailing_bytes_after_total_length_ignored() -> None:
+def test_trailing_bytes_after_total_length_ignored(impl: Implementation) -> None:
     data = hep3(*BASIC, chunk(0x000F, b"payload"))
-    assert decode_packet(data + b"\xff\x00garbage") == decode_packet(data)
+    assert impl.decode_packet(data + b"\xff\x00garbage") == impl.decode_packet(data)
 
 
-def test_text_chunks_never_fail_on_bad_utf8() -> None:
-    pkt = decode_packet(
+def test_text_chunks_never_fail_on_bad_utf8(impl: Implementation) -> None:
+    pkt = impl.decode_packet(
         hep3(chunk(0x0011, b"call\xff\xfeid"), chunk(0x0013, b"node\xc3"), chunk(0x000E, b"\xff"))
     )
     assert pkt.correlation_id == "call\ufffd\ufffdid"
@@ -360,30 +360,30 @@ def test_text_chunks_never_fail_on_bad_utf8() -> None:
     assert pkt.auth_key == b"\xff"
 
 
-def test_payload_bytes_kept_verbatim() -> None:
+def test_payload_bytes_kept_verbatim(impl: Implementation) -> None:
     payload = b"SIP\x00\xff\xfe binary"
-    assert decode_packet(hep3(chunk(0x000F, payload))).payload == payload
+    assert impl.decode_packet(hep3(chunk(0x000F, payload))).payload == payload
 
 
-def test_vlan_and_empty_variable_chunks() -> None:
-    pkt = decode_packet(
+def test_vlan_and_empty_variable_chunks(impl: Implementation) -> None:
+    pkt = impl.decode_packet(
         hep3(chunk(0x0012, struct.pack(">H", 42)), chunk(0x000E, b""), chunk(0x0011, b""))
     )
     assert (pkt.vlan, pkt.auth_key, pkt.correlation_id) == (42, b"", "")
 
 
-def test_memoryview_and_bytearray_inputs() -> None:
+def test_memoryview_and_bytearray_inputs(impl: Implementation) -> None:
     data = hep3(*BASIC, chunk(0x000F, b"x"))
-    expected = decode_packet(data)
-    assert decode_packet(memoryview(data)) == expected
-    assert decode_packet(memoryview(b"pad" + data)[3:]) == expected
-    assert decode_packet(bytearray(data)) == expected  # type: ignore[arg-type]
+    expected = impl.decode_packet(data)
+    assert impl.decode_packet(memoryview(data)) == expected
+    assert impl.decode_packet(memoryview(b"pad" + data)[3:]) == expected
+    assert impl.decode_packet(bytearray(data)) == expected  # type: ignore[arg-type]
 
 
 # --- encoder ---------------------------------------------------------------------
 
 
-def test_encoder_writes_every_field() -> None:
+def test_encoder_writes_every_field(impl: Implementation) -> None:
     pkt = HepPacket(
         version=3,
         ip_family=10,
@@ -405,7 +405,7 @@ def test_encoder_writes_every_field() -> None:
         node_name="node-é",
         extra_chunks=[HepChunk(0, 0x0017, b"\x02"), HepChunk(5, 0x0001, b"vendor")],
     )
-    out = decode_packet(encode_hep3(pkt))
+    out = impl.decode_packet(encode_hep3(pkt))
     assert out.chunk_order[-1][1] == 0x0010
     out.chunk_order = []
     assert out == pkt
@@ -520,7 +520,10 @@ def _sip(
         pytest.param(hep2(family=10, addr_len=16, payload=_sip(b"abc")), id="v2-ipv6"),
     ],
 )
-def test_framer_hep2_frames_by_sip_headers_and_content_length(frame: bytes) -> None:
+def test_framer_hep2_frames_by_sip_headers_and_content_length(
+    impl: Implementation,
+    frame: bytes,
+) -> None:
     stream = frame + FRAME_A + frame + frame
     framer = HepStreamFramer()
     assert framer.feed(stream) == [frame, FRAME_A, frame, frame]
@@ -532,7 +535,7 @@ def test_framer_hep2_frames_by_sip_headers_and_content_length(frame: bytes) -> N
     assert framer.buffered == 0
     # The decoder reads the frame as one packet with its whole SIP message.
     header = 16 if frame[0] == 1 else 28 if frame[2] == 2 else 52
-    assert decode_packet(frame).payload == frame[header:]
+    assert impl.decode_packet(frame).payload == frame[header:]
 
 
 def test_framer_hep2_frame_too_large() -> None:

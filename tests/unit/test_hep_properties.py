@@ -17,10 +17,10 @@ from pipeline.hep import (
     HepDecodeError,
     HepPacket,
     HepStreamFramer,
-    decode_packet,
     encode_hep3,
 )
 from pipeline.hep.chunks import DEDICATED_TYPES, FIXED_BODY_SIZES
+from tests.implementations import Implementation
 
 VECTORS_DIR = Path(__file__).resolve().parent.parent / "data" / "hep-vectors"
 
@@ -111,9 +111,9 @@ packets = st.builds(
 
 @settings(max_examples=400)
 @given(packets)
-def test_encode_decode_round_trip(pkt: HepPacket) -> None:
+def test_encode_decode_round_trip(impl: Implementation, pkt: HepPacket) -> None:
     data = encode_hep3(pkt)
-    out = decode_packet(data)
+    out = impl.decode_packet(data)
     assert sum(length for _, _, length in out.chunk_order) == len(data) - 6
     out.chunk_order = []
     assert out == pkt
@@ -121,9 +121,9 @@ def test_encode_decode_round_trip(pkt: HepPacket) -> None:
     assert encode_hep3(out) == data
 
 
-def _decode_or_reason(data: bytes) -> None:
+def _decode_or_reason(impl: Implementation, data: bytes | memoryview) -> None:
     try:
-        pkt = decode_packet(data)
+        pkt = impl.decode_packet(data)
     except HepDecodeError as exc:
         assert exc.reason
         return
@@ -132,8 +132,8 @@ def _decode_or_reason(data: bytes) -> None:
 
 @settings(max_examples=1000)
 @given(st.binary(max_size=300))
-def test_arbitrary_bytes_only_raise_hep_decode_error(data: bytes) -> None:
-    _decode_or_reason(data)
+def test_arbitrary_bytes_only_raise_hep_decode_error(impl: Implementation, data: bytes) -> None:
+    _decode_or_reason(impl, data)
 
 
 @settings(max_examples=1000)
@@ -144,11 +144,12 @@ def test_arbitrary_bytes_only_raise_hep_decode_error(data: bytes) -> None:
     exact=st.booleans(),
 )
 def test_hep3_prefixed_bytes_only_raise_hep_decode_error(
+    impl: Implementation,
     total: int, body: bytes, exact: bool
 ) -> None:
     if exact:
         total = 6 + len(body)
-    _decode_or_reason(b"HEP3" + struct.pack(">H", total) + body)
+    _decode_or_reason(impl, b"HEP3" + struct.pack(">H", total) + body)
 
 
 raw_chunk = st.tuples(
@@ -161,9 +162,12 @@ raw_chunk = st.tuples(
 
 @settings(max_examples=1000)
 @given(st.lists(raw_chunk, max_size=12))
-def test_random_chunk_sequences_only_raise_hep_decode_error(chunks: list[bytes]) -> None:
+def test_random_chunk_sequences_only_raise_hep_decode_error(
+    impl: Implementation,
+    chunks: list[bytes],
+) -> None:
     body = b"".join(chunks)
-    _decode_or_reason(b"HEP3" + struct.pack(">H", (6 + len(body)) & 0xFFFF) + body)
+    _decode_or_reason(impl, b"HEP3" + struct.pack(">H", (6 + len(body)) & 0xFFFF) + body)
 
 
 empty_chunk = st.tuples(st.sampled_from([0, 2]), st.integers(0x0000, 0x0003)).map(
@@ -173,12 +177,12 @@ empty_chunk = st.tuples(st.sampled_from([0, 2]), st.integers(0x0000, 0x0003)).ma
 
 @settings(max_examples=300)
 @given(st.lists(empty_chunk, max_size=MAX_CHUNKS * 3))
-def test_accepted_packets_are_bounded(chunks: list[bytes]) -> None:
+def test_accepted_packets_are_bounded(impl: Implementation, chunks: list[bytes]) -> None:
     """Whatever a sender repeats, an accepted packet has at most MAX_CHUNKS chunks and
     each generic type once; anything else is refused with a reason."""
     body = b"".join(chunks)
     try:
-        pkt = decode_packet(b"HEP3" + struct.pack(">H", 6 + len(body)) + body)
+        pkt = impl.decode_packet(b"HEP3" + struct.pack(">H", 6 + len(body)) + body)
     except HepDecodeError as exc:
         assert exc.reason in {"duplicate_chunk", "too_many_chunks", "bad_fixed_size"}
         return
@@ -208,9 +212,9 @@ def mutated_vector(draw: st.DrawFn) -> bytes:
 
 @settings(max_examples=2000, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_vector())
-def test_mutated_vectors_only_raise_hep_decode_error(data: bytes) -> None:
-    _decode_or_reason(data)
-    _decode_or_reason(memoryview(data))
+def test_mutated_vectors_only_raise_hep_decode_error(impl: Implementation, data: bytes) -> None:
+    _decode_or_reason(impl, data)
+    _decode_or_reason(impl, memoryview(data))
 
 
 @settings(max_examples=500)
@@ -250,13 +254,16 @@ def test_framer_fixed_size_reads(kind: str, size: int) -> None:
 
 @settings(max_examples=500)
 @given(st.lists(st.binary(max_size=80), max_size=8))
-def test_framer_arbitrary_bytes_yield_frames_or_a_framing_error(pieces: list[bytes]) -> None:
+def test_framer_arbitrary_bytes_yield_frames_or_a_framing_error(
+    impl: Implementation,
+    pieces: list[bytes],
+) -> None:
     framer = HepStreamFramer()
     delivered = 0
     for piece in pieces:
         for frame in framer.feed(piece):
             delivered += len(frame)
-            _decode_or_reason(frame)
+            _decode_or_reason(impl, frame)
     # Every byte is a delivered frame, the partial frame held, or after a reported break.
     fed = sum(map(len, pieces))
     if framer.error is None:
@@ -300,17 +307,21 @@ kamailio_packets = st.builds(
 
 @settings(max_examples=300)
 @given(kamailio_packets, st.binary(max_size=8))
-def test_kamailio_layout_fast_path_matches_general_path(pkt: HepPacket, trailer: bytes) -> None:
+def test_kamailio_layout_fast_path_matches_general_path(
+    impl: Implementation,
+    pkt: HepPacket,
+    trailer: bytes,
+) -> None:
     data = encode_hep3(pkt)
     assert data[6:12] == b"\x00\x00\x00\x01\x00\x07" and data[13:19] == b"\x00\x00\x00\x02\x00\x07"
     swapped = data[:6] + data[13:20] + data[6:13] + data[20:]
-    fast = decode_packet(data + trailer)
-    general = decode_packet(swapped)
+    fast = impl.decode_packet(data + trailer)
+    general = impl.decode_packet(swapped)
     assert general.chunk_order[:2] == fast.chunk_order[1::-1]
     assert general.chunk_order[2:] == fast.chunk_order[2:]
     fast.chunk_order = general.chunk_order = []
     assert fast == general
-    fast_view = decode_packet(memoryview(data))
+    fast_view = impl.decode_packet(memoryview(data))
     fast_view.chunk_order = []
     assert fast_view == general == pkt
 

@@ -18,9 +18,9 @@ from pipeline.records import (
     load_codec,
     packet_to_record,
     record_id_text,
-    record_key,
 )
 from pipeline.resources import schemas_dir
+from tests.implementations import Implementation
 
 CONTEXT = ReceiveContext(transport="udp", sender_ip="127.0.0.1", sender_port=5060, receiver_id="r1")
 INVITE = (
@@ -99,10 +99,10 @@ def test_arbitrary_bodies_only_raise_record_decode_error(body: bytes) -> None:
         codec.decode(b"\xc3\x01" + codec.fingerprint + body)
 
 
-def test_record_key_prefers_correlation_id_then_call_id() -> None:
-    assert record_key(sample_packet(correlation_id="corr-1")) == b"corr-1"
-    assert record_key(sample_packet()) == b"abc-123@host"
-    assert record_key(sample_packet(proto_type=5, payload=b'{"a":1}')) is None
+def test_record_key_prefers_correlation_id_then_call_id(impl: Implementation) -> None:
+    assert impl.record_key(sample_packet(correlation_id="corr-1")) == b"corr-1"
+    assert impl.record_key(sample_packet()) == b"abc-123@host"
+    assert impl.record_key(sample_packet(proto_type=5, payload=b'{"a":1}')) is None
 
 
 def test_record_ids_are_unique_and_render_as_uuid() -> None:
@@ -196,14 +196,13 @@ def _generic_encode(codec, packet, record_id, now_us, context) -> bytes:  # type
     return codec.encode(record)
 
 
-def test_packet_encoder_matches_the_generic_path_on_every_vector() -> None:
+def test_packet_encoder_matches_the_generic_path_on_every_vector(impl: Implementation) -> None:
     from conftest import VECTOR_SETS, load_vectors
 
     from pipeline.hep.decode import decode_packet
-    from pipeline.records.packetwrite import packet_encoder
 
     codec = load_codec()
-    encode = packet_encoder(codec)
+    encode = impl.packet_encoder(codec)
     assert encode is not None
     contexts = [CONTEXT, ReceiveContext("tcp", "::1", 65535, "host:42", forward_auth_key=True)]
     count = 0
@@ -241,14 +240,13 @@ _small_or_big = st.integers(min_value=0, max_value=70_000) | st.integers(-(2**40
                       st.integers(0, 2**31 - 1), st.text(max_size=20), st.booleans()),
 )
 def test_packet_encoder_matches_the_generic_path_byte_for_byte(
+    impl: Implementation,
     ints: list[int | None], texts: list[str | None], auth_key: bytes | None, payload: bytes,
     compressed: bool, version: int, ts_sec: int, ts_usec: int, now_us: int,
     chunks: list[HepChunk], context: ReceiveContext,
 ) -> None:
-    from pipeline.records.packetwrite import packet_encoder
-
     codec = load_codec()
-    encode = packet_encoder(codec)
+    encode = impl.packet_encoder(codec)
     assert encode is not None
     packet = HepPacket(
         version, ints[0], ints[1], texts[0], texts[1], ints[2], ints[3], ts_sec, ts_usec,
@@ -261,9 +259,8 @@ def test_packet_encoder_matches_the_generic_path_byte_for_byte(
     )
 
 
-def test_packet_encoder_refuses_an_unknown_schema_layout(tmp_path) -> None:
-    from pipeline.records.packetwrite import packet_encoder
-
+def test_packet_encoder_refuses_an_unknown_schema_layout(impl: Implementation, tmp_path) -> None:
+    packet_encoder = impl.packet_encoder
     schema = json.loads((schemas_dir() / "hep_packet.v1.avsc").read_text())
     schema["fields"].append(
         {"name": "site", "type": ["null", "string"], "default": None, "doc": "test field"}

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.sip import scan_call_id
+from tests.implementations import Implementation
 
 START = b"INVITE sip:bob@b.example SIP/2.0\r\n"
 
@@ -40,40 +40,40 @@ CASES: list[tuple[str, bytes, bytes | None]] = [
 
 
 @pytest.mark.parametrize(("payload", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_scan(payload: bytes, expected: bytes | None) -> None:
-    assert scan_call_id(payload) == expected
+def test_scan(impl: Implementation, payload: bytes, expected: bytes | None) -> None:
+    assert impl.scan_call_id(payload) == expected
 
 
-def test_scan_is_bounded_by_limit() -> None:
+def test_scan_is_bounded_by_limit(impl: Implementation) -> None:
     padding = b"X-Pad: " + b"p" * 5000 + b"\r\n"
-    assert scan_call_id(START + padding + b"Call-ID: far\r\n\r\n") is None
-    assert scan_call_id(START + padding + b"Call-ID: far\r\n\r\n", limit=8192) == b"far"
+    assert impl.scan_call_id(START + padding + b"Call-ID: far\r\n\r\n") is None
+    assert impl.scan_call_id(START + padding + b"Call-ID: far\r\n\r\n", limit=8192) == b"far"
 
 
-def test_value_cut_by_limit_gives_none() -> None:
+def test_value_cut_by_limit_gives_none(impl: Implementation) -> None:
     payload = START + b"Call-ID: " + b"v" * 100 + b"\r\n\r\n"
     cut = len(START) + 20
-    assert scan_call_id(payload, limit=cut) is None
+    assert impl.scan_call_id(payload, limit=cut) is None
     # The line end is inside the window but the empty line is not: still complete.
-    assert scan_call_id(payload, limit=len(payload) - 2) == b"v" * 100
+    assert impl.scan_call_id(payload, limit=len(payload) - 2) == b"v" * 100
     # Only the CR made it: the value may go on past the window.
-    assert scan_call_id(payload, limit=len(payload) - 3) is None
+    assert impl.scan_call_id(payload, limit=len(payload) - 3) is None
 
 
-def test_folded_value_cut_by_limit_gives_none() -> None:
+def test_folded_value_cut_by_limit_gives_none(impl: Implementation) -> None:
     payload = START + b"Call-ID: a\r\n b" + b"c" * 50 + b"\r\n\r\n"
-    assert scan_call_id(payload, limit=len(payload) - 10) is None
+    assert impl.scan_call_id(payload, limit=len(payload) - 10) is None
 
 
 @pytest.mark.parametrize("limit", [-1, 0, 1, 5])
-def test_tiny_limits(limit: int) -> None:
-    assert scan_call_id(START + b"Call-ID: x\r\n\r\n", limit=limit) is None
+def test_tiny_limits(impl: Implementation, limit: int) -> None:
+    assert impl.scan_call_id(START + b"Call-ID: x\r\n\r\n", limit=limit) is None
 
 
 @settings(max_examples=1000)
 @given(st.binary(max_size=600), st.integers(-2, 700))
-def test_never_raises(payload: bytes, limit: int) -> None:
-    result = scan_call_id(payload, limit)
+def test_never_raises(impl: Implementation, payload: bytes, limit: int) -> None:
+    result = impl.scan_call_id(payload, limit)
     assert result is None or (isinstance(result, bytes) and result)
 
 
@@ -85,6 +85,10 @@ _NOISY = st.lists(
 
 @settings(max_examples=1000)
 @given(_NOISY, st.integers(0, 64))
-def test_never_raises_on_header_like_noise(payload: bytes, limit: int) -> None:
-    result = scan_call_id(payload, limit)
+def test_never_raises_on_header_like_noise(
+    impl: Implementation,
+    payload: bytes,
+    limit: int,
+) -> None:
+    result = impl.scan_call_id(payload, limit)
     assert result is None or (isinstance(result, bytes) and result.strip(b" \t\r") == result)

@@ -1,0 +1,34 @@
+# Types of the compiled extension (pipeline/_speedups.pyx); the pure modules named in
+# its docstring are the reference for every signature here.
+from collections.abc import Callable, Sequence
+
+from pipeline.hep.packet import HepPacket
+from pipeline.records.codec import RecordCodec
+from pipeline.records.mapping import ReceiveContext
+
+def decode_packet(data: bytes | memoryview) -> HepPacket: ...
+def scan_call_id(payload: bytes, limit: int = 4096) -> bytes | None: ...
+def record_key(packet: HepPacket) -> bytes | None: ...
+
+class PacketEncoder:
+    def __init__(self, header: bytes) -> None: ...
+    @property
+    def header(self) -> bytes: ...
+    def encode(
+        self, packet: HepPacket, record_id: bytes, receive_time_us: int, context: ReceiveContext
+    ) -> bytes: ...
+    def encode_datagram(
+        self, data: bytes, record_id: bytes, receive_time_us: int, context: ReceiveContext
+    ) -> tuple[bytes | None, bytes]: ...
+    def encode_datagrams(
+        self,
+        datagrams: Sequence[bytes],
+        contexts: Sequence[ReceiveContext],
+        receive_time_us: int,
+        next_id: Callable[[], bytes],
+    ) -> list[tuple[bytes | None, bytes] | str]: ...
+
+def packet_encoder(
+    codec: RecordCodec,
+) -> Callable[[HepPacket, bytes, int, ReceiveContext], bytes] | None: ...
+def datagram_encoder(codec: RecordCodec) -> PacketEncoder | None: ...

@@ -1,0 +1,71 @@
+"""The receiver's per-packet functions: compiled when built, else the pure reference.
+
+`pipeline._speedups` (Cython, built by `pip install` when a C compiler and the Python
+headers are present) and the pure-Python modules it mirrors give identical packets,
+decode errors, Kafka keys and record bytes; the compiled one spends a fraction of the
+CPU. HEP_INGEST_PURE_PYTHON=1 (or true, yes, on) forces the pure implementation (then
+the extension is not even imported). Every hot-path caller imports these names from here;
+`IMPLEMENTATION` says which one is active ("compiled" or "pure") for the startup logs,
+/metrics and `hep-ingest --version`.
+
+    pure reference                            compiled
+    pipeline.hep.decode.decode_packet         _speedups.decode_packet
+    pipeline.sip.callid.scan_call_id          _speedups.scan_call_id
+    pipeline.records.mapping.record_key       _speedups.record_key
+    pipeline.records.packetwrite.packet_encoder    _speedups.packet_encoder
+    pipeline.records.datagrams.datagram_encoder    _speedups.datagram_encoder
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+__all__ = [
+    "IMPLEMENTATION",
+    "PURE_ENV",
+    "DatagramEncoder",
+    "datagram_encoder",
+    "decode_packet",
+    "packet_encoder",
+    "record_key",
+    "scan_call_id",
+]
+
+PURE_ENV = "HEP_INGEST_PURE_PYTHON"
+
+
+def _compiled_module() -> ModuleType | None:
+    if os.environ.get(PURE_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return None
+    try:
+        from pipeline import _speedups
+    except ImportError:  # installed without a C compiler: the pure path
+        return None
+    return _speedups
+
+
+_compiled = _compiled_module()
+
+if _compiled is not None:
+    IMPLEMENTATION = "compiled"
+    from pipeline._speedups import (
+        PacketEncoder as DatagramEncoder,
+    )
+    from pipeline._speedups import (
+        datagram_encoder,
+        decode_packet,
+        packet_encoder,
+        record_key,
+        scan_call_id,
+    )
+else:
+    IMPLEMENTATION = "pure"
+    from pipeline.hep.decode import decode_packet
+    from pipeline.records.datagrams import (  # type: ignore[assignment]
+        DatagramEncoder,
+        datagram_encoder,
+    )
+    from pipeline.records.mapping import record_key
+    from pipeline.records.packetwrite import packet_encoder
+    from pipeline.sip.callid import scan_call_id

@@ -279,11 +279,24 @@ def receive(
         int,
         typer.Option(
             envvar="HEP_INGEST_UDP_RCVBUF", min=1, max=2**31 - 1,
-            help="UDP socket receive buffer in bytes (capped by net.core.rmem_max "
-            "unless running with CAP_NET_ADMIN).",
+            help="UDP socket receive buffer in bytes: set with SO_RCVBUFFORCE where the "
+            "process has CAP_NET_ADMIN, else with SO_RCVBUF (capped by "
+            "net.core.rmem_max); the size granted is logged (udp_receive_buffer). It must "
+            "hold one --udp-drain-interval-ms at the peak rate (about 2.3 KB a datagram) "
+            "plus any stall: see the README.",
             show_default=True,
         ),
     ] = _DEFAULTS.udp_rcvbuf_bytes,
+    udp_drain_interval_ms: Annotated[
+        float,
+        typer.Option(
+            envvar="HEP_INGEST_UDP_DRAIN_INTERVAL_MS", min=0.1, max=1000,
+            help="Read the UDP socket in batches this often, in milliseconds, instead of "
+            "once per datagram; the kernel holds what arrives meanwhile. Longer costs "
+            "less CPU per packet at low rates and needs more --udp-rcvbuf.",
+            show_default=True,
+        ),
+    ] = _DEFAULTS.udp_drain_interval_ms,
     tcp_max_connections: Annotated[
         int,
         typer.Option(
@@ -357,6 +370,7 @@ def receive(
             queue_size=queue_size,
             max_backlog_bytes=max_backlog_bytes,
             udp_rcvbuf_bytes=udp_rcvbuf,
+            udp_drain_interval_ms=udp_drain_interval_ms,
             tcp_max_connections=tcp_max_connections,
             tcp_idle_timeout_s=tcp_idle_timeout,
             tcp_frame_timeout_s=tcp_frame_timeout,

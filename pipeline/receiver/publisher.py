@@ -122,6 +122,31 @@ class KafkaPublisher:
         self._held_bytes = held
         return True
 
+    def offer_batch(self, records: list[Record], force: bool = False) -> int:
+        """Queue `records` in order; returns how many were queued.
+
+        The same outcome as `offer_record` on each record in turn: within the bound
+        (the usual case) all of them at once; across it, those that still fit, and
+        the caller counts the rest as dropped. `force` as for `offer`.
+        """
+        count = len(records)
+        if not count:
+            return 0
+        size = sum([len(record[1]) for record in records])
+        held = self._held_bytes + size
+        if force or (
+            self._held_packets + count <= self._max_packets and held <= self._max_bytes
+        ):
+            queue = self._queue
+            if not queue:
+                self._wakeup.set()
+            queue.extend(records)
+            self._held_packets += count
+            self._held_bytes = held
+            return count
+        offer = self.offer_record
+        return sum([offer(record) for record in records])
+
     def above_high_water(self) -> bool:
         if self._held_packets >= self._high_packets or self._held_bytes >= self._high_bytes:
             self._high_seen = True

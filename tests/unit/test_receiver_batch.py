@@ -353,3 +353,13 @@ def test_offer_batch_wakes_the_publisher_and_force_passes_the_bound() -> None:
         assert publisher.depth == 5 and publisher.backlog_bytes == 7
 
     asyncio.run(run())
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.binary(max_size=300))
+def test_murmur2_is_aiokafkas_partitioner_hash(key: bytes) -> None:
+    from aiokafka.partitioner import murmur2 as aiokafka_murmur2
+
+    from pipeline.receiver.publisher import murmur2
+
+    assert murmur2(key) == aiokafka_murmur2(key)

@@ -165,6 +165,15 @@ def receive(
             show_default=True,
         ),
     ] = _DEFAULTS.compression,
+    zstd_level: Annotated[
+        int,
+        typer.Option(
+            envvar="HEP_INGEST_ZSTD_LEVEL", min=1, max=22,
+            help="zstd level of the Kafka batches (--compression zstd): 1 costs about "
+            "0.6x the CPU of aiokafka's 3 for the same ratio on SIP.",
+            show_default=True,
+        ),
+    ] = _DEFAULTS.zstd_level,
     batch_bytes: Annotated[
         int,
         typer.Option(
@@ -361,6 +370,7 @@ def receive(
             forward_auth_key=forward_auth_key,
             receiver_id=receiver_id or default_receiver_id(),
             compression=compression,
+            zstd_level=zstd_level,
             batch_bytes=batch_bytes,
             linger_ms=linger_ms,
             enable_idempotence=enable_idempotence,

@@ -40,6 +40,8 @@ class ReceiverSettings:
     receiver_id: str = field(default_factory=default_receiver_id)
     # Kafka producer
     compression: str = "zstd"
+    # zstd level of the Kafka batches (aiokafka's own is 3; see publisher.set_zstd_level).
+    zstd_level: int = 1
     batch_bytes: int = 1_000_000
     # A publish cycle costs about the same for 10 records as for 1,000 (a batch per
     # partition, a produce request, its acknowledgement): at working rates (5-20k/s)
@@ -107,6 +109,8 @@ class ReceiverSettings:
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
+        if not 1 <= self.zstd_level <= 22:
+            raise ValueError(f"zstd level must be 1..22, got {self.zstd_level}")
         if self.linger_ms < 0:
             raise ValueError("linger_ms must not be negative")
         if not (math.isfinite(self.udp_drain_interval_ms) and self.udp_drain_interval_ms > 0):

@@ -363,3 +363,31 @@ def test_murmur2_is_aiokafkas_partitioner_hash(key: bytes) -> None:
     from pipeline.receiver.publisher import murmur2
 
     assert murmur2(key) == aiokafka_murmur2(key)
+
+
+def test_zstd_level_reaches_aiokafkas_batch_builders(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    import cramjam
+    from aiokafka.codec import zstd_decode
+    from aiokafka.producer.message_accumulator import BatchBuilder
+    from aiokafka.record.default_records import DefaultRecordBatch
+    from aiokafka.record.memory_records import MemoryRecords
+
+    from pipeline.receiver import publisher
+
+    modules = [importlib.import_module(name) for name in publisher._ZSTD_MODULES]
+    for module in modules:  # restored after the test: the level is process-wide
+        monkeypatch.setattr(module, "zstd_encode", module.zstd_encode)
+    assert publisher.set_zstd_level(1)
+    data = b"INVITE sip:bob@example.com SIP/2.0\r\n" * 200
+    for module in modules:
+        compressed = module.zstd_encode(data)
+        assert compressed == bytes(cramjam.zstd.compress(data, level=1))
+        assert zstd_decode(compressed) == data
+    records = [(b"k%d" % i, data[: 100 + i]) for i in range(50)]
+    builder = BatchBuilder(1_000_000, DefaultRecordBatch.CODEC_ZSTD)
+    for key, value in records:
+        builder.append(timestamp=1, key=key, value=value)
+    batch = next(iter([MemoryRecords(bytes(builder._build())).next_batch()]))
+    assert [(r.key, r.value) for r in batch] == records

@@ -38,6 +38,9 @@ class ReceiverMetrics:
         self.published = 0
         self.dropped: Counter[str] = Counter(dict.fromkeys(DROP_REASONS, 0))
         self.publish_retries = 0
+        # Drains of the UDP sockets that found datagrams: received / udp_batches is the
+        # mean batch the intake and publisher are handed.
+        self.udp_batches = 0
         self.tcp_connections_closed: Counter[str] = Counter(
             dict.fromkeys(TCP_TIMEOUT_REASONS, 0)
         )
@@ -131,6 +134,12 @@ class _Collector(Collector):
             "hep_ingest_packets_dropped",
             "Accepted packets that were lost, by reason (queue_full, shutdown).",
             m.dropped,
+        )
+        yield CounterMetricFamily(
+            "hep_ingest_udp_batches",
+            "Batches of datagrams read from the UDP sockets, each handed to the intake in "
+            "one call (one per drain that found datagrams; --udp-drain-interval-ms).",
+            value=m.udp_batches,
         )
         yield CounterMetricFamily(
             "hep_ingest_publish_retries",

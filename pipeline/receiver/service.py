@@ -25,7 +25,12 @@ from pipeline.receiver.settings import ReceiverSettings
 from pipeline.receiver.socket_drops import UdpSocketDrops
 from pipeline.receiver.tcp import TcpListener
 from pipeline.receiver.tls import HandshakeFailures, report_handshake_failures
-from pipeline.receiver.udp import UdpProtocol, open_udp_listener
+from pipeline.receiver.udp import (
+    UdpReader,
+    batch_limit_for,
+    bind_udp_socket,
+    receive_buffer,
+)
 from pipeline.records import load_codec
 
 log = get_logger("pipeline.receiver")
@@ -53,7 +58,7 @@ async def run_receiver(
     )
     tcp = TcpListener(
         intake,
-        publisher.offer,
+        publisher.offer_batch,
         publisher.above_high_water,
         metrics,
         max_connections=settings.tcp_max_connections,
@@ -66,7 +71,7 @@ async def run_receiver(
     metrics.bind_socket_drops(socket_drops.read)
 
     loop = asyncio.get_running_loop()
-    udp_transports: list[asyncio.DatagramTransport] = []
+    udp_readers: list[UdpReader] = []
     servers: list[asyncio.AbstractServer] = []
     publisher.start()
     progress: asyncio.Task[None] | None = None
@@ -74,23 +79,34 @@ async def run_receiver(
     try:
         udp_bound: list[str] = []
         for host, port in settings.udp:
-            transport, bound, rcvbuf = await open_udp_listener(
-                host,
-                port,
-                rcvbuf_bytes=settings.udp_rcvbuf_bytes,
-                protocol_factory=lambda: UdpProtocol(intake, publisher.offer_record, metrics),
-                reuse_port=settings.reuse_port,
+            sock = bind_udp_socket(host, port, settings.udp_rcvbuf_bytes, settings.reuse_port)
+            granted, kernel_limit = receive_buffer(sock)
+            reader = UdpReader(
+                sock,
+                intake,
+                publisher.offer_batch,
+                metrics,
+                drain_interval_s=settings.udp_drain_interval_ms / 1000,
+                batch_limit=batch_limit_for(kernel_limit),
             )
-            udp_transports.append(transport)
-            udp_bound.append(format_address(*bound))
-            socket_drops.watch(transport.get_extra_info("socket").fileno(), udp_bound[-1])
-            if rcvbuf < settings.udp_rcvbuf_bytes:
-                log.warning(
-                    "udp_rcvbuf_capped",
-                    requested=settings.udp_rcvbuf_bytes,
-                    granted=rcvbuf,
-                    hint="raise net.core.rmem_max",
-                )
+            udp_readers.append(reader)
+            bound = sock.getsockname()
+            udp_bound.append(format_address(bound[0], bound[1]))
+            socket_drops.watch(sock.fileno(), udp_bound[-1])
+            (log.warning if granted < settings.udp_rcvbuf_bytes else log.info)(
+                "udp_receive_buffer",
+                listen=udp_bound[-1],
+                requested=settings.udp_rcvbuf_bytes,
+                granted=granted,
+                kernel_limit=kernel_limit,
+                drain_interval_ms=settings.udp_drain_interval_ms,
+                **(
+                    {"hint": "run with CAP_NET_ADMIN (SO_RCVBUFFORCE) or raise net.core.rmem_max"}
+                    if granted < settings.udp_rcvbuf_bytes
+                    else {}
+                ),
+            )
+            reader.start()
         tcp_bound: list[str] = []
         for host, port in settings.tcp:
             try:
@@ -154,8 +170,8 @@ async def run_receiver(
         socket_drops.read()  # the last figures, before the sockets leave /proc/net/udp
         # The whole stop, listeners included, fits in the shutdown timeout.
         deadline = loop.time() + settings.shutdown_timeout_s
-        for transport in udp_transports:
-            transport.close()
+        for reader in udp_readers:
+            reader.close()
         for listening in servers:
             listening.close()
         tcp.close_all()

@@ -31,15 +31,15 @@ from typing import cast
 
 from pipeline.hep.framer import HepStreamFramer
 from pipeline.observability import get_logger
-from pipeline.receiver.intake import Intake
+from pipeline.receiver.intake import Address, Encoded, Intake
 from pipeline.receiver.memory import release_free_memory
 from pipeline.receiver.metrics import ReceiverMetrics
 from pipeline.records import ReceiveContext
 
 log = get_logger("pipeline.receiver.tcp")
 
-# offer(key, value, force) -> queued; TCP always forces (it pauses instead of dropping).
-Sink = Callable[[bytes | None, bytes, bool], bool]
+# offer_batch(records, force) -> queued; TCP always forces (it pauses instead of dropping).
+Sink = Callable[[list[Encoded], bool], int]
 
 
 class TcpListener:
@@ -150,6 +150,7 @@ class TcpConnection(asyncio.Protocol):
         self._framer = HepStreamFramer()
         self._transport: asyncio.Transport | None = None
         self._context: ReceiveContext | None = None
+        self._sender: Address = ("", 0)
         self._paused = False
         self._admitted = False
         self._close_reason = "peer_closed"
@@ -165,8 +166,9 @@ class TcpConnection(asyncio.Protocol):
             return
         self._admitted = True
         self._last_read = self._listener.monotonic()
+        self._sender = (str(peer[0]), int(peer[1]))
         self._context = self._listener.intake.context(
-            self._transport_label, str(peer[0]), int(peer[1])
+            self._transport_label, self._sender[0], self._sender[1]
         )
         if self._transport_label == "tls":
             cert = transport.get_extra_info("peercert") or {}
@@ -191,13 +193,15 @@ class TcpConnection(asyncio.Protocol):
         context = self._context
         assert context is not None
         if frames:
-            accept = listener.intake.accept
-            sink = listener.sink
-            now_us = listener.clock_ns() // 1000
-            for frame in frames:
-                record = accept(frame, context, now_us)
-                if record is not None:
-                    sink(record[0], record[1], True)
+            # The frames of one read are one batch, as the datagrams of one UDP drain.
+            records = listener.intake.accept_batch(
+                frames,
+                [self._sender] * len(frames),
+                self._transport_label,
+                listener.clock_ns() // 1000,
+            )
+            if records:
+                listener.sink(records, True)
         error = framer.error
         if error is not None:
             listener.intake.count_unframed(self._transport_label, framer.error_head, error.reason)

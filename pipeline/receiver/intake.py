@@ -11,7 +11,7 @@ import hmac
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pipeline.accel import decode_packet, packet_encoder, record_key
+from pipeline.accel import datagram_encoder, decode_packet, packet_encoder, record_key
 from pipeline.hep.errors import HepDecodeError
 from pipeline.receiver.metrics import ReceiverMetrics
 from pipeline.records import ReceiveContext, RecordCodec, RecordIdGenerator
@@ -36,6 +36,7 @@ class Intake:
     __slots__ = (
         "_auth_key",
         "_contexts",
+        "_datagrams",
         "_encode",
         "_encode_packet",
         "_forward_auth_key",
@@ -61,6 +62,8 @@ class Intake:
         # HepPacket -> Avro bytes without the intermediate dict (same bytes); a custom
         # `encode` or an unknown schema layout takes the generic path.
         self._encode_packet = packet_encoder(codec) if encode is None else None
+        # The same for a whole batch of datagrams in one call (decode, key, encode).
+        self._datagrams = datagram_encoder(codec) if encode is None else None
         self._metrics = metrics
         self._receiver_id = receiver_id
         self._auth_key = auth_key
@@ -132,37 +135,27 @@ class Intake:
             contexts = self._senders[transport] = {}
         if len(contexts) >= _CONTEXT_CACHE_LIMIT:
             contexts.clear()
-        encode_packet = self._encode_packet
-        if encode_packet is None or self._auth_key is not None:
+        datagrams = self._datagrams
+        if datagrams is None or self._auth_key is not None:
             return self._accept_each(packets, senders, contexts, transport, now_us)
         metrics = self._metrics
-        received = metrics.received
-        invalid = metrics.invalid
-        keys = self._labels.get(transport)
-        if keys is None:
-            keys = self._labels[transport] = tuple((transport, label) for label in _VERSION_LABEL)
-        other = (transport, "other")
-        next_id = self._ids.next
-        decode = decode_packet
-        key_of = record_key
-        decode_error = HepDecodeError
-        get_context = contexts.get
-        records: list[Encoded] = []
-        append = records.append
-        decoded = 0
+        labels = self._labels.get(transport)
+        if labels is None:
+            labels = self._labels[transport] = tuple((transport, v) for v in _VERSION_LABEL)
+        batch_contexts = []
         for data, sender in zip(packets, senders, strict=True):
-            received[keys[data[0]] if data else other] += 1
-            try:
-                packet = decode(data)
-            except decode_error as exc:
-                invalid[exc.reason] += 1
-                continue
-            decoded += 1
-            context = get_context(sender)
+            metrics.received[labels[data[0]] if data else (transport, "other")] += 1
+            context = contexts.get(sender)
             if context is None:
                 context = contexts[sender] = self.context(transport, sender[0], sender[1])
-            append((key_of(packet), encode_packet(packet, next_id(), now_us, context)))
-        metrics.decoded += decoded
+            batch_contexts.append(context)
+        records: list[Encoded] = []
+        for outcome in datagrams.encode_datagrams(packets, batch_contexts, now_us, self._ids.next):
+            if isinstance(outcome, str):  # the reason it did not decode
+                metrics.invalid[outcome] += 1
+            else:
+                records.append(outcome)
+        metrics.decoded += len(records)
         return records
 
     def _accept_each(

@@ -78,8 +78,8 @@ class UpSettings:
     group: str = "hep-ingest"
     # Niceness of the consumer and the embedded PostgreSQL: capture comes first.
     storage_nice: int = 10
-    # Niceness of the receiver (0: as inherited; lower needs CAP_SYS_NICE).
-    receiver_nice: int = 0
+    # The receiver runs at niceness -receiver_priority (needs CAP_SYS_NICE; 0: as inherited).
+    receiver_priority: int = 0
     # The children log like `up`.
     log_level: str = "warning"
     log_format: str = "text"
@@ -478,7 +478,7 @@ def receiver_command(settings: UpSettings, endpoints: Endpoints) -> ChildCommand
         name="receiver",
         argv=_hep_ingest(
             "receive", *_common_args(settings, endpoints, path), *listen,
-            "--nice", str(settings.receiver_nice),
+            "--priority", str(settings.receiver_priority),
         ),
         env=_child_env(
             HEP_INGEST_AUTH_KEY=settings.auth_key.decode() if settings.auth_key else None

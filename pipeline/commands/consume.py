@@ -155,7 +155,7 @@ def consume(
     nice: Annotated[
         int,
         typer.Option(
-            envvar="HEP_INGEST_NICE", min=-20, max=19,
+            envvar="HEP_INGEST_NICE", min=0, max=19,
             help="Scheduling niceness of the consumer (0: as inherited). On a machine it "
             "shares with a receiver, 10 lets capture have the CPU first: Kafka holds what "
             "is not stored yet, a UDP socket does not. `hep-ingest up` runs its consumer "

@@ -335,13 +335,14 @@ def receive(
         ),
     ] = 1,
     worker_index: WorkerIndexOption = None,
-    nice: Annotated[
+    priority: Annotated[
         int,
         typer.Option(
-            envvar="HEP_INGEST_NICE", min=-20, max=19,
-            help="Scheduling niceness of the receiver (0: as inherited). A negative value "
-            "gives capture the CPU before storage on a shared machine; it needs root or "
-            "CAP_SYS_NICE (else one warning, and it runs on as it is).",
+            envvar="HEP_INGEST_PRIORITY", min=0, max=20,
+            help="Run the receiver at niceness -N, ahead of storage on a shared machine "
+            "(0: as inherited). Needs root or CAP_SYS_NICE (systemd "
+            "AmbientCapabilities=CAP_SYS_NICE, compose cap_add: [SYS_NICE]); without it, "
+            "one warning and the receiver runs on as it is.",
             show_default=True,
         ),
     ] = 0,
@@ -394,7 +395,7 @@ def receive(
         raise typer.BadParameter("only for one worker", param_hint="--metrics-file")
     configure_logging(log_level, log_format)
     # Before the workers start: they inherit it.
-    set_nice(nice, log)
+    set_nice(-priority, log)
     if workers > 1:
         if not _addresses_free(settings):
             raise typer.Exit(EXIT_FAILURE)

@@ -135,14 +135,14 @@ def up(
             "receiver gets the CPU before them (0: no difference).",
         ),
     ] = 10,
-    receiver_nice: Annotated[
+    receiver_priority: Annotated[
         int,
         typer.Option(
-            envvar="HEP_INGEST_RECEIVER_NICE",
-            min=-20,
-            max=19,
-            help="Scheduling niceness of the receiver (0: as inherited). A negative value "
-            "needs root or CAP_SYS_NICE; without it the receiver logs a warning and runs on.",
+            envvar="HEP_INGEST_RECEIVER_PRIORITY",
+            min=0,
+            max=20,
+            help="Run the receiver at niceness -N (`receive --priority`; 0: as inherited). "
+            "Needs root or CAP_SYS_NICE; without it the receiver logs a warning and runs on.",
         ),
     ] = 0,
     metrics: MetricsOption = None,
@@ -188,7 +188,7 @@ def up(
         pg_port=pg_port,
         drain_timeout=drain_timeout,
         storage_nice=storage_nice,
-        receiver_nice=receiver_nice,
+        receiver_priority=receiver_priority,
         log_level=log_level.value,
         log_format=log_format.value,
     )

@@ -28,6 +28,7 @@ import asyncpg
 import pytest
 from conftest import load_vectors
 from consume_support import sip_packet
+from lifecycle_support import closed_port_address
 from receiver_process import kernel_drops
 
 from pipeline.embedded import free_tcp_port, free_udp_port
@@ -525,3 +526,29 @@ def test_up_loses_no_packet_while_postgres_is_stalled(
         code = up.interrupt()
     assert code == 0, f"exit {code}\n{up.stderr}"
     assert wait_until_gone([str(data_dir)]) == []
+
+
+def test_up_exits_1_when_its_receiver_drops_accepted_records_at_shutdown(
+    tmp_path: Path, up_env: dict[str, str], database_dsn: str
+) -> None:
+    """The receiver process's exit 1 (records it could not publish) is `up`'s exit 1."""
+    packets, _ = load_vectors("kamailio_hep3_udp")
+    udp_port = free_udp_port()
+    up = Up(
+        ["--data-dir", str(tmp_path / "data"), "--udp", f"127.0.0.1:{udp_port}",
+         "--tcp", f"127.0.0.1:{free_tcp_port()}", "--bootstrap-servers", closed_port_address(),
+         "--dsn", database_dsn, "--log-format", "json", "--log-level", "info"],
+        up_env,
+    )  # fmt: skip
+    try:
+        # No broker: the receiver accepts and holds, the consumer never starts.
+        deadline = time.monotonic() + 120
+        while '"receiver_started"' not in up.stderr:
+            assert time.monotonic() < deadline and up.process.poll() is None, up.stderr
+            time.sleep(0.2)
+        send_udp(packets[:20], udp_port)
+        time.sleep(1)
+    finally:
+        code = up.interrupt(timeout=120)  # the receiver's --shutdown-timeout is 30 s
+    assert code == 1, f"exit {code}\n{up.stderr}"
+    assert "hep-ingest up: stopped, 20 received records dropped at shutdown" in up.stderr

@@ -341,11 +341,10 @@ class ChildExited(StackError):
     """The receiver or the consumer process ended on its own, or failed."""
 
     def __init__(self, name: str, exit_code: int) -> None:
-        how = (
-            f"was killed by {signal.Signals(-exit_code).name}"
-            if exit_code < 0 and -exit_code in signal.Signals._value2member_map_
-            else f"exited with code {exit_code}"
-        )
+        how = f"exited with code {exit_code}"
+        if exit_code < 0:
+            with contextlib.suppress(ValueError):
+                how = f"was killed by {signal.Signals(-exit_code).name}"
         super().__init__(f"the {name} {how}")
         self.name = name
         self.exit_code = exit_code
@@ -438,14 +437,20 @@ class Services:
             self.migrate = apply_migrations
 
 
-def _child_env(**variables: str | None) -> dict[str, str]:
-    """`up`'s environment without its own settings, plus the ones given.
+#: Variables of `up` that its children must not read: `up` serves the metrics, and a
+#: child with --workers would become a supervisor.
+_NOT_FOR_CHILDREN = ("HEP_INGEST_METRICS", "HEP_INGEST_WORKERS")
 
-    Inherited ``HEP_INGEST_*`` variables were meant for `up` (its --metrics address,
-    its --workers): a child reading them would bind the same port or recurse.
-    Secrets travel here rather than on a command line anyone can read in /proc.
+
+def _child_env(**variables: str | None) -> dict[str, str]:
+    """`up`'s environment for a child, with the variables given.
+
+    The child reads the other ``HEP_INGEST_*`` variables of its command (a tuning such
+    as HEP_INGEST_UDP_RCVBUF, where the schemas are); the options `up` passes on its
+    command line win over them. Secrets travel here rather than on a command line
+    anyone can read in /proc.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEP_INGEST_")}
+    env = {k: v for k, v in os.environ.items() if k not in _NOT_FOR_CHILDREN}
     env.update({k: v for k, v in variables.items() if v is not None})
     return env
 

@@ -436,7 +436,9 @@ def test_up_runs_capture_and_storage_as_processes_with_storage_at_lower_priority
     finally:
         code = up.interrupt()
     assert code == 0, f"exit {code}\n{up.stderr}"
-    assert wait_until_gone([str(data_dir)]) == []
+    leftovers = wait_until_gone([str(data_dir)])
+    log = data_dir / "postgres" / "pgdata" / "server.log"
+    assert leftovers == [], f"{leftovers}\n{up.stderr}\n{log.read_text()[-3000:]}"
 
 
 STATUS = re.compile(r"^status: (.*)$")

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ import pytest
 from conftest import load_vectors
 from consume_support import sip_packet
 from lifecycle_support import closed_port_address
+from prometheus_client.parser import text_string_to_metric_families
 from receiver_process import kernel_drops
 
 from pipeline.embedded import free_tcp_port, free_udp_port
@@ -411,11 +413,13 @@ def test_up_runs_capture_and_storage_as_processes_with_storage_at_lower_priority
     tmp_path: Path, up_env: dict[str, str]
 ) -> None:
     data_dir = tmp_path / "data"
+    metrics = f"127.0.0.1:{free_tcp_port()}"
     up = Up(
         ["--data-dir", str(data_dir), "--udp", f"127.0.0.1:{free_udp_port()}",
          "--tcp", f"127.0.0.1:{free_tcp_port()}", "--kafka-port", "0", "--pg-port", "0",
          "--receiver-priority", "3"],
-        up_env,
+        # For `up`, not its children: they would try to serve the same port.
+        {**up_env, "HEP_INGEST_METRICS": metrics},
     )  # fmt: skip
     base = nice_of(os.getpid())
     storage = max(base, 10)  # --storage-nice's default; a niceness is only ever raised
@@ -433,6 +437,10 @@ def test_up_runs_capture_and_storage_as_processes_with_storage_at_lower_priority
         postgres = postgres_processes(data_dir)
         assert len(postgres) > 1  # the postmaster and its background processes
         assert {pid: nice_of(pid) for pid in postgres} == dict.fromkeys(postgres, storage)
+        # `up`'s /metrics carries both children's metrics.
+        with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as response:
+            families = {f.name for f in text_string_to_metric_families(response.read().decode())}
+        assert {"hep_ingest_packets_received", "hep_ingest_consumer_lag_total"} <= families
     finally:
         code = up.interrupt()
     assert code == 0, f"exit {code}\n{up.stderr}"

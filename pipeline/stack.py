@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import site
 import subprocess
 import sys
 import time
@@ -452,6 +453,11 @@ def _child_env(**variables: str | None) -> dict[str, str]:
     """
     env = {k: v for k, v in os.environ.items() if k not in _NOT_FOR_CHILDREN}
     env.update({k: v for k, v in variables.items() if v is not None})
+    # The children run this `pipeline`, also when it was not installed but put on
+    # sys.path (a benchmark of another checkout); installed, it is found anyway.
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in site.getsitepackages():
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return env
 
 
@@ -460,7 +466,7 @@ def _hep_ingest(*args: str) -> tuple[str, ...]:
 
 
 def metrics_file(settings: UpSettings, name: str) -> Path:
-    return settings.data_dir / "run" / f"{name}.prom"
+    return settings.data_dir.resolve() / "run" / f"{name}.prom"
 
 
 def _common_args(settings: UpSettings, endpoints: Endpoints, metrics: Path) -> list[str]:

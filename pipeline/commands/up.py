@@ -26,8 +26,8 @@ HELP = (
     "rows across runs (`hep-ingest calls`, `call` and `stats` find it with no flags). "
     "It applies the migrations, then runs `hep-ingest receive` and `hep-ingest consume` "
     "as child processes. Capture comes first: the consumer and the embedded PostgreSQL "
-    "run at --storage-nice, so when storage cannot keep up the consumer lag grows in "
-    "Kafka and no UDP packet is lost for want of CPU.\n\n"
+    "run at --storage-nice, so the receiver gets the CPU before them, and a storage "
+    "that cannot keep up grows the consumer lag in Kafka rather than slowing capture.\n\n"
     "Ctrl-C or SIGTERM stops everything; a second Ctrl-C skips waiting for the consumer "
     "to store what was published."
 )

@@ -1,16 +1,27 @@
-"""`hep-ingest up`: the whole pipeline in one process, on embedded or given servers.
+"""`hep-ingest up`: the whole pipeline from one command, on embedded or given servers.
 
 Composition only: the receiver, the consumer and the embedded servers know nothing of
 each other; this module starts them in order and stops them in reverse.
 
 Start: the embedded broker (tansu) unless bootstrap servers are given, the embedded
 PostgreSQL under the data directory unless a DSN is given, the migrations, then the
-receiver and one consumer in the same event loop, sharing one metrics registry.
+receiver and one consumer, each a child process of its own (`hep-ingest receive` and
+`hep-ingest consume`). Separate processes let the kernel schedule capture apart from
+storage: the consumer and PostgreSQL run at a higher niceness (--storage-nice), so
+the receiver gets the CPU first and a storage that falls behind grows the consumer
+lag in Kafka instead of overflowing the UDP socket buffer (pipeline.priority).
 
-Stop (the `stop` event, set by SIGINT/SIGTERM): the receiver stops reading and flushes
-its backlog to Kafka; the consumer gets a bounded grace period to store what was
-published (the embedded broker keeps its log in memory only), then commits and
-stops; then the broker and PostgreSQL stop. A second signal skips the grace period.
+The children are in process groups of their own (a Ctrl-C on the terminal reaches
+`up` only, which stops them in order), die with `up` when it is killed (a
+parent-death signal, pipeline.lifetime), and hand their metrics to `up` through files
+(pipeline.observability.metrics_file), which `up`'s registry reads: the status line,
+--metrics, the drain and the exit code see the children's counters.
+
+Stop (the `stop` event, set by SIGINT/SIGTERM): the receiver is sent SIGTERM, stops
+reading and flushes its backlog to Kafka; the consumer gets a bounded grace period to
+store what was published (the embedded broker keeps its log in memory only), then is
+sent SIGTERM, commits and stops; then the broker and PostgreSQL stop. A second signal
+skips the grace period.
 """
 
 from __future__ import annotations
@@ -19,6 +30,8 @@ import asyncio
 import contextlib
 import os
 import signal
+import site
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -64,6 +77,13 @@ class UpSettings:
     # How long the consumer may take to store what was published, once stopping.
     drain_timeout: float = 15.0
     group: str = "hep-ingest"
+    # Niceness of the consumer and the embedded PostgreSQL: capture comes first.
+    storage_nice: int = 10
+    # The receiver runs at niceness -receiver_priority (needs CAP_SYS_NICE; 0: as inherited).
+    receiver_priority: int = 0
+    # The children log like `up`.
+    log_level: str = "warning"
+    log_format: str = "text"
 
 
 @dataclass(frozen=True)
@@ -261,7 +281,7 @@ class Stack:
             # watchdog stops the server pg_ctl daemonized.
             watchdog = PostgresWatchdog(postgres_dir(s.data_dir))
             self._closers.append(("postgres watchdog", watchdog.close))
-            server, _ = open_embedded_postgres(s.data_dir, s.pg_port)
+            server, _ = open_embedded_postgres(s.data_dir, s.pg_port, nice=s.storage_nice)
             # Adopted or started here: the data directory's server stops with `up`.
             self._closers.append(("postgres", lambda: server.stop("fast")))
             dsn, pg_port = server.dsn, server.port
@@ -312,6 +332,94 @@ class Stack:
 
 ServiceRunner = Callable[..., Coroutine[Any, Any, None]]
 
+#: How often `up` looks at its children (exit, readiness, a stop to pass on).
+CHILD_POLL_S = 0.05
+#: After SIGTERM on a cancelled `up`: how long a child may take before SIGKILL.
+CHILD_KILL_AFTER_S = 10.0
+
+
+class ChildExited(StackError):
+    """The receiver or the consumer process ended on its own, or failed."""
+
+    def __init__(self, name: str, exit_code: int) -> None:
+        how = f"exited with code {exit_code}"
+        if exit_code < 0:
+            with contextlib.suppress(ValueError):
+                how = f"was killed by {signal.Signals(-exit_code).name}"
+        super().__init__(f"the {name} {how}")
+        self.name = name
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class ChildCommand:
+    """One child process of `up`: what to run, and where it writes its metrics."""
+
+    name: str
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    metrics_file: Path
+    # The receiver exits 1 after a stop that dropped accepted records: `up` reports
+    # the drops itself (and exits 1) once the consumer has drained.
+    exit_1_reports_drops: bool = False
+
+
+async def run_child(
+    command: ChildCommand,
+    registry: CollectorRegistry,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Run one child until it exits; SIGTERM once `stop` is set. Ready: its metrics file.
+
+    Raises ChildExited when it ends on its own or fails.
+    """
+    from pipeline.lifetime import die_with_parent
+    from pipeline.observability.metrics_file import MetricsFiles
+    from pipeline.receiver.metrics import shutdown_drops
+
+    command.metrics_file.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):  # a previous run's: not a sign of readiness
+        command.metrics_file.unlink()
+    registry.register(MetricsFiles([command.metrics_file]))
+    # Started from the event loop's thread, which lives as long as `up` (the
+    # parent-death signal follows the thread). A process group of its own: a Ctrl-C
+    # on the terminal is for `up`, which stops the children in order. Popen only
+    # forks and execs here; the waiting is polled below.
+    process = subprocess.Popen(  # noqa: ASYNC220
+        command.argv,
+        env=command.env,
+        stdin=subprocess.DEVNULL,
+        process_group=0,
+        preexec_fn=die_with_parent(signal.SIGTERM),
+    )
+    log.info("child_started", child=command.name, pid=process.pid)
+    signalled = False
+    try:
+        while (code := process.poll()) is None:
+            if ready is not None and not ready.is_set() and command.metrics_file.exists():
+                ready.set()
+            if stop.is_set() and not signalled:
+                process.send_signal(signal.SIGTERM)
+                signalled = True
+            await asyncio.sleep(CHILD_POLL_S)
+    finally:
+        if process.poll() is None:  # cancelled: `up` is going down without the stop sequence
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(CHILD_KILL_AFTER_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    log.info("child_exited", child=command.name, pid=process.pid, exit_code=code)
+    if code == 0:
+        return
+    if signalled and code == -signal.SIGTERM:
+        return  # stopped before it had set up its handlers: nothing was accepted yet
+    if signalled and code == 1 and command.exit_1_reports_drops and shutdown_drops(registry):
+        return
+    raise ChildExited(command.name, code)
+
 
 @dataclass
 class Services:
@@ -322,42 +430,87 @@ class Services:
     migrate: Callable[[str], Awaitable[object]] | None = None
 
     def load(self) -> None:
-        if self.receiver is None:
-            from pipeline.receiver.service import run_receiver
-
-            self.receiver = run_receiver
-        if self.consumer is None:
-            from pipeline.consumer.service import run_consumer
-
-            self.consumer = run_consumer
+        self.receiver = self.receiver or run_child
+        self.consumer = self.consumer or run_child
         if self.migrate is None:
             from pipeline.postgres.migrate import apply_migrations
 
             self.migrate = apply_migrations
 
 
-def receiver_settings(settings: UpSettings, endpoints: Endpoints) -> object:
-    from pipeline.receiver.settings import ReceiverSettings
+#: Variables of `up` that its children must not read: `up` serves the metrics, and a
+#: child with --workers would become a supervisor.
+_NOT_FOR_CHILDREN = ("HEP_INGEST_METRICS", "HEP_INGEST_WORKERS")
 
-    return ReceiverSettings(
-        bootstrap_servers=endpoints.bootstrap_servers,
-        topic=settings.topic,
-        udp=settings.udp,
-        tcp=settings.tcp,
-        auth_key=settings.auth_key,
+
+def _child_env(**variables: str | None) -> dict[str, str]:
+    """`up`'s environment for a child, with the variables given.
+
+    The child reads the other ``HEP_INGEST_*`` variables of its command (a tuning such
+    as HEP_INGEST_UDP_RCVBUF, where the schemas are); the options `up` passes on its
+    command line win over them. Secrets travel here rather than on a command line
+    anyone can read in /proc.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in _NOT_FOR_CHILDREN}
+    env.update({k: v for k, v in variables.items() if v is not None})
+    # The children run this `pipeline`, also when it was not installed but put on
+    # sys.path (a benchmark of another checkout); installed, it is found anyway.
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in site.getsitepackages():
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env
+
+
+def _hep_ingest(*args: str) -> tuple[str, ...]:
+    return (sys.executable, "-m", "pipeline", *args)
+
+
+def metrics_file(settings: UpSettings, name: str) -> Path:
+    return settings.data_dir.resolve() / "run" / f"{name}.prom"
+
+
+def _common_args(settings: UpSettings, endpoints: Endpoints, metrics: Path) -> list[str]:
+    return [
+        "--bootstrap-servers", endpoints.bootstrap_servers,
+        "--topic", settings.topic,
+        "--metrics-file", str(metrics),
+        "--log-level", settings.log_level,
+        "--log-format", settings.log_format,
+    ]  # fmt: skip
+
+
+def receiver_command(settings: UpSettings, endpoints: Endpoints) -> ChildCommand:
+    listen = [
+        *(arg for a in settings.udp for arg in ("--udp", format_address(a))),
+        *(arg for a in settings.tcp for arg in ("--tcp", format_address(a))),
+    ]
+    path = metrics_file(settings, "receiver")
+    return ChildCommand(
+        name="receiver",
+        argv=_hep_ingest(
+            "receive", *_common_args(settings, endpoints, path), *listen,
+            "--priority", str(settings.receiver_priority),
+        ),
+        env=_child_env(
+            HEP_INGEST_AUTH_KEY=settings.auth_key.decode() if settings.auth_key else None
+        ),
+        metrics_file=path,
+        exit_1_reports_drops=True,
     )
 
 
-def consumer_settings(settings: UpSettings, endpoints: Endpoints) -> object:
-    from pipeline.consumer.settings import ConsumerSettings
-
-    return ConsumerSettings(
-        bootstrap_servers=endpoints.bootstrap_servers,
-        topic=settings.topic,
-        group=settings.group,
-        dsn=endpoints.dsn,
-        # `up` has applied the migrations already.
-        migrate=False,
+def consumer_command(settings: UpSettings, endpoints: Endpoints) -> ChildCommand:
+    path = metrics_file(settings, "consumer")
+    return ChildCommand(
+        name="consumer",
+        argv=_hep_ingest(
+            "consume", *_common_args(settings, endpoints, path),
+            "--group", settings.group,
+            "--no-migrate",  # `up` has applied the migrations already
+            "--nice", str(settings.storage_nice),
+        ),
+        env=_child_env(HEP_INGEST_DSN=endpoints.dsn),
+        metrics_file=path,
     )
 
 
@@ -438,13 +591,13 @@ async def _run_services(
     receiver_ready, consumer_ready = asyncio.Event(), asyncio.Event()
     consumer = asyncio.create_task(
         services.consumer(
-            consumer_settings(settings, endpoints), registry, consumer_stop, consumer_ready
+            consumer_command(settings, endpoints), registry, consumer_stop, consumer_ready
         ),
         name="consumer",
     )
     receiver = asyncio.create_task(
         services.receiver(
-            receiver_settings(settings, endpoints), registry, receiver_stop, receiver_ready
+            receiver_command(settings, endpoints), registry, receiver_stop, receiver_ready
         ),
         name="receiver",
     )
@@ -541,6 +694,8 @@ def with_defaults_for_tty(interval: float | None, tty: bool) -> float:
 
 
 __all__ = [
+    "ChildCommand",
+    "ChildExited",
     "Endpoints",
     "Services",
     "Stack",
@@ -551,6 +706,7 @@ __all__ = [
     "format_banner",
     "install_signal_handlers",
     "read_totals",
+    "run_child",
     "run_event_loop",
     "run_stack",
     "with_defaults_for_tty",

@@ -7,6 +7,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -16,6 +17,7 @@ from pipeline.commands.options import (
     LogFormatOption,
     LogLevel,
     LogLevelOption,
+    MetricsFileOption,
     MetricsOption,
     TopicOption,
     WorkerIndexOption,
@@ -150,6 +152,18 @@ def consume(
         ),
     ] = 1,
     worker_index: WorkerIndexOption = None,
+    nice: Annotated[
+        int,
+        typer.Option(
+            envvar="HEP_INGEST_NICE", min=0, max=19,
+            help="Scheduling niceness of the consumer (0: as inherited). On a machine it "
+            "shares with a receiver, 10 lets capture have the CPU first: Kafka holds what "
+            "is not stored yet, a UDP socket does not. `hep-ingest up` runs its consumer "
+            "at its --storage-nice.",
+            show_default=True,
+        ),
+    ] = 0,
+    metrics_file: MetricsFileOption = None,
 ) -> None:
     from prometheus_client import CollectorRegistry
 
@@ -157,6 +171,7 @@ def consume(
     from pipeline.consumer.settings import ConsumerSettings
     from pipeline.observability import configure_logging, get_logger, serve_metrics
     from pipeline.observability.metrics import parse_host_port
+    from pipeline.priority import set_nice
 
     check_workers(workers, worker_index)
     metrics_address = None
@@ -166,6 +181,8 @@ def consume(
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
     check_worker_ports(workers, [], metrics_address)
+    if metrics_file is not None and workers > 1:
+        raise typer.BadParameter("only for one worker", param_hint="--metrics-file")
     if sink is SinkChoice.postgres and not dsn:
         dsn = _default_dsn()
         if not dsn:
@@ -174,6 +191,8 @@ def consume(
             )
     configure_logging(log_level, log_format)
     log = get_logger("pipeline.consumer")
+    # Before the workers start: they inherit it.
+    set_nice(nice, log)
     if workers > 1:
         raise typer.Exit(_supervise(workers, metrics_address))
     # Workers on one host get distinct client ids (the service appends the host name).
@@ -210,7 +229,10 @@ def consume(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await run_consumer(settings, registry, stop)
+        if metrics_file is None:
+            await run_consumer(settings, registry, stop)
+            return
+        await _run_writing_metrics(run_consumer, settings, registry, stop, metrics_file)
 
     from pipeline.postgres.sink import SinkConfigError
 
@@ -223,6 +245,25 @@ def consume(
         log.error("consumer_failed", error=repr(exc), exc_info=True)
         print(f"hep-ingest consume: {exc}", file=sys.stderr)
         raise typer.Exit(1) from exc
+
+
+async def _run_writing_metrics(
+    run_consumer: Any, settings: Any, registry: Any, stop: asyncio.Event, path: Path
+) -> None:
+    """Run the consumer; its metrics go to `path` from when it is ready until it ends."""
+    from pipeline.observability.metrics_file import MetricsFileWriter
+
+    ready = asyncio.Event()
+    consumer = asyncio.create_task(run_consumer(settings, registry, stop, ready))
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait({consumer, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    writer = MetricsFileWriter(registry, path) if ready.is_set() else None
+    try:
+        await consumer
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def _supervise(workers: int, metrics_address: tuple[str, int] | None) -> int:

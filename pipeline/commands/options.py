@@ -18,6 +18,7 @@ import math
 import sys
 from collections.abc import Sequence
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -59,6 +60,14 @@ MetricsOption = Annotated[
 TopicOption = Annotated[
     str,
     typer.Option(envvar="HEP_INGEST_TOPIC", help="Kafka topic of HEP records.", show_default=True),
+]
+MetricsFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        hidden=True,
+        help="Set by `hep-ingest up`: write the metrics to this file once ready, every "
+        "fraction of a second, and at exit (pipeline.observability.metrics_file).",
+    ),
 ]
 WorkerIndexOption = Annotated[
     int | None,

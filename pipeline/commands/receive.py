@@ -26,6 +26,7 @@ import asyncio
 import signal
 import ssl
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -37,6 +38,7 @@ from pipeline.commands.options import (
     LogFormatOption,
     LogLevel,
     LogLevelOption,
+    MetricsFileOption,
     MetricsOption,
     TopicOption,
     WorkerIndexOption,
@@ -45,6 +47,7 @@ from pipeline.commands.options import (
 )
 from pipeline.observability import configure_logging, get_logger
 from pipeline.observability.metrics import parse_host_port
+from pipeline.priority import set_nice
 from pipeline.receiver.metrics import shutdown_drops
 from pipeline.receiver.settings import (
     COMPRESSIONS,
@@ -355,6 +358,18 @@ def receive(
         ),
     ] = 1,
     worker_index: WorkerIndexOption = None,
+    priority: Annotated[
+        int,
+        typer.Option(
+            envvar="HEP_INGEST_PRIORITY", min=0, max=20,
+            help="Run the receiver at niceness -N, ahead of storage on a shared machine "
+            "(0: as inherited). Needs root or CAP_SYS_NICE (systemd "
+            "AmbientCapabilities=CAP_SYS_NICE, compose cap_add: [SYS_NICE]); without it, "
+            "one warning and the receiver runs on as it is.",
+            show_default=True,
+        ),
+    ] = 0,
+    metrics_file: MetricsFileOption = None,
 ) -> None:
     """Receive HEP (v1/v2/v3) over UDP, TCP and TLS and publish it to Kafka as Avro records."""
     check_workers(workers, worker_index)
@@ -401,12 +416,16 @@ def receive(
         raise typer.BadParameter(str(exc), param_hint="--metrics") from exc
     listen_ports = [port for _, port in (*settings.udp, *settings.tcp, *settings.tls)]
     check_worker_ports(workers, listen_ports, metrics_address)
+    if metrics_file is not None and workers > 1:
+        raise typer.BadParameter("only for one worker", param_hint="--metrics-file")
     configure_logging(log_level, log_format)
+    # Before the workers start: they inherit it.
+    set_nice(-priority, log)
     if workers > 1:
         if not _addresses_free(settings):
             raise typer.Exit(EXIT_FAILURE)
         raise typer.Exit(supervise(workers, settings.receiver_id, metrics_address))
-    raise typer.Exit(run(settings, metrics))
+    raise typer.Exit(run(settings, metrics, metrics_file))
 
 
 def _addresses_free(settings: ReceiverSettings) -> bool:
@@ -484,9 +503,12 @@ def supervise(
     )
 
 
-def run(settings: ReceiverSettings, metrics_address: str | None) -> int:
+def run(
+    settings: ReceiverSettings, metrics_address: str | None, metrics_file: Path | None = None
+) -> int:
     """Run the receiver on uvloop until SIGTERM/SIGINT; returns the exit code."""
     from pipeline.observability import serve_metrics
+    from pipeline.observability.metrics_file import MetricsFileWriter
     from pipeline.receiver.service import run_receiver
 
     registry = CollectorRegistry()
@@ -504,7 +526,13 @@ def run(settings: ReceiverSettings, metrics_address: str | None) -> int:
             serve_metrics(registry, metrics_address)
             log.info("metrics_serving", address=metrics_address)
         waiter.cancel()
-        await receiver
+        writing = ready.is_set() and metrics_file is not None
+        writer = MetricsFileWriter(registry, metrics_file) if writing and metrics_file else None
+        try:
+            await receiver
+        finally:
+            if writer is not None:
+                writer.close()
 
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:

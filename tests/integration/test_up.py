@@ -10,6 +10,7 @@ finds the rows again, and `hep-ingest calls` finds the database with no flags.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,10 +28,14 @@ from typing import Any
 import asyncpg
 import pytest
 from conftest import load_vectors
+from consume_support import sip_packet
+from lifecycle_support import closed_port_address
+from prometheus_client.parser import text_string_to_metric_families
 from receiver_process import kernel_drops
 
 from pipeline.embedded import free_tcp_port, free_udp_port
 from pipeline.embedded.state import embedded_database
+from pipeline.hep.encode import encode_hep3
 
 pytestmark = pytest.mark.integration
 
@@ -117,6 +123,35 @@ def processes_mentioning(*needles: str) -> list[str]:
         if cmdline and any(needle in cmdline for needle in needles):
             found.append(f"{entry.name}: {cmdline}")
     return found
+
+
+def children(pid: int) -> dict[int, str]:
+    """The live child processes of `pid`: pid -> command line (Linux /proc)."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            pids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, pids):
+            with contextlib.suppress(OSError):
+                raw = Path(f"/proc/{child}/cmdline").read_bytes()
+                found[child] = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+    return found
+
+
+def child_running(up: Up, subcommand: str) -> int:
+    """The pid of `up`'s `hep-ingest <subcommand>` child."""
+    matches = [pid for pid, cmdline in children(up.process.pid).items()
+               if f" -m pipeline {subcommand} " in cmdline]  # fmt: skip
+    assert len(matches) == 1, children(up.process.pid)
+    return matches[0]
+
+
+def nice_of(pid: int) -> int:
+    """Field 19 of /proc/PID/stat (after the parenthesised command name)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rpartition(")")[2].split()[16])
 
 
 async def _count_rows(dsn: str) -> int:
@@ -288,16 +323,17 @@ def test_up_status_line_shows_udp_socket_drops(tmp_path: Path, up_env: dict[str,
     )  # fmt: skip
     try:
         up.wait_for_line(DSN_PATTERN, 180)
-        # `up` stopped reads nothing: its 16 MiB socket buffer fills and the kernel drops
-        # the rest of a burst far larger than it.
-        os.kill(up.process.pid, signal.SIGSTOP)
+        # A stopped receiver reads nothing: its 16 MiB socket buffer fills and the kernel
+        # drops the rest of a burst far larger than it.
+        receiver = child_running(up, "receive")
+        os.kill(receiver, signal.SIGSTOP)
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 for i in range(40_000):
                     sock.sendto(packets[i % len(packets)], ("127.0.0.1", udp_port))
             dropped = kernel_drops(udp_port)
         finally:
-            os.kill(up.process.pid, signal.SIGCONT)
+            os.kill(receiver, signal.SIGCONT)
         assert dropped > 0
         up.wait_for_line(re.compile(rf"^status: received {40_000 - dropped} .*"
                                     rf"  udp socket drops {dropped}$"), 120)
@@ -306,7 +342,9 @@ def test_up_status_line_shows_udp_socket_drops(tmp_path: Path, up_env: dict[str,
     assert code == 0, f"exit {code}\n{up.stderr}"
 
 
-def wait_until_gone(needles: list[str], timeout: float = 10) -> list[str]:
+def wait_until_gone(needles: list[str], timeout: float = 60) -> list[str]:
+    """What still runs once `needles` are gone, or after `timeout` (a niced PostgreSQL on
+    a busy machine may take a while to exit)."""
     deadline = time.monotonic() + timeout
     while True:
         left = processes_mentioning(*needles)
@@ -328,12 +366,17 @@ def test_sigkill_of_up_leaves_no_server_behind(tmp_path: Path, up_env: dict[str,
     try:
         dsn = first.wait_for_line(DSN_PATTERN, 180).group(1)
         kafka_port = first.wait_for_line(KAFKA_PATTERN, 1).group(2)
-        assert processes_mentioning(str(data_dir), f"127.0.0.1:{kafka_port}")
+        running = processes_mentioning(str(data_dir), f"127.0.0.1:{kafka_port}")
+        # The receiver and the consumer processes are among them (their metrics files
+        # are in the data directory).
+        assert [p for p in running if " -m pipeline receive " in p], running
+        assert [p for p in running if " -m pipeline consume " in p], running
     finally:
         first.process.kill()  # SIGKILL: `up` runs no clean-up of its own
         first.process.wait(30)
-    # The kernel signals tansu (parent-death signal); the watchdog stops PostgreSQL.
-    leftovers = wait_until_gone([str(data_dir), f"127.0.0.1:{kafka_port}"], timeout=10)
+    # The kernel signals tansu, the receiver and the consumer (parent-death signal);
+    # the watchdog stops PostgreSQL.
+    leftovers = wait_until_gone([str(data_dir), f"127.0.0.1:{kafka_port}"])
     assert leftovers == [], leftovers
 
     second = Up(args, up_env)
@@ -345,4 +388,177 @@ def test_sigkill_of_up_leaves_no_server_behind(tmp_path: Path, up_env: dict[str,
     assert code == 0, f"exit {code}\n{second.stderr}"
     assert "stale_broker_stopped" not in second.stderr
     assert dsn.startswith("postgresql://")
-    assert wait_until_gone([str(data_dir)], timeout=10) == []
+    assert wait_until_gone([str(data_dir)]) == []
+
+
+CAP_SYS_NICE = 23
+
+
+def can_lower_nice() -> bool:
+    """Whether this process (and so `up`'s receiver) may lower its niceness."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> CAP_SYS_NICE & 1)
+    return os.geteuid() == 0
+
+
+def postgres_processes(data_dir: Path) -> list[int]:
+    """The embedded PostgreSQL's postmaster and the processes it forked."""
+    pid_file = data_dir / "postgres" / "pgdata" / "postmaster.pid"
+    postmaster = int(pid_file.read_text().split()[0])
+    return [postmaster, *children(postmaster)]
+
+
+def test_up_runs_capture_and_storage_as_processes_with_storage_at_lower_priority(
+    tmp_path: Path, up_env: dict[str, str]
+) -> None:
+    data_dir = tmp_path / "data"
+    metrics = f"127.0.0.1:{free_tcp_port()}"
+    up = Up(
+        ["--data-dir", str(data_dir), "--udp", f"127.0.0.1:{free_udp_port()}",
+         "--tcp", f"127.0.0.1:{free_tcp_port()}", "--kafka-port", "0", "--pg-port", "0",
+         "--receiver-priority", "3"],
+        # For `up`, not its children: they would try to serve the same port.
+        {**up_env, "HEP_INGEST_METRICS": metrics},
+    )  # fmt: skip
+    base = nice_of(os.getpid())
+    storage = max(base, 10)  # --storage-nice's default; a niceness is only ever raised
+    try:
+        up.wait_for_line(DSN_PATTERN, 180)
+        receiver, consumer = child_running(up, "receive"), child_running(up, "consume")
+        assert len({up.process.pid, receiver, consumer}) == 3
+        assert nice_of(up.process.pid) == base
+        assert nice_of(consumer) == storage
+        if can_lower_nice():
+            assert nice_of(receiver) == -3
+        else:  # one warning, and the receiver runs on
+            assert nice_of(receiver) == base
+            assert "nice_not_permitted" in up.stderr
+        postgres = postgres_processes(data_dir)
+        assert len(postgres) > 1  # the postmaster and its background processes
+        assert {pid: nice_of(pid) for pid in postgres} == dict.fromkeys(postgres, storage)
+        # `up`'s /metrics carries both children's metrics.
+        with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as response:
+            families = {f.name for f in text_string_to_metric_families(response.read().decode())}
+        assert {"hep_ingest_packets_received", "hep_ingest_consumer_lag_total"} <= families
+    finally:
+        code = up.interrupt()
+    assert code == 0, f"exit {code}\n{up.stderr}"
+    leftovers = wait_until_gone([str(data_dir)])
+    log = data_dir / "postgres" / "pgdata" / "server.log"
+    assert leftovers == [], f"{leftovers}\n{up.stderr}\n{log.read_text()[-3000:]}"
+
+
+STATUS = re.compile(r"^status: (.*)$")
+
+
+def last_status(up: Up) -> dict[str, int]:
+    """The figures of the last status line: {'received': N, 'udp socket drops': N, ...}."""
+    lines = [m.group(1) for line in up.lines if (m := STATUS.match(line))]
+    if not lines:
+        return {}
+    return {name: int(value) for name, value in
+            (item.rsplit(" ", 1) for item in lines[-1].split("  "))}  # fmt: skip
+
+
+def wait_for_status(
+    up: Up, ok: Any, timeout: float, what: str = "status"
+) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert up.process.poll() is None, f"up exited\n{up.stdout}\n{up.stderr}"
+        status = last_status(up)
+        if status and ok(status):
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: last status {last_status(up)}\n{up.stderr[-3000:]}")
+
+
+def send_paced(packets: list[bytes], port: int, rate: int) -> None:
+    """`packets` to 127.0.0.1:`port` at about `rate` per second, in 10 ms steps."""
+    step = max(1, rate // 100)
+    started = time.monotonic()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for index, packet in enumerate(packets, 1):
+            sock.sendto(packet, ("127.0.0.1", port))
+            if index % step == 0:
+                ahead = started + index / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+
+
+def test_up_loses_no_packet_while_postgres_is_stalled(
+    tmp_path: Path, up_env: dict[str, str]
+) -> None:
+    """Storage stops (PostgreSQL paused) while HEP keeps coming: Kafka holds it, none lost."""
+    data_dir = tmp_path / "data"
+    udp_port = free_udp_port()
+    total, warm_up, during_stall, rate = 20_000, 500, 14_000, 2_000
+    packets = [encode_hep3(sip_packet(f"stall-{i}@up.test", i)) for i in range(total)]
+    up = Up(
+        ["--data-dir", str(data_dir), "--udp", f"127.0.0.1:{udp_port}",
+         "--tcp", f"127.0.0.1:{free_tcp_port()}", "--kafka-port", "0", "--pg-port", "0",
+         "--status-interval", "0.5"],
+        up_env,
+    )  # fmt: skip
+    try:
+        dsn = up.wait_for_line(DSN_PATTERN, 180).group(1)
+        # Stored once first: the consumer then knows its offsets, so the lag it reports
+        # during the stall is a figure, not an unknown.
+        send_paced(packets[:warm_up], udp_port, rate)
+        wait_for_status(up, lambda s: s["stored"] == warm_up and s["lag"] == 0, 120, "warm-up")
+        postgres = postgres_processes(data_dir)
+        for pid in postgres:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            send_paced(packets[warm_up:during_stall], udp_port, rate)  # ~7 s
+            stalled = wait_for_status(
+                up, lambda s: s["published"] == during_stall and s["lag"] > 0, 60, "stalled"
+            )
+            # Nothing more could be stored: it waits in Kafka, as consumer lag.
+            assert stalled["received"] == during_stall, stalled
+            assert stalled["stored"] == warm_up, stalled
+            assert stalled["lag"] <= during_stall - warm_up, stalled
+        finally:
+            for pid in postgres:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+        # More while storage catches up on the backlog.
+        send_paced(packets[during_stall:], udp_port, rate)  # ~3 s
+        final = wait_for_status(
+            up, lambda s: s["stored"] >= total and s["lag"] == 0, 180, "caught up"
+        )
+        assert final["received"] == final["published"] == final["stored"] == total, final
+        assert "udp socket drops" not in final and final.get("dropped", 0) == 0, final
+        assert kernel_drops(udp_port) == 0
+        assert count_rows(dsn) == total  # each packet stored exactly once
+    finally:
+        code = up.interrupt()
+    assert code == 0, f"exit {code}\n{up.stderr}"
+    assert wait_until_gone([str(data_dir)]) == []
+
+
+def test_up_exits_1_when_its_receiver_drops_accepted_records_at_shutdown(
+    tmp_path: Path, up_env: dict[str, str], database_dsn: str
+) -> None:
+    """The receiver process's exit 1 (records it could not publish) is `up`'s exit 1."""
+    packets, _ = load_vectors("kamailio_hep3_udp")
+    udp_port = free_udp_port()
+    up = Up(
+        ["--data-dir", str(tmp_path / "data"), "--udp", f"127.0.0.1:{udp_port}",
+         "--tcp", f"127.0.0.1:{free_tcp_port()}", "--bootstrap-servers", closed_port_address(),
+         "--dsn", database_dsn, "--log-format", "json", "--log-level", "info"],
+        up_env,
+    )  # fmt: skip
+    try:
+        # No broker: the receiver accepts and holds, the consumer never starts.
+        deadline = time.monotonic() + 120
+        while '"receiver_started"' not in up.stderr:
+            assert time.monotonic() < deadline and up.process.poll() is None, up.stderr
+            time.sleep(0.2)
+        send_udp(packets[:20], udp_port)
+        time.sleep(1)
+    finally:
+        code = up.interrupt(timeout=120)  # the receiver's --shutdown-timeout is 30 s
+    assert code == 1, f"exit {code}\n{up.stderr}"
+    assert "hep-ingest up: stopped, 20 received records dropped at shutdown" in up.stderr

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,42 @@ def test_a_second_up_on_a_running_data_dir_is_refused(tmp_path: Path) -> None:
     stack.close()
     recorded = state.read_state(tmp_path)
     assert recorded is not None and recorded.pid is None and recorded.stopped_at
+
+
+async def test_run_child_is_ready_when_its_metrics_file_appears_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    from pipeline.stack import ChildCommand, run_child
+
+    metrics = tmp_path / "run" / "child.prom"
+    metrics.parent.mkdir()
+    metrics.write_text("stale\n")  # a previous run's: must not count as ready
+    script = (
+        "import pathlib, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+        "time.sleep(0.5)\n"
+        f"pathlib.Path({str(metrics)!r}).write_text("
+        "'# TYPE hep_ingest_packets_published counter\\nhep_ingest_packets_published_total 4\\n')\n"
+        "time.sleep(60)\n"
+    )
+    command = ChildCommand("receiver", (sys.executable, "-c", script), dict(os.environ), metrics)
+    registry, stop, ready = CollectorRegistry(), asyncio.Event(), asyncio.Event()
+    child = asyncio.create_task(run_child(command, registry, stop, ready))
+    await asyncio.wait_for(ready.wait(), 30)
+    assert read_totals(registry).published == 4
+    stop.set()
+    await asyncio.wait_for(child, 30)  # exit 0 after SIGTERM: no error
+    assert read_totals(registry).published == 4  # still readable after the exit
+
+
+async def test_run_child_raises_when_the_child_exits_on_its_own(tmp_path: Path) -> None:
+    from pipeline.stack import ChildCommand, ChildExited, run_child
+
+    command = ChildCommand(
+        "consumer", (sys.executable, "-c", "raise SystemExit(2)"), dict(os.environ),
+        tmp_path / "consumer.prom",
+    )  # fmt: skip
+    ready = asyncio.Event()
+    with pytest.raises(ChildExited, match="the consumer exited with code 2") as raised:
+        await asyncio.wait_for(run_child(command, CollectorRegistry(), asyncio.Event(), ready), 30)
+    assert raised.value.exit_code == 2 and not ready.is_set()

@@ -1,0 +1,97 @@
+"""Metrics handed from a child process to its parent through a file.
+
+`hep-ingest up` runs the receiver and the consumer as child processes and shows their
+counters on its status line. Each child writes its registry in the Prometheus text
+format to a file `up` names (``--metrics-file``): first once it is ready, then every
+fraction of a second, and a last time as it exits. The parent reads the files back
+as one collector of its own registry. A file, unlike a scrape of the child's /metrics:
+
+- needs no port (nothing to choose, nothing another process can take first);
+- keeps the child's final counts after it exited (what the receiver published while
+  it flushed, what it dropped at shutdown), which `up`'s drain and exit code use;
+- is replaced whole (write, then rename), so a reader never sees half a file.
+
+Its existence says the child is ready: it is first written then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+WRITE_INTERVAL_S = 0.2
+
+
+def write_metrics(registry: CollectorRegistry, path: Path) -> None:
+    """Replace `path` with the registry's current exposition, atomically."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(generate_latest(registry))
+    os.replace(temporary, path)
+
+
+class MetricsFileWriter:
+    """Writes a registry to a file now, every `interval` seconds, and at `close()`."""
+
+    def __init__(
+        self, registry: CollectorRegistry, path: Path, interval: float = WRITE_INTERVAL_S
+    ) -> None:
+        self._registry = registry
+        self._path = path
+        self._interval = interval
+        self._stop = threading.Event()
+        write_metrics(registry, path)
+        self._thread = threading.Thread(target=self._run, name="metrics-file", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            with contextlib.suppress(OSError):  # a full disk must not stop the service
+                write_metrics(self._registry, self._path)
+
+    def close(self) -> None:
+        """The last write: the counts the process exits with."""
+        self._stop.set()
+        self._thread.join()
+        with contextlib.suppress(OSError):
+            write_metrics(self._registry, self._path)
+
+
+class MetricsFiles(Collector):
+    """The families in some metrics files, read at each collection.
+
+    A file not written yet yields nothing; one that cannot be read or parsed yields
+    what it held at the last successful read. A family that two files both hold is
+    taken from the first.
+    """
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self._paths = list(paths)
+        self._last: dict[Path, list[Metric]] = {}
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # names unknown until the children run; never checked for clashes
+
+    def collect(self) -> Iterator[Metric]:
+        seen: set[str] = set()
+        for path in self._paths:
+            for family in self._read(path):
+                if family.name not in seen:
+                    seen.add(family.name)
+                    yield family
+
+    def _read(self, path: Path) -> list[Metric]:
+        try:
+            families = list(text_string_to_metric_families(path.read_text()))
+        except (OSError, ValueError):  # not written yet, or cannot be read
+            return self._last.get(path, [])
+        self._last[path] = families
+        return families

@@ -1,0 +1,44 @@
+"""Metrics handed from `up`'s children through files (pipeline.observability.metrics_file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from pipeline.observability.metrics_file import MetricsFiles, MetricsFileWriter, write_metrics
+from pipeline.receiver.metrics import shutdown_drops
+from pipeline.stack import read_totals
+
+
+def test_a_parent_registry_reads_the_childrens_files_and_keeps_their_last_counts(
+    tmp_path: Path,
+) -> None:
+    receiver, consumer = CollectorRegistry(), CollectorRegistry()
+    received = Counter("hep_ingest_packets_received", "", ["transport"], registry=receiver)
+    dropped = Counter("hep_ingest_packets_dropped", "", ["reason"], registry=receiver)
+    lag = Gauge("hep_ingest_consumer_lag_total", "", registry=consumer)
+    files = [tmp_path / "receiver.prom", tmp_path / "consumer.prom"]
+    parent = CollectorRegistry()
+    parent.register(MetricsFiles(files))
+    assert read_totals(parent).received == 0  # nothing written yet
+
+    received.labels("udp").inc(7)
+    received.labels("tcp").inc(2)
+    dropped.labels("shutdown").inc(1)
+    lag.set(4)
+    writer = MetricsFileWriter(receiver, files[0], interval=3600)  # written at start
+    write_metrics(consumer, files[1])
+    totals = read_totals(parent)
+    assert (totals.received, totals.dropped, totals.lag) == (9, 1, 4)
+
+    received.labels("udp").inc(1)
+    writer.close()  # the final write: what the child exits with
+    assert read_totals(parent).received == 10
+    assert shutdown_drops(parent) == 1
+
+    files[0].write_text("not { the text format")  # unreadable: the last good read stands
+    files[1].unlink()
+    totals = read_totals(parent)
+    assert (totals.received, totals.lag) == (10, 4)
+    assert not list(tmp_path.glob(".*.tmp"))  # replaced whole, no temporary left

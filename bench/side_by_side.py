@@ -15,7 +15,11 @@ for a few seconds, and prints per rate and tree:
 Trees alternate within each rate so that drift of the machine hits them alike.
 
     .venv/bin/python bench/side_by_side.py --tree main=/work/wt-main --tree new=. \
-        [--rates 5000,20000,100000] [--seconds 5] [--receive-only]
+        [--rates 5000,20000,100000] [--seconds 5] [--receive-only | --up]
+
+With --up each run is a whole `hep-ingest up` of the tree on a new data directory (its
+own tansu and PostgreSQL): CPU is split by process (the receiver's and the consumer's
+columns hold `up` itself where it runs both in one process, as f1074a1 does).
 """
 
 from __future__ import annotations
@@ -244,12 +248,118 @@ def run_one(
         log.close()
 
 
+def classify(pid: int) -> str:
+    """Which column a process of an `up` tree counts under."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return "gone"
+    if "tansu" in command:
+        return "tansu"
+    if "postgres" in command.split(" ", 1)[0] or command.startswith("postgres:"):
+        return "postgres"
+    if " consume " in command or command.endswith(" consume"):
+        return "consumer"
+    return "receiver"  # the receiver child, or `up` itself (base: receiver and consumer)
+
+
+def cpu_by_role(root: int) -> dict[str, float]:
+    totals = dict.fromkeys(("receiver", "consumer", "postgres", "tansu"), 0.0)
+    for pid in descendants(root):
+        role = classify(pid)
+        if role in totals:
+            totals[role] += cpu_seconds(pid)
+    return totals
+
+
+def run_up(name: str, tree: Path, rate: int, seconds: float, sender: Path, workdir: Path) -> Run:
+    import re
+    import signal
+
+    data_dir = workdir / f"up-{name}-{rate}"
+    udp_port = free_udp_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEP_INGEST_")}
+    env["HEP_INGEST_MIGRATIONS_DIR"] = str(tree / "migrations")
+    env["HEP_INGEST_SCHEMAS_DIR"] = str(tree / "schemas")
+    env["PYTHONPATH"] = str(tree)  # `up`'s children import the same tree
+    out_path = workdir / f"up-{name}-{rate}.out"
+    with open(out_path, "wb") as out:
+        up = subprocess.Popen(
+            hep_ingest(
+                tree, "up", "--data-dir", str(data_dir), "--udp", f"127.0.0.1:{udp_port}",
+                "--tcp", f"127.0.0.1:{free_tcp_port()}", "--kafka-port", "0", "--pg-port", "0",
+                "--status-interval", "1",
+            ),
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    try:
+        dsn_pattern = re.compile(r"(postgresql://\S+)")
+        dsn = ""
+
+        def ready() -> bool:
+            nonlocal dsn
+            text = out_path.read_text(errors="replace")
+            match = dsn_pattern.search(text)
+            if match and "status:" in text:
+                dsn = match.group(1)
+                return True
+            assert up.poll() is None, text
+            return False
+
+        wait_until(ready, 240)
+        time.sleep(2)
+
+        def postmaster() -> int:
+            pid_file = data_dir / "postgres" / "postmaster.pid"
+            found = list(data_dir.rglob("postmaster.pid"))
+            path = pid_file if pid_file.exists() else (found[0] if found else None)
+            return int(path.read_text().split()[0]) if path else 0
+
+        def cpu() -> dict[str, float]:
+            totals = cpu_by_role(up.pid)
+            # pg_ctl daemonizes the postmaster: it is not below `up`, find it by its pid file.
+            pg = postmaster()
+            if pg and pg not in descendants(up.pid):
+                totals["postgres"] += tree_cpu(pg)
+            return totals
+
+        before = cpu()
+        result = subprocess.run(
+            [str(sender), str(udp_port), str(rate), str(seconds), str(LOAD / "hep_corpus.bin")],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        stopped = time.monotonic()
+        sent = int(json.loads(result.stdout.strip().splitlines()[-1])["sent"])
+        stored = 0
+
+        def caught_up() -> bool:
+            nonlocal stored
+            stored = asyncio.run(stored_call_ids(dsn))
+            return stored >= sent
+
+        wait_until(caught_up, 180)
+        catch_up = time.monotonic() - stopped
+        after = cpu()
+        per = {k: (after[k] - before[k]) / max(sent, 1) * 1e6 for k in before}
+        return Run(
+            name, rate, sent, stored, catch_up,
+            per["receiver"], per["consumer"], per["postgres"], per["tansu"],
+        )  # fmt: skip
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(120)
+        except subprocess.TimeoutExpired:
+            up.kill()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tree", action="append", required=True, help="NAME=PATH (repeatable)")
     parser.add_argument("--rates", default="5000,20000,100000")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--receive-only", action="store_true", help="no consumer, no database")
+    parser.add_argument("--up", action="store_true", help="each run a whole `hep-ingest up`")
     args = parser.parse_args()
     trees = [(n, Path(p).resolve()) for n, p in (t.split("=", 1) for t in args.tree)]
     workdir = Path(tempfile.mkdtemp(prefix="side-by-side-"))
@@ -268,10 +378,13 @@ def main() -> None:
             for rate in (int(r) for r in args.rates.split(",")):
                 runs = []
                 for name, tree in trees:
-                    run = run_one(
-                        name, tree, rate, args.seconds, sender, kafka, postgres, workdir,
-                        seq_base, args.receive_only,
-                    )  # fmt: skip
+                    if args.up:
+                        run = run_up(name, tree, rate, args.seconds, sender, workdir)
+                    else:
+                        run = run_one(
+                            name, tree, rate, args.seconds, sender, kafka, postgres, workdir,
+                            seq_base, args.receive_only,
+                        )  # fmt: skip
                     seq_base += run.sent + 1
                     runs.append(run)
                     print(

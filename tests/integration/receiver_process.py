@@ -92,6 +92,22 @@ class ReceiverProcess:
             self.process.wait()
 
 
+def free_tcp_ports_in_a_row(count: int) -> int:
+    """The first of `count` consecutive free loopback TCP ports."""
+    while True:
+        first = free_tcp_port()
+        if first + count > 65536:
+            continue
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(first, first + count):
+                    sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return first
+
+
 @contextlib.contextmanager
 def run_receiver_process(
     tmp_path: Path,
@@ -100,7 +116,10 @@ def run_receiver_process(
     *extra: str,
     env_extra: dict[str, str] | None = None,
 ) -> Iterator[ReceiverProcess]:
-    udp_port, tcp_port, metrics_port = free_udp_port(), free_tcp_port(), free_tcp_port()
+    udp_port, tcp_port = free_udp_port(), free_tcp_port()
+    # Worker k serves its metrics on metrics_port + k: all of them must be free.
+    workers = int(extra[extra.index("--workers") + 1]) if "--workers" in extra else 1
+    metrics_port = free_tcp_ports_in_a_row(workers)
     log_path = tmp_path / f"receiver-{udp_port}.log"
     command = [
         *hep_ingest_command(),

@@ -563,14 +563,22 @@ cdef inline int _put_blob(Buf* b, const char* src, Py_ssize_t n) except -1:
     return _put_raw(b, src, n)
 
 
-cdef int _put_bytes_obj(Buf* b, object value) except -1:
+cdef int _put_buffer(Buf* b, object value, bint with_length) except -1:
+    """The bytes of any buffer object, as an Avro bytes value or raw (a fixed field)."""
     cdef Py_buffer view
     PyObject_GetBuffer(value, &view, PyBUF_SIMPLE)
     try:
-        _put_blob(b, <const char*>view.buf, view.len)
+        if with_length:
+            _put_blob(b, <const char*>view.buf, view.len)
+        else:
+            _put_raw(b, <const char*>view.buf, view.len)
     finally:
         PyBuffer_Release(&view)
     return 0
+
+
+cdef inline int _put_bytes_obj(Buf* b, object value) except -1:
+    return _put_buffer(b, value, True)
 
 
 cdef inline int _put_str(Buf* b, object value) except -1:
@@ -614,13 +622,7 @@ cdef int _put_head(Buf* b, bytes header, object record_id) except -1:
     if len(record_id) != 16:
         raise ValueError(f"fixed field needs 16 bytes, got {len(record_id)}")
     _put_raw(b, PyBytes_AS_STRING(header), len(header))
-    cdef Py_buffer view
-    PyObject_GetBuffer(record_id, &view, PyBUF_SIMPLE)
-    try:
-        _put_raw(b, <const char*>view.buf, view.len)
-    finally:
-        PyBuffer_Release(&view)
-    return 0
+    return _put_buffer(b, record_id, False)
 
 
 cdef int _put_packet(Buf* b, object packet, object receive_time_us, object context) except -1:

@@ -99,6 +99,11 @@ def metric(port: int, name: str) -> float:
     )
 
 
+def known(value: float) -> float:
+    """0 for a metric a tree does not export (NaN)."""
+    return 0.0 if value != value else value
+
+
 def hep_ingest(tree: Path, *args: str) -> list[str]:
     code = f"import sys; sys.path.insert(0, {str(tree)!r}); from pipeline.cli import main; main()"
     return [sys.executable, "-c", code, *args]
@@ -213,6 +218,14 @@ def run_one(
         )  # fmt: skip
         stopped = time.monotonic()
         sent = int(json.loads(result.stdout.strip().splitlines()[-1])["sent"])
+        # The last datagrams may wait in the socket for one drain interval (up to
+        # 50 ms) before the receiver counts them: wait for them (or the kernel's drops).
+        wait_until(
+            lambda: metric(receiver_metrics, "hep_ingest_packets_received_total")
+            + known(metric(receiver_metrics, "hep_ingest_udp_socket_drops_total"))
+            >= sent,
+            5,
+        )
         wait_until(
             lambda: (
                 metric(receiver_metrics, "hep_ingest_packets_published_total")

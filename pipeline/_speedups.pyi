@@ -1,6 +1,8 @@
 # Types of the compiled extension (pipeline/_speedups.pyx); the pure modules named in
 # its docstring are the reference for every signature here.
+import socket
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from pipeline.hep.packet import HepPacket
 from pipeline.records.codec import RecordCodec
@@ -32,3 +34,6 @@ def packet_encoder(
     codec: RecordCodec,
 ) -> Callable[[HepPacket, bytes, int, ReceiveContext], bytes] | None: ...
 def datagram_encoder(codec: RecordCodec) -> PacketEncoder | None: ...
+def receive_datagrams(
+    sock: socket.socket, limit: int, packets: list[bytes], senders: list[tuple[Any, ...]]
+) -> bool: ...

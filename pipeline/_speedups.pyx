@@ -40,6 +40,7 @@ cdef extern from "<sys/socket.h>" nogil:
     int AF_INET6
 
 __all__ = [
+    "receive_datagrams",
     "PacketEncoder",
     "decode_packet",
     "datagram_encoder",
@@ -884,3 +885,181 @@ def datagram_encoder(codec):
     return PacketEncoder(codec.header)
 
 
+
+
+# -- reading a UDP socket: recvmmsg -----------------------------------------------------
+
+cdef extern from *:
+    """
+    #include <errno.h>
+    #include <stdlib.h>
+    #include <string.h>
+    #include <sys/socket.h>
+    #include <sys/uio.h>
+    #include <netinet/in.h>
+
+    #define HEP_RECV_SLOTS 64
+    #define HEP_RECV_SLOT_BYTES 65536
+
+    /* One slot per datagram of a batch. The area is allocated once (4 MiB of address
+       space; only the pages that datagrams are written to become resident) and shared
+       by every socket of the process: a batch is copied out before the next is read. */
+    static char *hep_recv_area = NULL;
+    static struct sockaddr_storage hep_recv_addr[HEP_RECV_SLOTS];
+    static socklen_t hep_recv_addrlen[HEP_RECV_SLOTS];
+    static size_t hep_recv_len[HEP_RECV_SLOTS];
+
+    /* Up to n (1..HEP_RECV_SLOTS) datagrams of fd without blocking, into the slots:
+       how many (at least 1), or -1 with errno (EAGAIN: nothing there). Fewer than n
+       means the socket had no more (an error after the first datagram is the next
+       call's). */
+    static int hep_recv_batch(int fd, int n) {
+        int i, got;
+        if (hep_recv_area == NULL) {
+            hep_recv_area = (char *)malloc((size_t)HEP_RECV_SLOTS * HEP_RECV_SLOT_BYTES);
+            if (hep_recv_area == NULL) { errno = ENOMEM; return -1; }
+        }
+    #ifdef __linux__
+        struct mmsghdr msgs[HEP_RECV_SLOTS];
+        struct iovec iov[HEP_RECV_SLOTS];
+        memset(msgs, 0, sizeof(struct mmsghdr) * (size_t)n);
+        for (i = 0; i < n; i++) {
+            iov[i].iov_base = hep_recv_area + (size_t)i * HEP_RECV_SLOT_BYTES;
+            iov[i].iov_len = HEP_RECV_SLOT_BYTES;
+            msgs[i].msg_hdr.msg_name = &hep_recv_addr[i];
+            msgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_storage);
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        do {
+            got = recvmmsg(fd, msgs, (unsigned int)n, MSG_DONTWAIT, NULL);
+        } while (got < 0 && errno == EINTR);
+        for (i = 0; i < got; i++) {
+            hep_recv_len[i] = msgs[i].msg_len;
+            hep_recv_addrlen[i] = msgs[i].msg_hdr.msg_namelen;
+        }
+        return got;
+    #else
+        for (i = 0; i < n; i++) {
+            ssize_t size;
+            hep_recv_addrlen[i] = sizeof(struct sockaddr_storage);
+            do {
+                size = recvfrom(fd, hep_recv_area + (size_t)i * HEP_RECV_SLOT_BYTES,
+                                HEP_RECV_SLOT_BYTES, MSG_DONTWAIT,
+                                (struct sockaddr *)&hep_recv_addr[i], &hep_recv_addrlen[i]);
+            } while (size < 0 && errno == EINTR);
+            if (size < 0) return i > 0 ? i : -1;
+            hep_recv_len[i] = (size_t)size;
+        }
+        return n;
+    #endif
+    }
+    """
+    int HEP_RECV_SLOTS
+    int HEP_RECV_SLOT_BYTES
+    char* hep_recv_area
+    unsigned int hep_recv_addrlen[]
+    size_t hep_recv_len[]
+    int hep_recv_batch(int fd, int n) nogil
+    const void* hep_recv_sockaddr "(const void *)hep_recv_addr"
+
+cdef extern from "<errno.h>":
+    int errno
+    int EAGAIN
+    int EWOULDBLOCK
+
+cdef extern from "<string.h>":
+    int memcmp(const void* a, const void* b, size_t n)
+    char* strerror(int errnum)
+
+cdef extern from "<netinet/in.h>":
+    ctypedef struct in_addr_t_ "struct in_addr":
+        pass
+    ctypedef struct in6_addr_t_ "struct in6_addr":
+        pass
+    ctypedef struct sockaddr_in "struct sockaddr_in":
+        unsigned short sin_family
+        unsigned short sin_port
+        in_addr_t_ sin_addr
+    ctypedef struct sockaddr_in6 "struct sockaddr_in6":
+        unsigned short sin6_family
+        unsigned short sin6_port
+        unsigned int sin6_flowinfo
+        in6_addr_t_ sin6_addr
+        unsigned int sin6_scope_id
+    unsigned short ntohs(unsigned short)
+    unsigned int ntohl(unsigned int)
+
+cdef extern from "<sys/socket.h>":
+    int AF_INET
+    ctypedef struct sockaddr_storage "struct sockaddr_storage":
+        unsigned short ss_family
+
+# The last sender's address and its Python tuple: a HEP agent sends every datagram
+# from the same address, so the tuple is built once, not once per datagram.
+cdef sockaddr_storage _last_address
+cdef unsigned int _last_address_len = 0
+cdef object _last_sender = None
+
+
+cdef object _sender_at(int slot):
+    """The address of the datagram in `slot` as socket.recvfrom gives it."""
+    global _last_address_len, _last_sender
+    cdef const sockaddr_storage* address = (<const sockaddr_storage*>hep_recv_sockaddr) + slot
+    cdef unsigned int length = hep_recv_addrlen[slot]
+    cdef char text[64]
+    cdef const sockaddr_in* v4
+    cdef const sockaddr_in6* v6
+    if (
+        length == _last_address_len
+        and length > 0
+        and memcmp(address, &_last_address, length) == 0
+    ):
+        return _last_sender
+    if length >= sizeof(sockaddr_in) and address.ss_family == AF_INET:
+        v4 = <const sockaddr_in*>address
+        inet_ntop(AF_INET, &v4.sin_addr, text, sizeof(text))
+        sender = (text.decode("ascii"), ntohs(v4.sin_port))
+    elif length >= sizeof(sockaddr_in6) and address.ss_family == AF_INET6:
+        v6 = <const sockaddr_in6*>address
+        inet_ntop(AF_INET6, &v6.sin6_addr, text, sizeof(text))
+        sender = (text.decode("ascii"), ntohs(v6.sin6_port), ntohl(v6.sin6_flowinfo),
+                  v6.sin6_scope_id)
+    else:  # no address (as recvfrom returns for it): not cached
+        return None
+    memcpy(&_last_address, address, length)
+    _last_address_len = length
+    _last_sender = sender
+    return sender
+
+
+def receive_datagrams(sock, Py_ssize_t limit, list packets, list senders):
+    """Append up to `limit` datagrams and their senders; True when the limit was reached.
+
+    As pipeline.datagram_read.receive_datagrams (False when the socket has
+    nothing left; another error raised as OSError after what was read before it), with
+    one recvmmsg per up to 64 datagrams.
+    """
+    cdef int fd = sock.fileno()
+    cdef Py_ssize_t done = 0
+    cdef int want, got, slot, error
+    while done < limit:
+        want = <int>min(limit - done, HEP_RECV_SLOTS)
+        with nogil:
+            got = hep_recv_batch(fd, want)
+        if got < 0:
+            error = errno
+            if error == EAGAIN or error == EWOULDBLOCK:
+                return False
+            raise OSError(error, strerror(error).decode("utf-8", "replace"))
+        for slot in range(got):
+            packets.append(
+                PyBytes_FromStringAndSize(
+                    hep_recv_area + <size_t>slot * HEP_RECV_SLOT_BYTES, hep_recv_len[slot]
+                )
+            )
+            senders.append(_sender_at(slot))
+        done += got
+        if got < want:
+            return False
+    return True

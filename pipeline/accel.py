@@ -14,6 +14,7 @@ the extension is not even imported). Every hot-path caller imports these names f
     pipeline.records.mapping.record_key       _speedups.record_key
     pipeline.records.packetwrite.packet_encoder    _speedups.packet_encoder
     pipeline.records.datagrams.datagram_encoder    _speedups.datagram_encoder
+    pipeline.datagram_read.receive_datagrams  _speedups.receive_datagrams
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "datagram_encoder",
     "decode_packet",
     "packet_encoder",
+    "receive_datagrams",
     "record_key",
     "scan_call_id",
 ]
@@ -56,11 +58,13 @@ if _compiled is not None:
         datagram_encoder,
         decode_packet,
         packet_encoder,
+        receive_datagrams,
         record_key,
         scan_call_id,
     )
 else:
     IMPLEMENTATION = "pure"
+    from pipeline.datagram_read import receive_datagrams
     from pipeline.hep.decode import decode_packet
     from pipeline.records.datagrams import (  # type: ignore[assignment]
         DatagramEncoder,

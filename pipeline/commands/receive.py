@@ -304,12 +304,25 @@ def receive(
         float,
         typer.Option(
             envvar="HEP_INGEST_UDP_DRAIN_INTERVAL_MS", min=0.1, max=1000,
-            help="Read the UDP socket in batches this often, in milliseconds, instead of "
-            "once per datagram; the kernel holds what arrives meanwhile. Longer costs "
-            "less CPU per packet at low rates and needs more --udp-rcvbuf.",
+            help="Longest wait between two batch reads of the UDP socket, in milliseconds "
+            "(instead of a wakeup per datagram; the kernel holds what arrives meanwhile). "
+            "The wait follows the rate: about the time half a batch takes to arrive, "
+            "never longer than this nor than half the granted --udp-rcvbuf holds at "
+            "--udp-peak-rate (logged as drain_interval_ms). Longer costs less CPU per "
+            "packet at low rates.",
             show_default=True,
         ),
     ] = _DEFAULTS.udp_drain_interval_ms,
+    udp_peak_rate: Annotated[
+        int,
+        typer.Option(
+            envvar="HEP_INGEST_UDP_PEAK_RATE", min=1, max=100_000_000,
+            help="Datagrams per second (per UDP listener) that the receive buffer must "
+            "absorb for one drain interval: the longest interval is cut to what half "
+            "the granted buffer holds at this rate.",
+            show_default=True,
+        ),
+    ] = _DEFAULTS.udp_peak_rate,
     tcp_max_connections: Annotated[
         int,
         typer.Option(
@@ -397,6 +410,7 @@ def receive(
             max_backlog_bytes=max_backlog_bytes,
             udp_rcvbuf_bytes=udp_rcvbuf,
             udp_drain_interval_ms=udp_drain_interval_ms,
+            udp_peak_rate=udp_peak_rate,
             tcp_max_connections=tcp_max_connections,
             tcp_idle_timeout_s=tcp_idle_timeout,
             tcp_frame_timeout_s=tcp_frame_timeout,

@@ -29,6 +29,7 @@ from pipeline.receiver.udp import (
     UdpReader,
     batch_limit_for,
     bind_udp_socket,
+    longest_interval,
     receive_buffer,
 )
 from pipeline.records import load_codec
@@ -81,12 +82,15 @@ async def run_receiver(
         for host, port in settings.udp:
             sock = bind_udp_socket(host, port, settings.udp_rcvbuf_bytes, settings.reuse_port)
             granted, kernel_limit = receive_buffer(sock)
+            longest_s = longest_interval(
+                settings.udp_drain_interval_ms / 1000, kernel_limit, settings.udp_peak_rate
+            )
             reader = UdpReader(
                 sock,
                 intake,
                 publisher.offer_batch,
                 metrics,
-                drain_interval_s=settings.udp_drain_interval_ms / 1000,
+                drain_interval_s=longest_s,
                 batch_limit=batch_limit_for(kernel_limit),
             )
             udp_readers.append(reader)
@@ -99,7 +103,8 @@ async def run_receiver(
                 requested=settings.udp_rcvbuf_bytes,
                 granted=granted,
                 kernel_limit=kernel_limit,
-                drain_interval_ms=settings.udp_drain_interval_ms,
+                drain_interval_ms=round(longest_s * 1000, 3),
+                peak_rate=settings.udp_peak_rate,
                 **(
                     {"hint": "run with CAP_NET_ADMIN (SO_RCVBUFFORCE) or raise net.core.rmem_max"}
                     if granted < settings.udp_rcvbuf_bytes

@@ -1,23 +1,31 @@
-"""UDP listener: drains a non-blocking socket in batches on a short timer.
+"""UDP listener: drains a non-blocking socket in batches, on a timer that follows the rate.
 
 One wakeup per datagram (asyncio's DatagramProtocol) costs more than the datagram's
-own work below saturation. `UdpReader` instead reads whatever the socket holds every
-`drain_interval_s` (until EAGAIN or `batch_limit` datagrams) and hands the whole
-batch to the intake and the publisher in one call each:
+own work below saturation, and so does a wakeup every few milliseconds at a few
+thousand packets/s: a wakeup costs about as much as decoding a hundred packets. `UdpReader`
+reads whatever the socket holds (until EAGAIN or `batch_limit` datagrams; recvmmsg,
+64 datagrams per system call, in the compiled module) and hands the whole batch to the
+intake and the publisher in one call each:
 
-    timer --> drain: recvfrom until EAGAIN or batch_limit --> intake.accept_batch
+    timer --> drain: read until EAGAIN or batch_limit --> intake.accept_batch
       ^          |                                                   |
       |          | batch_limit reached: drain again at once          v
       |          | nothing read: wait until the socket is readable   publisher.offer_batch
-      +----------+ otherwise: the next drain in drain_interval_s     (refused: counted
+      +----------+ otherwise: the next drain after next_interval()   (refused: counted
                                                                       dropped{queue_full})
 
-The kernel buffers what arrives between two drains, so the receive buffer must hold
-one interval of traffic at the peak rate (README: "Sizing the UDP receive buffer");
-`batch_limit` is kept to a quarter of what the granted buffer holds, so a drain that
-reads that much is followed by another at once instead of a sleep.
+The drain interval rule (`next_interval`): the next drain comes when, at the rate the
+last drain saw, half a batch (`batch_limit / 2` datagrams) will have arrived, but no
+sooner than `MIN_DRAIN_INTERVAL_S` and no later than the longest interval. So a quiet
+socket is read every longest interval (few wakeups), a busy one more often (batches of
+about half the limit), and a drain that fills the batch is followed by another at once.
+The longest interval is `--udp-drain-interval-ms`, cut (`longest_interval`) to what half
+of the granted receive buffer holds at `--udp-peak-rate`: a burst at the peak rate that
+starts right after a drain still fits, with as much again to spare for a stall. The
+kernel buffers what arrives between two drains (README: "Sizing the UDP receive
+buffer"); `batch_limit` is kept to a quarter of what the granted buffer holds.
 An idle socket costs nothing: after a drain that found nothing the reader waits for
-the socket to become readable, then resumes the timer.
+the socket to become readable, then drains after one longest interval.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from pipeline.accel import receive_datagrams
 from pipeline.observability import get_logger
 from pipeline.receiver.intake import Address, Encoded, Intake
 from pipeline.receiver.listen import bind_error
@@ -46,8 +55,9 @@ SO_RCVBUFFORCE: int | None = getattr(
 # What one datagram of an ordinary HEP packet (up to ~1.5 KB) takes of the receive
 # buffer on Linux (its skb "truesize"), measured on loopback: ~2.1 KB.
 DATAGRAM_TRUESIZE = 2304
-MAX_DATAGRAM = 65535
 DEFAULT_BATCH_LIMIT = 1024
+# The shortest wait between two drains that did not fill a batch.
+MIN_DRAIN_INTERVAL_S = 0.001
 
 
 def read_datagrams(
@@ -58,25 +68,34 @@ def read_datagrams(
     Stops at the first EAGAIN (nothing left) or socket error (ICMP errors and the like:
     nothing to do for a receive-only socket, the next drain reads on).
     """
-    recvfrom = sock.recvfrom
-    add_packet = packets.append
-    add_sender = senders.append
     try:
-        for _ in range(limit):
-            data, sender = recvfrom(MAX_DATAGRAM)
-            add_packet(data)
-            add_sender(sender)
-    except BlockingIOError:
-        return False
+        return receive_datagrams(sock, limit, packets, senders)
     except OSError as exc:
         log.debug("udp_error", error=repr(exc))
         return False
-    return True
 
 
 def batch_limit_for(rcvbuf_kernel_bytes: int, most: int = DEFAULT_BATCH_LIMIT) -> int:
     """A quarter of the datagrams the buffer holds (at least 16, at most `most`)."""
     return max(16, min(most, rcvbuf_kernel_bytes // DATAGRAM_TRUESIZE // 4))
+
+
+def longest_interval(longest_s: float, rcvbuf_kernel_bytes: int, peak_rate: float) -> float:
+    """`longest_s`, or less: the time half the buffer takes to fill at `peak_rate`/s."""
+    holds = rcvbuf_kernel_bytes / DATAGRAM_TRUESIZE / 2
+    return min(longest_s, holds / peak_rate)
+
+
+def next_interval(read: int, elapsed_s: float, batch_limit: int, longest_s: float) -> float:
+    """Seconds to the next drain after one that read `read` (> 0) datagrams in `elapsed_s`.
+
+    The time half a batch takes to arrive at that rate, within
+    [MIN_DRAIN_INTERVAL_S, longest_s] (the longest wins when they cross).
+    """
+    if elapsed_s <= 0:
+        return min(MIN_DRAIN_INTERVAL_S, longest_s)
+    wait = elapsed_s * (batch_limit / 2) / read
+    return min(longest_s, max(MIN_DRAIN_INTERVAL_S, wait))
 
 
 class UdpReader:
@@ -97,6 +116,7 @@ class UdpReader:
         drain_interval_s: float,
         batch_limit: int = DEFAULT_BATCH_LIMIT,
         clock_ns: Callable[[], int] = time.time_ns,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sock = sock
         self._fd = sock.fileno()
@@ -104,9 +124,11 @@ class UdpReader:
         self._sink = sink
         self._metrics = metrics
         self._dropped = metrics.dropped
-        self._interval = drain_interval_s
+        self._longest = drain_interval_s  # the longest interval (see longest_interval)
         self._batch_limit = batch_limit
         self._clock_ns = clock_ns
+        self._monotonic = monotonic
+        self._last_drain = 0.0  # monotonic time of the last drain
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self._waiting_readable = False
@@ -153,20 +175,23 @@ class UdpReader:
         self._timer = None
         self._full = False
         read = 0
+        now = self._monotonic()
+        elapsed, self._last_drain = now - self._last_drain, now
         try:
             read = self.drain()
         finally:
             # Scheduled even if the batch raised (a bug): the socket keeps being read.
             if not self._closed:
-                self._schedule(read)
+                self._schedule(read, elapsed)
 
-    def _schedule(self, read: int) -> None:
+    def _schedule(self, read: int, elapsed: float) -> None:
         loop = self._loop
         assert loop is not None
         if self._full:
             self._timer = loop.call_soon(self._drain_and_schedule)
         elif read:
-            self._timer = loop.call_later(self._interval, self._drain_and_schedule)
+            wait = next_interval(read, elapsed, self._batch_limit, self._longest)
+            self._timer = loop.call_later(wait, self._drain_and_schedule)
         else:
             self._wait_readable()
 
@@ -181,8 +206,9 @@ class UdpReader:
         loop.remove_reader(self._fd)
         self._waiting_readable = False
         if not self._closed:
-            # Let an interval's worth gather before the first drain.
-            self._timer = loop.call_later(self._interval, self._drain_and_schedule)
+            # Traffic (re)starts at an unknown rate: let the longest interval's worth
+            # gather before the first drain (the buffer holds it at the peak rate).
+            self._timer = loop.call_later(self._longest, self._drain_and_schedule)
 
 
 def bind_udp_socket(

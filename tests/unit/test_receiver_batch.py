@@ -29,6 +29,8 @@ from pipeline.receiver.udp import (
     UdpReader,
     batch_limit_for,
     bind_udp_socket,
+    longest_interval,
+    next_interval,
     receive_buffer,
     set_receive_buffer,
 )
@@ -263,6 +265,88 @@ def test_batch_limit_is_a_quarter_of_the_buffer_within_bounds() -> None:
     assert batch_limit_for(16 * 1024 * 1024) == udp.DEFAULT_BATCH_LIMIT
     assert batch_limit_for(425_984) == 425_984 // udp.DATAGRAM_TRUESIZE // 4
     assert batch_limit_for(1) == 16
+
+
+def test_the_drain_interval_follows_the_rate() -> None:
+    # 5,000/s: half a batch takes 100 ms, more than the longest interval.
+    assert next_interval(25, 0.005, 1024, 0.05) == 0.05
+    # 20,000/s: 512 datagrams arrive in 25.6 ms.
+    assert next_interval(100, 0.005, 1024, 0.05) == pytest.approx(0.0256)
+    # 100,000/s: 5.12 ms; far beyond, the shortest interval.
+    assert next_interval(500, 0.005, 1024, 0.05) == pytest.approx(0.00512)
+    assert next_interval(1000, 0.0001, 1024, 0.05) == udp.MIN_DRAIN_INTERVAL_S
+    # The longest wins when it is below the shortest (a tiny buffer); no elapsed time
+    # (a clock that did not move) reads again soon.
+    assert next_interval(1, 10.0, 1024, 0.0005) == 0.0005
+    assert next_interval(10, 0.0, 1024, 0.05) == udp.MIN_DRAIN_INTERVAL_S
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    read=st.integers(1, 10_000),
+    more=st.integers(0, 10_000),
+    elapsed=st.floats(0, 10),
+    limit=st.integers(16, 1024),
+    longest=st.floats(0.0001, 1),
+)
+def test_the_drain_interval_is_bounded_and_shrinks_as_batches_grow(
+    read: int, more: int, elapsed: float, limit: int, longest: float
+) -> None:
+    wait = next_interval(read, elapsed, limit, longest)
+    assert min(udp.MIN_DRAIN_INTERVAL_S, longest) <= wait <= longest
+    assert next_interval(read + more, elapsed, limit, longest) <= wait
+
+
+def test_the_longest_interval_fits_half_the_buffer_at_the_peak_rate() -> None:
+    kernel = 16 * 1024 * 1024  # 8 MiB granted
+    holds = kernel / udp.DATAGRAM_TRUESIZE / 2  # ~3,640 datagrams
+    assert longest_interval(0.05, kernel, 100_000) == pytest.approx(holds / 100_000)
+    assert longest_interval(0.05, kernel, 10_000) == 0.05
+    # Without CAP_NET_ADMIN and rmem_max at 208 KiB: about 1 ms at 100,000/s.
+    assert longest_interval(0.05, 2 * 212_992, 100_000) == pytest.approx(0.000924, rel=0.01)
+
+
+def test_a_reader_waits_as_the_rate_it_saw_says() -> None:
+    packets, _ = load_vectors("kamailio_hep3_udp")
+
+    async def run() -> list[float]:
+        waits: list[float] = []
+        now = [100.0]
+        sink = _Sink()
+        intake, metrics = _intake()
+        sock = bind_udp_socket("127.0.0.1", 0, 4 * 1024 * 1024)
+        reader = UdpReader(
+            sock, intake, sink, metrics, drain_interval_s=0.05, batch_limit=64,
+            monotonic=lambda: now[0],
+        )  # fmt: skip
+        loop = asyncio.get_running_loop()
+        reader._loop = loop
+        call_later = loop.call_later
+
+        def record(delay: float, callback: Any) -> asyncio.TimerHandle:
+            waits.append(delay)
+            return call_later(3600, callback)
+
+        loop.call_later = record  # type: ignore[method-assign]
+        try:
+            port = reader.socket.getsockname()[1]
+            reader._drain_and_schedule()  # the start: nothing there yet
+            assert reader._waiting_readable
+            reader._readable()
+            for count, elapsed in ((4, 0.05), (16, 0.01), (32, 0.001)):
+                _send(port, packets[:count])
+                time.sleep(0.05)  # loopback delivers at once; margin for a loaded machine
+                now[0] += elapsed
+                reader._drain_and_schedule()
+        finally:
+            loop.call_later = call_later  # type: ignore[method-assign]
+            reader.close()
+        return waits
+
+    waits = asyncio.run(run())
+    # After the wakeup, the longest interval; then 4 in 50 ms (too slow: the longest),
+    # 16 in 10 ms (32 arrive in 20 ms), 32 in 1 ms (the shortest).
+    assert waits == pytest.approx([0.05, 0.05, 0.02, udp.MIN_DRAIN_INTERVAL_S])
 
 
 # -- --udp-rcvbuf ------------------------------------------------------------------

@@ -149,6 +149,9 @@ class KafkaPublisher:
         self._high_seen = False
         self._wakeup = asyncio.Event()
         self._closing = asyncio.Event()
+        # While the run loop lingers: resolved when a full batch is queued (or at close).
+        self._lingering: asyncio.Future[None] | None = None
+        self._batch_bytes = settings.batch_bytes
         self._deadline = float("inf")
         self._producer: AIOKafkaProducer | None = None
         self._topic_ready = not settings.create_topic
@@ -182,6 +185,8 @@ class KafkaPublisher:
         queue.append(record)
         self._held_packets += 1
         self._held_bytes = held
+        if held >= self._batch_bytes:
+            self._end_linger()
         return True
 
     def offer_batch(self, records: list[Record], force: bool = False) -> int:
@@ -205,6 +210,8 @@ class KafkaPublisher:
             queue.extend(records)
             self._held_packets += count
             self._held_bytes = held
+            if held >= self._batch_bytes:
+                self._end_linger()
             return count
         offer = self.offer_record
         return sum([offer(record) for record in records])
@@ -237,6 +244,7 @@ class KafkaPublisher:
         self._deadline = time.monotonic() + grace_s
         self._closing.set()
         self._wakeup.set()
+        self._end_linger()
         task = self._task
         if task is not None:
             # The run loop stops retrying at the deadline; a send still waiting for its
@@ -298,10 +306,29 @@ class KafkaPublisher:
             await self._close_producer()
 
     async def _linger(self) -> None:
+        """Wait up to linger_ms for more records, less once a full batch is queued.
+
+        A cycle's cost hardly depends on its size (a batch per partition, a produce
+        request, its acknowledgement), so at low rates the cycle waits; once
+        batch_bytes are held (a busy receiver) it goes at once. A future and a timer,
+        not wait_for: no task per cycle.
+        """
         linger = self._settings.linger_ms / 1000
-        if linger and not self._closing.is_set() and self._held_bytes < self._settings.batch_bytes:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), linger)
+        if not linger or self._closing.is_set() or self._held_bytes >= self._batch_bytes:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._lingering = loop.create_future()
+        timer = loop.call_later(linger, self._end_linger)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._lingering = None
+
+    def _end_linger(self) -> None:
+        waiter = self._lingering
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _give_up(self, retry_state: RetryCallState) -> bool:
         if not self._closing.is_set():

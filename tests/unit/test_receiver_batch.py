@@ -309,7 +309,7 @@ def test_the_longest_interval_fits_half_the_buffer_at_the_peak_rate() -> None:
 def test_a_reader_waits_as_the_rate_it_saw_says() -> None:
     packets, _ = load_vectors("kamailio_hep3_udp")
 
-    async def run() -> list[float]:
+    def run(loop: asyncio.AbstractEventLoop) -> list[float]:
         waits: list[float] = []
         now = [100.0]
         sink = _Sink()
@@ -319,8 +319,7 @@ def test_a_reader_waits_as_the_rate_it_saw_says() -> None:
             sock, intake, sink, metrics, drain_interval_s=0.05, batch_limit=64,
             monotonic=lambda: now[0],
         )  # fmt: skip
-        loop = asyncio.get_running_loop()
-        reader._loop = loop
+        reader._loop = loop  # never run: the timers it is handed are only recorded
         call_later = loop.call_later
 
         def record(delay: float, callback: Any) -> asyncio.TimerHandle:
@@ -343,7 +342,11 @@ def test_a_reader_waits_as_the_rate_it_saw_says() -> None:
             reader.close()
         return waits
 
-    waits = asyncio.run(run())
+    loop = asyncio.new_event_loop()
+    try:
+        waits = run(loop)
+    finally:
+        loop.close()
     # After the wakeup, the longest interval; then 4 in 50 ms (too slow: the longest),
     # 16 in 10 ms (32 arrive in 20 ms), 32 in 1 ms (the shortest).
     assert waits == pytest.approx([0.05, 0.05, 0.02, udp.MIN_DRAIN_INTERVAL_S])

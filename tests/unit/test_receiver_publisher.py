@@ -152,3 +152,35 @@ def test_drop_watch_reports_start_progress_and_stop_never_per_packet() -> None:
     )
     assert watch.observe(901, 15.0) is None
     assert watch.observe(905, 16.0) == ("queue_full_drops_started", {"dropped": 4})
+
+
+def test_the_linger_ends_when_a_full_batch_is_queued_or_at_close() -> None:
+    async def run() -> tuple[float, float, float]:
+        publisher = _publisher(linger_ms=60_000, batch_bytes=1_000)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        lingering = loop.create_task(publisher._linger())
+        await asyncio.sleep(0.05)
+        assert not lingering.done()
+        publisher.offer_batch(_records(5))  # 500 bytes: not yet a batch
+        await asyncio.sleep(0.05)
+        assert not lingering.done()
+        publisher.offer_batch(_records(5))  # 1,000 bytes
+        await asyncio.wait_for(lingering, 5)
+        full = loop.time() - started
+        # Already a full batch queued: no wait at all.
+        started = loop.time()
+        await asyncio.wait_for(publisher._linger(), 5)
+        at_once = loop.time() - started
+        # close() ends a linger too (the queue below a batch again).
+        other = _publisher(linger_ms=60_000, batch_bytes=1_000)
+        started = loop.time()
+        lingering = loop.create_task(other._linger())
+        await asyncio.sleep(0.05)
+        await other.close(0.1)
+        await asyncio.wait_for(lingering, 5)
+        return full, at_once, loop.time() - started
+
+    full, at_once, closed = asyncio.run(run())
+    assert full < 30 and at_once < 1 and closed < 30
+    assert _publisher()._settings.linger_ms == 200

@@ -15,7 +15,11 @@ for a few seconds, and prints per rate and tree:
 Trees alternate within each rate so that drift of the machine hits them alike.
 
     .venv/bin/python bench/side_by_side.py --tree main=/work/wt-main --tree new=. \
-        [--rates 5000,20000,100000] [--seconds 5] [--receive-only | --up]
+        [--rates 5000,20000,100000] [--seconds 5] [--receive-only | --up] [--transport tcp]
+
+With --transport tcp the load goes to the receivers' TCP listener as one HEP stream
+over one connection (blocking writes: a slow receiver slows the sender, nothing is
+lost), instead of UDP datagrams.
 
 With --up each run is a whole `hep-ingest up` of the tree on a new data directory (its
 own tansu and PostgreSQL): CPU is split by process (the receiver's and the consumer's
@@ -168,9 +172,11 @@ def run_one(
     workdir: Path,
     seq_base: int,
     receive_only: bool,
+    transport: str = "udp",
 ) -> Run:
     topic = f"bench-{name}-{rate}-{seq_base}"
-    udp_port, receiver_metrics, consumer_metrics = free_udp_port(), free_tcp_port(), free_tcp_port()
+    listen_port = free_udp_port() if transport == "udp" else free_tcp_port()
+    receiver_metrics, consumer_metrics = free_tcp_port(), free_tcp_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEP_INGEST_")}
     env["HEP_INGEST_MIGRATIONS_DIR"] = str(tree / "migrations")
     env["HEP_INGEST_SCHEMAS_DIR"] = str(tree / "schemas")
@@ -179,7 +185,9 @@ def run_one(
     try:
         receiver = subprocess.Popen(
             hep_ingest(
-                tree, "receive", "--udp", f"127.0.0.1:{udp_port}", "--no-tcp",
+                tree, "receive",
+                *(["--udp", f"127.0.0.1:{listen_port}", "--no-tcp"] if transport == "udp"
+                  else ["--tcp", f"127.0.0.1:{listen_port}", "--no-udp"]),
                 "--bootstrap-servers", kafka.bootstrap_servers, "--topic", topic,
                 "--partitions", "4", "--metrics", f"127.0.0.1:{receiver_metrics}",
                 "--log-format", "json",
@@ -212,8 +220,8 @@ def run_one(
             "tansu": cpu_seconds(kafka_pid) if kafka_pid else 0.0,
         }
         result = subprocess.run(
-            [str(sender), str(udp_port), str(rate), str(seconds), str(LOAD / "hep_corpus.bin"),
-             str(seq_base)],
+            [str(sender), str(listen_port), str(rate), str(seconds), str(LOAD / "hep_corpus.bin"),
+             str(seq_base), "64", transport],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         stopped = time.monotonic()
@@ -373,6 +381,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--receive-only", action="store_true", help="no consumer, no database")
     parser.add_argument("--up", action="store_true", help="each run a whole `hep-ingest up`")
+    parser.add_argument("--transport", choices=("udp", "tcp"), default="udp")
     args = parser.parse_args()
     trees = [(n, Path(p).resolve()) for n, p in (t.split("=", 1) for t in args.tree)]
     workdir = Path(tempfile.mkdtemp(prefix="side-by-side-"))
@@ -396,7 +405,7 @@ def main() -> None:
                     else:
                         run = run_one(
                             name, tree, rate, args.seconds, sender, kafka, postgres, workdir,
-                            seq_base, args.receive_only,
+                            seq_base, args.receive_only, args.transport,
                         )  # fmt: skip
                     seq_base += run.sent + 1
                     runs.append(run)

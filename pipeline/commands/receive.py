@@ -323,6 +323,16 @@ def receive(
             show_default=True,
         ),
     ] = _DEFAULTS.udp_peak_rate,
+    tcp_read_interval_ms: Annotated[
+        float,
+        typer.Option(
+            envvar="HEP_INGEST_TCP_READ_INTERVAL_MS", min=0, max=1000,
+            help="Read each TCP/TLS connection in batches this far apart, in milliseconds "
+            "(0: as data arrives); meanwhile the kernel buffers and TCP flow control "
+            "holds a sender that outruns it.",
+            show_default=True,
+        ),
+    ] = _DEFAULTS.tcp_read_interval_ms,
     tcp_max_connections: Annotated[
         int,
         typer.Option(
@@ -414,6 +424,7 @@ def receive(
             tcp_max_connections=tcp_max_connections,
             tcp_idle_timeout_s=tcp_idle_timeout,
             tcp_frame_timeout_s=tcp_frame_timeout,
+            tcp_read_interval_ms=tcp_read_interval_ms,
             retry_initial_s=retry_initial_s,
             retry_max_s=retry_max_s,
             shutdown_timeout_s=shutdown_timeout,

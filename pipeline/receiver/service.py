@@ -65,6 +65,7 @@ async def run_receiver(
         max_connections=settings.tcp_max_connections,
         idle_timeout_s=settings.tcp_idle_timeout_s,
         frame_timeout_s=settings.tcp_frame_timeout_s,
+        read_interval_s=settings.tcp_read_interval_ms / 1000,
     )
     publisher.set_low_water_callback(tcp.resume_all)
 

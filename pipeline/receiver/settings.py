@@ -71,6 +71,9 @@ class ReceiverSettings:
     # The rate (datagrams/s) that the UDP receive buffer must absorb for one longest
     # drain interval: the interval is cut to what half the granted buffer holds at it.
     udp_peak_rate: int = 100_000
+    # A TCP or TLS connection is read in batches this far apart (0: as data arrives);
+    # meanwhile the kernel buffers, and TCP flow control holds a sender that outruns it.
+    tcp_read_interval_ms: float = 20.0
     # TCP and TLS connections, together, per process: more are closed when accepted.
     # A connection holds at most one partial frame (64 KB), plus 256 KB of TLS buffer.
     tcp_max_connections: int = 1024
@@ -123,6 +126,10 @@ class ReceiverSettings:
             )
         if self.udp_peak_rate < 1:
             raise ValueError(f"udp peak rate must be at least 1/s, got {self.udp_peak_rate}")
+        if not (math.isfinite(self.tcp_read_interval_ms) and self.tcp_read_interval_ms >= 0):
+            raise ValueError(
+                f"tcp read interval must be >= 0 ms, got {self.tcp_read_interval_ms}"
+            )
         if self.tcp_max_connections < 1:
             raise ValueError(
                 f"tcp_max_connections must be at least 1, got {self.tcp_max_connections}"

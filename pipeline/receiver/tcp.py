@@ -14,6 +14,12 @@ framing, a frame cut off by the close) count once as a received, invalid packet 
 the reason. A broken stream is closed after the frames before the break are delivered
 (connections_closed{broken_stream}).
 
+Read in batches, as UDP: after a read, a connection rests for `read_interval_s`
+(reading paused; the kernel buffers what arrives, and past its buffer TCP flow control
+holds the sender) and then reads everything buffered at once. One wakeup then serves
+a few hundred frames instead of one or two, at the cost of that much latency. One
+timer per listener wakes every resting connection.
+
 Bounded resources: at most `max_connections` (TCP and TLS together; more are closed
 when accepted and counted in connections_refused{max_connections}); a connection that
 reads nothing for `idle_timeout_s`, or holds a partial frame for `frame_timeout_s`, is
@@ -56,6 +62,7 @@ class TcpListener:
         max_connections: int = 1024,
         idle_timeout_s: float = 300.0,
         frame_timeout_s: float = 30.0,
+        read_interval_s: float = 0.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.intake = intake
@@ -66,9 +73,13 @@ class TcpListener:
         self.max_connections = max_connections
         self.idle_timeout_s = idle_timeout_s
         self.frame_timeout_s = frame_timeout_s
+        self.read_interval_s = read_interval_s
         self.monotonic = monotonic
         self.connections: set[TcpConnection] = set()
         self.paused: set[TcpConnection] = set()
+        # Connections between two batch reads, and the timer that wakes them all.
+        self.resting: set[TcpConnection] = set()
+        self._wake: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._release: asyncio.TimerHandle | None = None
         self._refused_since_log = 0
@@ -117,9 +128,24 @@ class TcpListener:
             self._refused_since_log = 0
         return False
 
+    def rest(self, connection: TcpConnection) -> None:
+        """Have `connection` read again at the next wake (within read_interval_s)."""
+        self.resting.add(connection)
+        if self._wake is None:
+            self._wake = asyncio.get_running_loop().call_later(
+                self.read_interval_s, self._wake_resting
+            )
+
+    def _wake_resting(self) -> None:
+        self._wake = None
+        resting, self.resting = self.resting, set()
+        for connection in resting:
+            connection.wake()
+
     def connection_closed(self, connection: TcpConnection) -> None:
         self.connections.discard(connection)
         self.paused.discard(connection)
+        self.resting.discard(connection)
         # Once a burst of closes is over (at most once a second), give what their
         # buffers held back to the system: the heap would keep it otherwise.
         if self._release is None:
@@ -135,10 +161,11 @@ class TcpListener:
             connection.resume()
 
     def close_all(self) -> None:
-        for timer in (self._timer, self._release):
+        for timer in (self._timer, self._release, self._wake):
             if timer is not None:
                 timer.cancel()
-        self._timer = self._release = None
+        self._timer = self._release = self._wake = None
+        self.resting.clear()
         for connection in list(self.connections):
             connection.close()
 
@@ -151,7 +178,8 @@ class TcpConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._context: ReceiveContext | None = None
         self._sender: Address = ("", 0)
-        self._paused = False
+        self._paused = False  # by backpressure (above high water)
+        self._resting = False  # between two batch reads
         self._admitted = False
         self._close_reason = "peer_closed"
         self._last_read = listener.monotonic()
@@ -223,6 +251,8 @@ class TcpConnection(asyncio.Protocol):
             self._frame_since = now
         if not self._paused and listener.above_high_water():
             self._pause()
+        elif not self._paused and listener.read_interval_s > 0:
+            self._rest()
 
     def expire(self, now: float) -> None:
         """Close the connection if it has been idle, or held a partial frame, too long."""
@@ -256,6 +286,22 @@ class TcpConnection(asyncio.Protocol):
             self._listener.paused.add(self)
             self._transport.pause_reading()
 
+    def _rest(self) -> None:
+        transport = self._transport
+        # TLS may hand over decrypted bytes already read while resting: one rest.
+        if not self._resting and transport is not None and not transport.is_closing():
+            self._resting = True
+            transport.pause_reading()
+            self._listener.rest(self)
+
+    def wake(self) -> None:
+        """The end of a rest: read what arrived meanwhile (unless paused by backpressure)."""
+        transport = self._transport
+        if self._resting and transport is not None and not transport.is_closing():
+            self._resting = False
+            if not self._paused:
+                transport.resume_reading()
+
     def resume(self) -> None:
         if self._paused and self._transport is not None and not self._transport.is_closing():
             self._paused = False
@@ -263,7 +309,8 @@ class TcpConnection(asyncio.Protocol):
             now = self._last_read = self._listener.monotonic()
             if self._frame_since is not None:
                 self._frame_since = now
-            self._transport.resume_reading()
+            if not self._resting:  # else the wake resumes it
+                self._transport.resume_reading()
 
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():

@@ -25,6 +25,7 @@ from pipeline.receiver.intake import Address, Encoded, Intake
 from pipeline.receiver.metrics import ReceiverMetrics
 from pipeline.receiver.publisher import KafkaPublisher
 from pipeline.receiver.settings import ReceiverSettings
+from pipeline.receiver.tcp import TcpListener
 from pipeline.receiver.udp import (
     UdpReader,
     batch_limit_for,
@@ -478,3 +479,92 @@ def test_zstd_level_reaches_aiokafkas_batch_builders(monkeypatch: pytest.MonkeyP
         builder.append(timestamp=1, key=key, value=value)
     batch = next(iter([MemoryRecords(bytes(builder._build())).next_batch()]))
     assert [(r.key, r.value) for r in batch] == records
+
+
+# -- TCP: batch reads ---------------------------------------------------------------
+
+
+def _tcp_listener(
+    interval_s: float, high: list[bool]
+) -> tuple[TcpListener, list[list[Encoded]], ReceiverMetrics]:
+    intake, metrics = _intake()
+    batches: list[list[Encoded]] = []
+
+    def sink(records: list[Encoded], force: bool) -> int:
+        batches.append(records)
+        return len(records)
+
+    listener = TcpListener(
+        intake, sink, lambda: high[0], metrics, read_interval_s=interval_s
+    )
+    return listener, batches, metrics
+
+
+def test_a_tcp_connection_is_read_in_batches_one_interval_apart() -> None:
+    packets, _ = load_vectors("kamailio_hep3_tcp")
+    frames = packets[:40]
+
+    async def run() -> tuple[list[list[Encoded]], ReceiverMetrics, int]:
+        listener, batches, metrics = _tcp_listener(0.2, [False])
+        server = await asyncio.get_running_loop().create_server(
+            listener.protocol, "127.0.0.1", 0
+        )
+        port = server.sockets[0].getsockname()[1]
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for frame in frames:  # 40 writes over ~0.2 s
+                writer.write(frame)
+                await writer.drain()
+                await asyncio.sleep(0.005)
+            deadline = time.monotonic() + 30
+            while metrics.decoded < len(frames):
+                assert time.monotonic() < deadline, metrics.totals()
+                await asyncio.sleep(0.01)
+            resting = len(listener.resting)
+        finally:
+            writer.close()
+            listener.close_all()
+            server.close()
+        return batches, metrics, resting
+
+    batches, metrics, resting = asyncio.run(run())
+    assert sum(len(batch) for batch in batches) == len(frames) == metrics.decoded
+    # Reads 0.2 s apart: a handful of batches, not one per write.
+    assert len(batches) <= 6
+    assert resting == 1
+
+
+def test_a_connection_paused_by_backpressure_stays_paused_through_a_wake() -> None:
+    packets, _ = load_vectors("kamailio_hep3_tcp")
+
+    async def run() -> list[tuple[bool, bool]]:
+        high = [True]
+        listener, _batches, metrics = _tcp_listener(0.01, high)
+        server = await asyncio.get_running_loop().create_server(
+            listener.protocol, "127.0.0.1", 0
+        )
+        port = server.sockets[0].getsockname()[1]
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        states = []
+        try:
+            writer.write(packets[0])
+            await writer.drain()
+            deadline = time.monotonic() + 30
+            while metrics.decoded < 1:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            (connection,) = listener.connections
+            states.append((connection._paused, connection._transport.is_reading()))  # type: ignore[union-attr]
+            listener._wake_resting()  # a wake does not undo backpressure
+            states.append((connection._paused, connection._transport.is_reading()))  # type: ignore[union-attr]
+            high[0] = False
+            listener.resume_all()
+            states.append((connection._paused, connection._transport.is_reading()))  # type: ignore[union-attr]
+        finally:
+            writer.close()
+            listener.close_all()
+            server.close()
+        return states
+
+    # (paused by backpressure, reading): the wake leaves it paused, low water resumes it.
+    assert asyncio.run(run()) == [(True, False), (True, False), (False, True)]

@@ -37,3 +37,10 @@ def datagram_encoder(codec: RecordCodec) -> PacketEncoder | None: ...
 def receive_datagrams(
     sock: socket.socket, limit: int, packets: list[bytes], senders: list[tuple[Any, ...]]
 ) -> bool: ...
+def record_batch(
+    records: list[tuple[bytes | None, bytes]],
+    start: int,
+    batch_size: int,
+    timestamp_ms: int,
+    compress: Callable[[bytes], bytes] | None = None,
+) -> tuple[int, bytes]: ...

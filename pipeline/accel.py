@@ -15,6 +15,7 @@ the extension is not even imported). Every hot-path caller imports these names f
     pipeline.records.packetwrite.packet_encoder    _speedups.packet_encoder
     pipeline.records.datagrams.datagram_encoder    _speedups.datagram_encoder
     pipeline.datagram_read.receive_datagrams  _speedups.receive_datagrams
+    pipeline.kafka_batch.record_batch         _speedups.record_batch
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "decode_packet",
     "packet_encoder",
     "receive_datagrams",
+    "record_batch",
     "record_key",
     "scan_call_id",
 ]
@@ -59,6 +61,7 @@ if _compiled is not None:
         decode_packet,
         packet_encoder,
         receive_datagrams,
+        record_batch,
         record_key,
         scan_call_id,
     )
@@ -66,6 +69,7 @@ else:
     IMPLEMENTATION = "pure"
     from pipeline.datagram_read import receive_datagrams
     from pipeline.hep.decode import decode_packet
+    from pipeline.kafka_batch import record_batch
     from pipeline.records.datagrams import (  # type: ignore[assignment]
         DatagramEncoder,
         datagram_encoder,

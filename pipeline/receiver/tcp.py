@@ -17,8 +17,9 @@ the reason. A broken stream is closed after the frames before the break are deli
 Read in batches, as UDP: after a read, a connection rests for `read_interval_s`
 (reading paused; the kernel buffers what arrives, and past its buffer TCP flow control
 holds the sender) and then reads everything buffered at once. One wakeup then serves
-a few hundred frames instead of one or two, at the cost of that much latency. One
-timer per listener wakes every resting connection.
+a few hundred frames instead of one or two, at the cost of that much latency. A read
+of FULL_READ bytes or more is followed by the next at once (resting would cap a busy
+stream's throughput). One timer per listener wakes every resting connection.
 
 Bounded resources: at most `max_connections` (TCP and TLS together; more are closed
 when accepted and counted in connections_refused{max_connections}); a connection that
@@ -43,6 +44,10 @@ from pipeline.receiver.metrics import ReceiverMetrics
 from pipeline.records import ReceiveContext
 
 log = get_logger("pipeline.receiver.tcp")
+
+# A read this large (the event loops read up to 256 KiB at a time) is followed by the
+# next read at once rather than by a rest: the stream is busy.
+FULL_READ = 64 * 1024
 
 # offer_batch(records, force) -> queued; TCP always forces (it pauses instead of dropping).
 Sink = Callable[[list[Encoded], bool], int]
@@ -251,7 +256,8 @@ class TcpConnection(asyncio.Protocol):
             self._frame_since = now
         if not self._paused and listener.above_high_water():
             self._pause()
-        elif not self._paused and listener.read_interval_s > 0:
+        elif not self._paused and listener.read_interval_s > 0 and len(data) < FULL_READ:
+            # A large read says more is waiting: read on (as a full UDP drain does).
             self._rest()
 
     def expire(self, now: float) -> None:

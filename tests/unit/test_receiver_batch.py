@@ -568,3 +568,34 @@ def test_a_connection_paused_by_backpressure_stays_paused_through_a_wake() -> No
 
     # (paused by backpressure, reading): the wake leaves it paused, low water resumes it.
     assert asyncio.run(run()) == [(True, False), (True, False), (False, True)]
+
+
+def test_a_busy_tcp_connection_reads_on_without_resting() -> None:
+    frame = load_vectors("kamailio_hep3_tcp")[0][0]
+    count = 3 * 256 * 1024 // len(frame) + 1  # three of the event loop's largest reads
+
+    async def run() -> tuple[int, float]:
+        listener, _batches, metrics = _tcp_listener(3600.0, [False])
+        server = await asyncio.get_running_loop().create_server(
+            listener.protocol, "127.0.0.1", 0
+        )
+        port = server.sockets[0].getsockname()[1]
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = time.monotonic()
+        try:
+            writer.write(frame * count)  # at once: reads of FULL_READ bytes or more
+            await writer.drain()
+            deadline = time.monotonic() + 30
+            # A rest of an hour after each read: only reading on after a large read
+            # gets most of the stream in.
+            while metrics.decoded < count:
+                assert time.monotonic() < deadline, metrics.totals()
+                await asyncio.sleep(0.01)
+        finally:
+            writer.close()
+            listener.close_all()
+            server.close()
+        return metrics.decoded, time.monotonic() - started
+
+    decoded, took = asyncio.run(run())
+    assert decoded == count and took < 30

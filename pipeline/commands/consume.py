@@ -13,6 +13,8 @@ from typing import Annotated, Any
 import typer
 
 from pipeline.commands.options import (
+    ALegHeaderOption,
+    CustomHeaderOption,
     LogFormat,
     LogFormatOption,
     LogLevel,
@@ -23,6 +25,7 @@ from pipeline.commands.options import (
     WorkerIndexOption,
     check_worker_ports,
     check_workers,
+    header_rules,
 )
 
 HELP = """Consume HEP records from Kafka and store them in PostgreSQL.
@@ -140,6 +143,8 @@ def consume(
             help="Store the HEP capture password in protocol_header (it is a credential).",
         ),
     ] = False,
+    custom_header: CustomHeaderOption = None,
+    a_leg_header: ALegHeaderOption = None,
     log_level: LogLevelOption = LogLevel.info,
     log_format: LogFormatOption = LogFormat.json,
     workers: Annotated[
@@ -174,6 +179,7 @@ def consume(
     from pipeline.priority import set_nice
 
     check_workers(workers, worker_index)
+    headers = header_rules(custom_header, a_leg_header)
     metrics_address = None
     if metrics:
         try:
@@ -213,6 +219,7 @@ def consume(
         dead_letter_topic=dead_letter_topic or None,
         migrate=migrate,
         store_auth_key=store_auth_key,
+        headers=headers,
         **worker_client,
     )
     registry = CollectorRegistry()

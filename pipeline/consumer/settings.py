@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pipeline.storage.headers import HeaderExtraction
+
 SinkName = Literal["postgres", "stdout"]
 
 
@@ -39,6 +41,8 @@ class ConsumerSettings:
     dead_letter_topic: str | None = None
     migrate: bool = True
     store_auth_key: bool = False
+    # Custom and A-leg SIP headers (--custom-header, --a-leg-header): what build_row keeps.
+    headers: HeaderExtraction = field(default_factory=HeaderExtraction)
     client_id: str = "hep-ingest-consumer"
     maintain_interval: float = 3600.0
     progress_interval: float = 10.0

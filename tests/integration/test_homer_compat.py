@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -214,6 +215,7 @@ class Stored:
     dsn: str
     now: datetime
     hepv1_call_id: str
+    metrics_file: Path
 
 
 @pytest.fixture(scope="module")
@@ -233,6 +235,7 @@ def stored(kafka: EmbeddedKafka, postgres: EmbeddedPostgres,
         consumer = start_consumer(
             kafka.bootstrap_servers, topic, dsn, tmp / "consumer.log", "--flush-interval",
             "0.2", "--a-leg-header", "X-CID", "--custom-header", "X-CID",
+            "--metrics-file", str(tmp / "consumer.prom"),
         )
         sent = send_vectors(udp_port, tcp_port)
         now = time.time()
@@ -244,7 +247,8 @@ def stored(kafka: EmbeddedKafka, postgres: EmbeddedPostgres,
         sent += len(extra)
         total, distinct = asyncio.run(wait_for_rows(dsn, sent, 60, consumer))
         assert (total, distinct) == (sent, sent), tail(tmp / "consumer.log")
-        yield Stored(dsn, datetime.fromtimestamp(int(now), UTC), v1_call_id)
+        yield Stored(dsn, datetime.fromtimestamp(int(now), UTC), v1_call_id,
+                     tmp / "consumer.prom")
     finally:
         if consumer is not None:
             assert stop_process(consumer) == 0, tail(tmp / "consumer.log")
@@ -527,6 +531,26 @@ def test_every_stored_row_has_homer_types(stored: Stored) -> None:
         assert_homer_types(rows)
         seen += len(rows)
     assert seen == 170 + 51 + 34 + 12 + 1 + 6
+
+
+def test_the_consumer_counts_what_the_header_rules_did(stored: Stored) -> None:
+    """Only the B leg has X-CID: one value kept, one correlation id, no regex."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    want = {("custom", "X-CID", "extracted"): 1.0, ("custom", "X-CID", "regex_miss"): 0.0,
+            ("a_leg", "X-CID", "extracted"): 1.0, ("a_leg", "X-CID", "regex_miss"): 0.0}
+    got: dict[tuple[str, str, str], float] = {}
+    deadline = time.monotonic() + 10
+    while got != want and time.monotonic() < deadline:  # rewritten every fraction of a second
+        time.sleep(0.2)
+        text = stored.metrics_file.read_text()
+        got = {
+            (s.labels["use"], s.labels["header"], s.labels["outcome"]): s.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "hep_ingest_sip_headers"
+            for s in family.samples if s.name.endswith("_total")
+        }
+    assert got == want
 
 
 def test_gorm_shape() -> None:

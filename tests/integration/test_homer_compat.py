@@ -533,6 +533,32 @@ def test_every_stored_row_has_homer_types(stored: Stored) -> None:
     assert seen == 170 + 51 + 34 + 12 + 1 + 6
 
 
+def test_the_tables_homer_app_and_the_rotator_use_exist(stored: Stored) -> None:
+    """heplify-server's rotator (rotator/pgfiles.go) and homer-app's controllers name
+    these tables; each has the columns homer-app's model.HepTable reads."""
+
+    async def columns() -> dict[str, set[str]]:
+        conn = await asyncpg.connect(stored.dsn)
+        try:
+            rows = await conn.fetch(
+                "SELECT table_name, column_name FROM information_schema.columns "
+                "WHERE table_schema = 'public'")
+        finally:
+            await conn.close()
+        found: dict[str, set[str]] = {}
+        for row in rows:
+            found.setdefault(row["table_name"], set()).add(row["column_name"])
+        return found
+
+    found = asyncio.run(columns())
+    for table in ("hep_proto_1_call", "hep_proto_1_registration", "hep_proto_1_default",
+                  "hep_proto_5_default", "hep_proto_35_default", "hep_proto_54_default",
+                  "hep_proto_100_default"):
+        assert found.get(table, set()) >= {
+            "id", "sid", "create_date", "protocol_header", "data_header", "raw",
+            "custom_headers"}, table
+
+
 def test_the_consumer_counts_what_the_header_rules_did(stored: Stored) -> None:
     """Only the B leg has X-CID: one value kept, one correlation id, no regex."""
     from prometheus_client.parser import text_string_to_metric_families

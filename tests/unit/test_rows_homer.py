@@ -222,3 +222,26 @@ def test_homer_json_types(payload: bytes, proto: int | None, capture_id: int | N
     if proto in (None, 1) and built.value("parse_error") is None:
         # The chunk, an A-leg header or the Call-ID: never empty for SIP.
         assert proto_h["correlation_id"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(
+        st.tuples(st.sampled_from(["X-CID", "x-cid", "X-Tenant", "i", "s", "Subject"]),
+                  st.text(alphabet="abc@.;= -", max_size=12)),
+        max_size=6,
+    ),
+    wanted=st.sets(st.sampled_from(["x-cid", "x-tenant", "call-id", "subject", "nope"])),
+)
+def test_found_headers_are_parse_sips_first_values(lines: list[tuple[str, str]],
+                                                   wanted: set[str]) -> None:
+    from pipeline.sip import SipParseError, parse_sip
+
+    payload = invite("".join(f"{name}: {value}\r\n" for name, value in lines))
+    try:
+        message = parse_sip(payload)
+    except SipParseError:
+        return
+    _, found = summarise_sip_headers(payload, frozenset(wanted))
+    expected = {name: message.header(name) for name in wanted}
+    assert found == {name: value for name, value in expected.items() if value is not None}

@@ -100,7 +100,7 @@ def test_dashboard_is_well_formed(dashboard: dict[str, Any]) -> None:
     assert len(ids) == len(set(ids))
     for panel in panels:
         grid = panel["gridPos"]
-        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24 and grid["h"] > 0
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24 and grid["h"] > 0
         assert panel["targets"], panel["title"]
         ref_ids = [t["refId"] for t in panel["targets"]]
         assert len(ref_ids) == len(set(ref_ids)), panel["title"]

@@ -168,6 +168,7 @@ def consume(
         str,
         typer.Option(
             envvar="HEP_INGEST_DISCARD_METHODS",
+            show_default="none",
             help="Comma-separated SIP methods whose messages are not stored, matched on "
             "the CSeq method so their responses go too (heplify-server's DiscardMethod), "
             "e.g. OPTIONS,NOTIFY. Counted in hep_ingest_records_discarded_total.",
@@ -177,6 +178,7 @@ def consume(
         str,
         typer.Option(
             envvar="HEP_INGEST_DISCARD_SOURCES",
+            show_default="none",
             help="Comma-separated addresses or networks (CIDR): messages sent from one "
             "of them are not stored.",
         ),
@@ -185,6 +187,7 @@ def consume(
         str,
         typer.Option(
             envvar="HEP_INGEST_DISCARD_DESTINATIONS",
+            show_default="none",
             help="Comma-separated addresses or networks (CIDR): messages sent to one of "
             "them are not stored.",
         ),
@@ -193,6 +196,7 @@ def consume(
         str,
         typer.Option(
             envvar="HEP_INGEST_DISCARD_HEP_TYPES",
+            show_default="none",
             help="Comma-separated HEP protocol types (0-255) not stored, e.g. 5 (RTCP).",
         ),
     ] = "",
@@ -200,6 +204,7 @@ def consume(
         str,
         typer.Option(
             envvar="HEP_INGEST_CENSOR_METHODS",
+            show_default="none",
             help="Comma-separated SIP methods (CSeq) whose body is stored as x's of the "
             "same length (heplify-server's CensorMethod), e.g. MESSAGE.",
         ),

@@ -36,21 +36,26 @@ def observe_rows(kpi: SipKpi, rows: Iterable[CaptureRow]) -> Observations:
     """Feed the SIP rows of `rows` (those with a parsed Call-ID) to `kpi`."""
     out = Observations()
     observe = kpi.observe
+    nodes: dict[tuple[str | None, int | None], str] = {}
     for row in rows:
         values = row.values
         call_id = values[_CALL_ID]
         if call_id is None:
             continue  # not SIP, or SIP that could not be parsed
+        source = (values[_NODE_NAME], values[_CAPTURE_ID])
+        node = nodes.get(source)
+        if node is None:
+            node = nodes[source] = node_of(*source)
         observe(
             out,
-            partition=values[_PARTITION] or 0,
-            node=node_of(values[_NODE_NAME], values[_CAPTURE_ID]),
-            method=values[_METHOD],
-            status=values[_STATUS],
-            cseq_number=values[_CSEQ_NUMBER],
-            cseq_method=values[_CSEQ_METHOD],
-            call_id=call_id,
-            in_dialog=bool(values[_TO_TAG]),
-            capture_time=values[_CREATE_DATE].timestamp(),
+            values[_PARTITION] or 0,
+            node,
+            values[_METHOD],
+            values[_STATUS],
+            values[_CSEQ_NUMBER],
+            values[_CSEQ_METHOD],
+            call_id,
+            bool(values[_TO_TAG]),
+            values[_CREATE_DATE].timestamp(),
         )
     return out

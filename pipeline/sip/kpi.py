@@ -66,11 +66,11 @@ EXPIRED_REASONS: Final = ("timeout", "capacity")
 _INVITE: Final = "INVITE"
 _REGISTER: Final = "REGISTER"
 _REQUEST: Final = "request"
+_SWEEP_INTERVAL: Final = 1.0
 _RESPONSE: Final = "response"
 
 
-def code_label(status: int | None) -> str:
-    """A response code as a bounded label: itself if common, else its class."""
+def _code_label(status: int | None) -> str:
     if status is None:
         return OTHER
     if status in COMMON_CODES:
@@ -78,6 +78,15 @@ def code_label(status: int | None) -> str:
     if 100 <= status <= 699:
         return f"{status // 100}xx"
     return OTHER
+
+
+_CODE_LABELS: Final = {status: _code_label(status) for status in range(100, 700)}
+
+
+def code_label(status: int | None) -> str:
+    """A response code as a bounded label: itself if common, else its class."""
+    label = _CODE_LABELS.get(status)  # type: ignore[arg-type]
+    return label if label is not None else _code_label(status)
 
 
 def method_label(method: str | None) -> str:
@@ -163,6 +172,8 @@ class _PartitionState:
     # Finished transactions -> when they finished; insertion order again.
     finished: dict[tuple[str, int | None, str], float] = field(default_factory=dict)
     newest: float = float("-inf")
+    # The state is swept for what aged out at most once per second of capture time.
+    next_sweep: float = float("-inf")
 
 
 def _count(counts: dict[tuple[str, str], int], key: tuple[str, str]) -> None:
@@ -199,7 +210,6 @@ class SipKpi:
     def observe(
         self,
         out: Observations,
-        *,
         partition: int,
         node: str,
         method: str | None,
@@ -211,18 +221,22 @@ class SipKpi:
         capture_time: float,
     ) -> None:
         """One SIP message: a request (`method` set) or a response (`status` set)."""
-        label = self.node_label(node)
+        label = self._nodes.get(node) or self.node_label(node)
         state = self._partitions.get(partition)
         if state is None:
             state = self._partitions[partition] = _PartitionState()
         if capture_time > state.newest:
             state.newest = capture_time
-            self._expire(state, out)
+            if capture_time >= state.next_sweep:
+                state.next_sweep = capture_time + _SWEEP_INTERVAL
+                self._expire(state, out)
+        kind = cseq_method if cseq_method in METHODS else OTHER
         if method is not None:
-            messages_key = (label, method_label(cseq_method), _REQUEST, "")
+            messages_key = (label, kind, _REQUEST, "")
         else:
-            messages_key = (label, method_label(cseq_method), _RESPONSE, code_label(status))
-        out.messages[messages_key] = out.messages.get(messages_key, 0) + 1
+            messages_key = (label, kind, _RESPONSE, code_label(status))
+        messages = out.messages
+        messages[messages_key] = messages.get(messages_key, 0) + 1
 
         if cseq_method != _INVITE and cseq_method != _REGISTER:
             return

@@ -150,3 +150,19 @@ def test_kept_and_discarded_add_up(methods: set[str], types: set[int]) -> None:
     for i in result.kept:
         assert rows[i].value("hep_type") not in types
         assert rows[i].value("cseq_method") not in methods
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--discard-methods", "OPT IONS"), ("--discard-sources", "10.0.0.0/33"),
+     ("--discard-destinations", "host.example"), ("--discard-hep-types", "256"),
+     ("--censor-methods", "MES;SAGE")],
+)
+def test_a_bad_filter_setting_is_a_usage_error(option: str, value: str) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    result = CliRunner().invoke(app, ["consume", "--sink", "stdout", option, value], env={})
+    assert result.exit_code == 2, result.output
+    assert option in result.output and value in result.output

@@ -345,7 +345,6 @@ def feature_cost(args: argparse.Namespace) -> None:
     load = os.getloadavg()[0]
     print(f"{len(rows)} rows of call flows, best of {args.repeat}, load average {load:.2f}")
     print(f"  build_row (the baseline)          {build_us:6.2f} us/row")
-    print("  features off                        0.00 us/row (no call is made)")
     print(f"  discard by method only            {discard_us:6.2f} us/row")
     print(f"  filters (method, type, 2 ranges)  {filters_us:6.2f} us/row")
     print(f"  censor every row                  {censor_us:6.2f} us/row")

@@ -156,6 +156,35 @@ def test_every_queried_metric_exists_with_its_labels(
         assert needed in queried, needed
 
 
+def _balanced(expr: str) -> bool:
+    stack: list[str] = []
+    pairs = {")": "(", "]": "[", "}": "{"}
+    in_string = False
+    for char in expr:
+        if char == '"':
+            in_string = not in_string
+        elif in_string:
+            continue
+        elif char in "([{":
+            stack.append(char)
+        elif char in pairs and (not stack or stack.pop() != pairs[char]):
+            return False
+    return not stack and not in_string
+
+
+def test_queries_are_well_formed(dashboard: dict[str, Any]) -> None:
+    for title, target in _targets(dashboard):
+        expr = target["expr"]
+        assert _balanced(expr), f"{title}: {expr}"
+        # Ranges follow Grafana's interval variables, never a fixed window.
+        for window in re.findall(r"\[([^\]]*)\]", expr):
+            assert window in ("$__rate_interval", "$__range"), f"{title}: [{window}]"
+        # A rate or increase is taken of counters or histogram buckets only.
+        for name in re.findall(r"(?:rate|increase)\((hep_ingest_[a-z0-9_]+)", expr):
+            assert name.endswith(("_total", "_bucket", "_sum", "_count")), f"{title}: {name}"
+    assert not _balanced("sum(rate(x[5m])")
+
+
 def test_the_checks_have_teeth(exported: dict[str, set[str]]) -> None:
     assert "hep_ingest_sip_messages" not in exported  # only with its _total suffix
     assert not set(_NAME.findall("rate(hep_ingest_sip_message_total[1m])")) <= set(exported)

@@ -13,9 +13,11 @@ metric/prometheus.go keeps the last delay in a gauge, this keeps histograms):
 * the outcome of each REGISTER transaction and of each initial INVITE transaction
   (one without a To tag: re-INVITEs are not call setups);
 * session request delay [``heplify_kpi_srd``]: an initial INVITE to its first 18x or
-  2xx response (RFC 6076 section 4.2 counts from the first INVITE, so
-  retransmissions do not restart the clock);
+  2xx response, timed from the first capture of the INVITE (retransmissions do not
+  restart the clock);
 * registration request delay [``heplify_kpi_rrd``]: a REGISTER to its 2xx response.
+
+(Both are RFC 6076's names; heplify-server times 180-183 and 200 only.)
 
 A transaction is one (Call-ID, CSeq number, CSeq method): the request and its
 responses, seen at any capture point (a call crossing two capture points is one

@@ -166,3 +166,47 @@ def test_a_bad_filter_setting_is_a_usage_error(option: str, value: str) -> None:
     result = CliRunner().invoke(app, ["consume", "--sink", "stdout", option, value], env={})
     assert result.exit_code == 2, result.output
     assert option in result.output and value in result.output
+
+
+_addresses = st.one_of(
+    st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str),
+    st.sampled_from(["", "not-an-ip", "10.0.0.1", "10.255.255.255", "::1"]),
+)
+_networks = st.lists(
+    st.one_of(st.ip_addresses(v=4).map(lambda a: f"{a}/{int(a) % 33}"),
+              st.ip_addresses(v=6).map(lambda a: f"{a}/{int(a) % 129}"),
+              st.just("10.0.0.0/8")),
+    max_size=4,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_addresses, max_size=30), _networks)
+def test_address_decisions_match_ipaddress_and_survive_the_cache(
+    addresses: list[str], networks: list[str]
+) -> None:
+    from pipeline.consumer import filters
+
+    parsed = parse_networks(",".join(networks))
+    matcher = filters._AddressMatcher(parsed)
+
+    def reference(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in parsed)
+
+    for address in addresses + addresses:  # the second pass answers from the cache
+        assert matcher(address) == reference(address)
+    assert matcher(None) is False
+
+
+def test_the_address_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.consumer import filters
+
+    monkeypatch.setattr(filters, "_ADDRESS_CACHE_MAX", 4)
+    matcher = filters._AddressMatcher(parse_networks("10.0.0.0/8"))
+    for n in range(20):
+        assert matcher(f"10.0.0.{n}") and not matcher(f"11.0.0.{n}")
+        assert len(matcher._known) <= 4

@@ -18,7 +18,13 @@ from pipeline.sip.kpi import code_label
 from tests import flows
 from tests.conftest import create_topic
 from tests.integration.analysis_support import encode_captures, flows_start
-from tests.integration.consume_support import start_consumer, stop_process, tail, wait_for_rows
+from tests.integration.consume_support import (
+    log_events,
+    start_consumer,
+    stop_process,
+    tail,
+    wait_for_rows,
+)
 from tests.integration.receiver_process import send_udp
 from tests.integration.test_consume_e2e import start_receiver
 from tests.integration.test_consume_lag import scrape
@@ -122,6 +128,12 @@ async def test_filters_and_kpis_match_the_stored_calls(
     finally:
         assert stop_process(consumer) == 0, tail(tmp_path / "consumer.log")
         stop_process(receiver)
+
+    (started,) = [e for e in log_events(tmp_path / "consumer.log")
+                  if e.get("event") == "consumer_started"]
+    assert started["capture_filter"]["discard_methods"] == ["OPTIONS"]
+    assert started["capture_filter"]["censor_methods"] == ["MESSAGE"]
+    assert started["sip_kpi"]["timeout"] == 60
 
     # OPTIONS: dropped, counted, and their offsets committed (nothing left to read).
     assert not [r for r in sip_rows if r["cseq_method"] == "OPTIONS"]

@@ -40,13 +40,14 @@ from tenacity import (
 )
 
 from pipeline.consumer.dead_letter import DeadLetter, DeadLetterPublisher
+from pipeline.consumer.dedup import DuplicateFilter
 from pipeline.consumer.metrics import ConsumerMetrics
 from pipeline.consumer.retry import backoff, is_transient, sleep_unless_stopped
 from pipeline.consumer.settings import ConsumerSettings
 from pipeline.consumer.sink import Sink
 from pipeline.observability import get_logger
 from pipeline.records import RecordCodec, RecordDecodeError
-from pipeline.storage.rows import UNKNOWN_TYPE_TABLE, CaptureRow, build_row
+from pipeline.storage.rows import DUPLICATES_TABLE, UNKNOWN_TYPE_TABLE, CaptureRow, build_row
 
 log = get_logger("pipeline.consumer")
 
@@ -84,7 +85,20 @@ class _PartitionChunk:
     keys: list[bytes | None] = field(default_factory=list)
     values: list[bytes] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
+    # Records read but deliberately not stored (duplicate captures): their offsets
+    # advance with the rest.
+    discarded: int = 0
     next_offset: int = -1
+
+    def discard(self, positions: Sequence[int], start: int) -> None:
+        """Remove the rows at `positions` (relative to `start`) with their sources."""
+        unwanted = {start + position for position in positions}
+        kept = [i for i in range(len(self.rows)) if i not in unwanted]
+        self.rows[:] = [self.rows[i] for i in kept]
+        self.offsets[:] = [self.offsets[i] for i in kept]
+        self.keys[:] = [self.keys[i] for i in kept]
+        self.values[:] = [self.values[i] for i in kept]
+        self.discarded += len(unwanted)
 
 
 @dataclass(slots=True)
@@ -98,7 +112,7 @@ class _Batch:
         for tp in partitions:
             chunk = self.parts.pop(tp, None)
             if chunk is not None:
-                dropped += len(chunk.rows) + len(chunk.dead)
+                dropped += len(chunk.rows) + len(chunk.dead) + chunk.discarded
         self.records -= dropped
         return dropped
 
@@ -157,6 +171,7 @@ class ConsumerWorker:
         # what is stored when no write of it has completed yet.
         self._fetch_start: dict[TopicPartition, int] = {}
         self._lag_total = 0
+        self._dedup = DuplicateFilter(settings.dedup) if settings.dedup.enabled else None
 
     # -- rebalance -----------------------------------------------------------------
 
@@ -178,6 +193,8 @@ class ConsumerWorker:
                 self._fetch_start.pop(tp, None)
                 self._assigned.discard(tp)
                 self._forget_lag(tp)
+                if self._dedup is not None:
+                    self._dedup.forget(tp.partition)
             self._metrics.assigned_partitions.set(len(self._assigned))
             if revoked:
                 log.info(
@@ -312,6 +329,7 @@ class ConsumerWorker:
             add_key = chunk.keys.append
             add_value = chunk.values.append
             partition = tp.partition
+            first_new = len(chunk.rows)
             for message in messages:
                 value = message.value
                 offset = message.offset
@@ -341,6 +359,8 @@ class ConsumerWorker:
                 add_offset(offset)
                 add_key(message.key)
                 add_value(value)
+            if self._dedup is not None:
+                self._handle_duplicates(partition, chunk, first_new)
             chunk.next_offset = messages[-1].offset + 1
             added += len(messages)
         if added:
@@ -351,6 +371,24 @@ class ConsumerWorker:
             self._metrics.records_consumed.inc(added)
         if unknown_type:
             self._metrics.rows_unknown_type.inc(unknown_type)
+
+    def _handle_duplicates(self, partition: int, chunk: _PartitionChunk, start: int) -> None:
+        """Drop the duplicate captures among the chunk's rows from `start` on, or route
+        them to the duplicates table (--dedup-keep)."""
+        assert self._dedup is not None
+        evicted_before = self._dedup.evicted_early
+        found = self._dedup.duplicates(partition, chunk.rows[start:], chunk.offsets[start:])
+        if self._dedup.evicted_early > evicted_before:
+            self._metrics.dedup_evicted.inc(self._dedup.evicted_early - evicted_before)
+        if not found:
+            return
+        if self._dedup.settings.keep:
+            for position in found:
+                chunk.rows[start + position].table = DUPLICATES_TABLE
+            self._metrics.duplicates.labels(action="kept").inc(len(found))
+        else:
+            chunk.discard(found, start)
+            self._metrics.duplicates.labels(action="dropped").inc(len(found))
 
     # -- write and commit ----------------------------------------------------------
 

@@ -49,7 +49,8 @@ async def stored(dsn: str) -> tuple[int, int, int]:
             "SELECT table_name FROM hep_ingest_capture_tables "
             "WHERE table_name <> 'hep_capture_duplicates'")]
         union = " UNION ALL ".join(f"SELECT raw FROM {t}" for t in tables)
-        row = await conn.fetchrow(f"SELECT count(*) AS n, count(DISTINCT raw) AS d FROM ({union}) r")
+        row = await conn.fetchrow(
+            f"SELECT count(*) AS n, count(DISTINCT raw) AS d FROM ({union}) r")
         kept = await conn.fetchval("SELECT count(*) FROM hep_capture_duplicates")
         assert row is not None
         return int(row["n"]), int(row["d"]), int(kept)
@@ -110,6 +111,7 @@ async def test_a_message_captured_by_two_agents_is_stored_once_with_dedup_on(
             duplicates = metric(metrics_port, "hep_ingest_duplicates_total")
             assert duplicates == (messages if options else 0)
             if expected_kept:
-                assert metric(metrics_port, "hep_ingest_duplicates_total", 'action="kept"') == messages
+                kept = metric(metrics_port, "hep_ingest_duplicates_total", 'action="kept"')
+                assert kept == messages
     finally:
         assert stop_process(consumer) == 0, tail(consumer_log)

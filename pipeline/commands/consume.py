@@ -145,6 +145,40 @@ def consume(
     ] = False,
     custom_header: CustomHeaderOption = None,
     a_leg_header: ALegHeaderOption = None,
+    dedup_window_ms: Annotated[
+        int,
+        typer.Option(
+            envvar="HEP_INGEST_DEDUP_WINDOW_MS", min=0, max=60_000,
+            help="Store a SIP message captured by several agents once: a copy with the same "
+            "payload whose capture time is less than this many ms from the first is a "
+            "duplicate (retransmissions come a SIP T1 of 500 ms or more later and are "
+            "kept). 0: off.",
+            show_default=True,
+        ),
+    ] = 0,
+    dedup_match_capture_id: Annotated[
+        bool,
+        typer.Option(
+            envvar="HEP_INGEST_DEDUP_MATCH_CAPTURE_ID",
+            help="Only copies from the same capture id (agent) are duplicates.",
+        ),
+    ] = False,
+    dedup_keep: Annotated[
+        bool,
+        typer.Option(
+            envvar="HEP_INGEST_DEDUP_KEEP",
+            help="Store duplicates in hep_capture_duplicates instead of dropping them.",
+        ),
+    ] = False,
+    dedup_max_entries: Annotated[
+        int,
+        typer.Option(
+            envvar="HEP_INGEST_DEDUP_MAX_ENTRIES", min=1, max=100_000_000,
+            help="Messages the duplicate check remembers per partition (bounds its memory; "
+            "what it forgets early is counted in hep_ingest_dedup_evicted_total).",
+            show_default=True,
+        ),
+    ] = 100_000,
     log_level: LogLevelOption = LogLevel.info,
     log_format: LogFormatOption = LogFormat.json,
     workers: Annotated[
@@ -251,6 +285,7 @@ def consume(
 ) -> None:
     from prometheus_client import CollectorRegistry
 
+    from pipeline.consumer.dedup import DedupSettings
     from pipeline.consumer.service import run_consumer
     from pipeline.consumer.settings import ConsumerSettings
     from pipeline.observability import configure_logging, get_logger, serve_metrics
@@ -309,6 +344,12 @@ def consume(
             timeout=sip_kpi_timeout, max_pending=sip_kpi_max_pending,
             max_nodes=sip_kpi_max_nodes,
         ) if sip_kpi else None,
+        dedup=DedupSettings(
+            window_ms=dedup_window_ms,
+            match_capture_id=dedup_match_capture_id,
+            keep=dedup_keep,
+            max_entries=dedup_max_entries,
+        ),
         **worker_client,
     )
     registry = CollectorRegistry()

@@ -35,6 +35,19 @@ class ConsumerMetrics:
             "hep_proto_unknown_default (its hep_type column holds the type).",
             registry=registry,
         )
+        self.duplicates = Counter(
+            "hep_ingest_duplicates_total",
+            "Duplicate captures of a SIP message (same payload within --dedup-window-ms), "
+            "dropped or kept in hep_capture_duplicates (--dedup-keep).",
+            ["action"],
+            registry=registry,
+        )
+        self.dedup_evicted = Counter(
+            "hep_ingest_dedup_evicted_total",
+            "Messages the duplicate check forgot before their window ended because "
+            "--dedup-max-entries was reached (a later copy of them is stored again).",
+            registry=registry,
+        )
         self.lag = Gauge(
             "hep_ingest_consumer_lag",
             "Records of the partition not yet stored or dead-lettered (its end offset "

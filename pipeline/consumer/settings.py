@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pipeline.consumer.dedup import DedupSettings
 from pipeline.consumer.filters import CaptureFilter
 from pipeline.sip.kpi import KpiLimits
 from pipeline.storage.headers import HeaderExtraction
@@ -54,6 +55,7 @@ class ConsumerSettings:
     # One offset-commit attempt; a timed-out attempt is retried like any transient error.
     commit_timeout: float = 10.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    dedup: DedupSettings = field(default_factory=DedupSettings)
     # Freeze the start-up heap and raise the generation-0 GC threshold once started
     # (process-wide; see service.tune_gc).
     tune_gc: bool = True

@@ -40,6 +40,7 @@ cdef extern from "<sys/socket.h>" nogil:
     int AF_INET6
 
 __all__ = [
+    "murmur2",
     "record_batch",
     "receive_datagrams",
     "PacketEncoder",
@@ -1208,3 +1209,36 @@ def record_batch(list records, Py_ssize_t start, Py_ssize_t batch_size,
         return end, PyBytes_FromStringAndSize(b.data, b.size)
     finally:
         PyMem_Free(b.data)
+
+
+def murmur2(data):
+    """Kafka's default partitioner hash, unsigned: as pipeline.kafka_batch.murmur2."""
+    cdef Py_buffer view
+    cdef const uint8_t* p
+    cdef Py_ssize_t length, end, i
+    cdef uint32_t h, k, m = 0x5BD1E995U
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        p = <const uint8_t*>view.buf
+        length = view.len
+        h = 0x9747B28CU ^ <uint32_t>length
+        end = length & ~3
+        i = 0
+        while i < end:
+            k = (<uint32_t>p[i] | (<uint32_t>p[i + 1] << 8) | (<uint32_t>p[i + 2] << 16)
+                 | (<uint32_t>p[i + 3] << 24))
+            k *= m
+            k ^= k >> 24
+            h = (h * m) ^ (k * m)
+            i += 4
+        if length & 3:
+            if (length & 3) == 3:
+                h ^= <uint32_t>p[end + 2] << 16
+            if (length & 3) >= 2:
+                h ^= <uint32_t>p[end + 1] << 8
+            h = (h ^ p[end]) * m
+        h ^= h >> 13
+        h *= m
+        return h ^ (h >> 15)
+    finally:
+        PyBuffer_Release(&view)

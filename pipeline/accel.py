@@ -16,6 +16,7 @@ the extension is not even imported). Every hot-path caller imports these names f
     pipeline.records.datagrams.datagram_encoder    _speedups.datagram_encoder
     pipeline.datagram_read.receive_datagrams  _speedups.receive_datagrams
     pipeline.kafka_batch.record_batch         _speedups.record_batch
+    pipeline.kafka_batch.murmur2              _speedups.murmur2
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "DatagramEncoder",
     "datagram_encoder",
     "decode_packet",
+    "murmur2",
     "packet_encoder",
     "receive_datagrams",
     "record_batch",
@@ -59,6 +61,7 @@ if _compiled is not None:
     from pipeline._speedups import (
         datagram_encoder,
         decode_packet,
+        murmur2,
         packet_encoder,
         receive_datagrams,
         record_batch,
@@ -69,7 +72,7 @@ else:
     IMPLEMENTATION = "pure"
     from pipeline.datagram_read import receive_datagrams
     from pipeline.hep.decode import decode_packet
-    from pipeline.kafka_batch import record_batch
+    from pipeline.kafka_batch import murmur2, record_batch
     from pipeline.records.datagrams import (  # type: ignore[assignment]
         DatagramEncoder,
         datagram_encoder,

@@ -448,9 +448,14 @@ def test_offer_batch_wakes_the_publisher_and_force_passes_the_bound() -> None:
 def test_murmur2_is_aiokafkas_partitioner_hash(key: bytes) -> None:
     from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
-    from pipeline.receiver.publisher import murmur2
+    from pipeline.kafka_batch import murmur2
 
     assert murmur2(key) == aiokafka_murmur2(key)
+    try:
+        from pipeline._speedups import murmur2 as compiled_murmur2
+    except ImportError:  # installed without the extension
+        return
+    assert compiled_murmur2(key) == aiokafka_murmur2(key)
 
 
 def test_zstd_level_reaches_aiokafkas_batch_builders(monkeypatch: pytest.MonkeyPatch) -> None:

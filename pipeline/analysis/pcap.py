@@ -24,9 +24,10 @@ from __future__ import annotations
 import ipaddress
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
 
 #: IP protocol numbers (HEP chunk 0x0002).
 IPPROTO_TCP: Final = 6
@@ -70,6 +71,30 @@ class PcapMessage:
     payload: bytes
 
 
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+
+
+def message_from_row(row: Mapping[str, Any]) -> PcapMessage | None:
+    """A stored message (create_date, src_ip, src_port, dst_ip, dst_port, ip_proto,
+    payload) as a `PcapMessage`; None when it has no address to put in a packet."""
+    if row["src_ip"] is None or row["dst_ip"] is None:
+        return None
+    return PcapMessage(
+        time_us=(row["create_date"] - _EPOCH) // _MICROSECOND,
+        src_ip=str(row["src_ip"]),
+        src_port=_port(row["src_port"]),
+        dst_ip=str(row["dst_ip"]),
+        dst_port=_port(row["dst_port"]),
+        ip_proto=row["ip_proto"] or IPPROTO_UDP,
+        payload=bytes(row["payload"]),
+    )
+
+
+def _port(value: int | None) -> int:
+    return value if value is not None and 0 <= value <= 0xFFFF else 0
+
+
 def file_header(snaplen: int = SNAPLEN) -> bytes:
     """The pcap global header: version 2.4, UTC, Ethernet frames."""
     return struct.pack("<IHHiIII", PCAP_MAGIC, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET)
@@ -79,7 +104,7 @@ def internet_checksum(data: bytes) -> int:
     """RFC 1071: the one's complement of the one's complement sum of 16-bit words."""
     if len(data) % 2:
         data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF

@@ -10,6 +10,7 @@ COMMAND_MODULES = (
     "pipeline.commands.analysis",
     "pipeline.commands.consume",
     "pipeline.commands.database",
+    "pipeline.commands.export",
     "pipeline.commands.receive",
     "pipeline.commands.up",
 )

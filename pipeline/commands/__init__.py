@@ -11,6 +11,7 @@ COMMAND_MODULES = (
     "pipeline.commands.consume",
     "pipeline.commands.database",
     "pipeline.commands.export",
+    "pipeline.commands.homer_indexes",
     "pipeline.commands.receive",
     "pipeline.commands.up",
 )

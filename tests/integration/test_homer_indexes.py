@@ -1,0 +1,221 @@
+"""`hep-ingest homer-indexes`: homer-app's search fields indexed on every partition,
+present and future, used by homer-app's Call-ID search, and dropped again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from pipeline.commands import homer_indexes as homer_command
+from pipeline.hep import encode_hep3
+from pipeline.postgres.homer_indexes import (
+    SIP_TABLES,
+    HomerField,
+    IndexState,
+    disable_homer_indexes,
+    enable_homer_indexes,
+    homer_index_status,
+    index_name,
+)
+from pipeline.postgres.migrate import apply_migrations
+from pipeline.postgres.partitions import PartitionInterval, ensure_partitions
+from tests.flows import Capture, Dialog, Endpoint, Party
+from tests.integration.analysis_support import encode_captures, store_packets
+
+pytestmark = pytest.mark.integration
+
+# homer-app's search as its search service builds it for the Call-ID field
+# (data/service/search.go: "create_date between ? and ?" then "data_header->>'callid'= ?").
+HOMER_CALLID_SEARCH = (
+    "SELECT * FROM hep_proto_1_call WHERE create_date between $1 and $2 "
+    "AND ( data_header->>'callid'= $3 ) LIMIT 200"
+)
+HOMER_CALLID_IN_SEARCH = (
+    "SELECT * FROM hep_proto_1_call WHERE create_date between $1 and $2 "
+    "AND ( data_header->>'callid' IN ($3,$4) ) LIMIT 200"
+)
+
+
+@pytest.fixture
+async def conn(database_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    await apply_migrations(database_dsn)
+    connection = await asyncpg.connect(database_dsn)
+    yield connection
+    await connection.close()
+
+
+async def partition_indexes(conn: asyncpg.Connection, field: HomerField) -> dict[str, str]:
+    """partition -> definition of its index of `field` (attached to the parent's)."""
+    rows = await conn.fetch(
+        """SELECT t.relname AS partition, pg_get_indexdef(i.inhrelid) AS definition
+             FROM pg_inherits i JOIN pg_index x ON x.indexrelid = i.inhrelid
+             JOIN pg_class t ON t.oid = x.indrelid
+            WHERE i.inhparent = to_regclass($1)""", index_name("hep_proto_1_call", field))
+    return {r["partition"]: r["definition"] for r in rows}
+
+
+async def call_partitions(conn: asyncpg.Connection) -> set[str]:
+    rows = await conn.fetch("SELECT inhrelid::regclass::text AS name FROM pg_inherits "
+                            "WHERE inhparent = 'hep_proto_1_call'::regclass")
+    return {r["name"] for r in rows}
+
+
+async def test_enable_indexes_present_and_future_partitions(conn: asyncpg.Connection) -> None:
+    now = datetime.now(UTC)
+    await ensure_partitions(conn, now=now)
+    assert {s.state for s in await homer_index_status(conn)} == {IndexState.off}
+
+    built = await enable_homer_indexes(conn)
+    statuses = await homer_index_status(conn)
+    assert len(statuses) == len(SIP_TABLES) * len(HomerField)
+    assert all(s.state is IndexState.on and s.partitions_indexed == s.partitions > 1
+               for s in statuses)
+    assert len(built) == sum(s.partitions for s in statuses)
+    definitions = await partition_indexes(conn, HomerField.callid)
+    assert set(definitions) == await call_partitions(conn)
+    assert all("USING hash" in d and "(data_header ->> 'callid'::text)" in d
+               for d in definitions.values())
+    assert "(protocol_header ->> 'srcIp'::text)" in next(
+        iter((await partition_indexes(conn, HomerField.src_ip)).values()))
+
+    # Partitions created later (hourly ones, as the consumer creates them) have them too.
+    created = await ensure_partitions(conn, now=now + timedelta(days=5),
+                                      interval=PartitionInterval.HOURLY, ahead=2)
+    assert created
+    definitions = await partition_indexes(conn, HomerField.ruri_user)
+    assert {c for c in created if c.startswith("hep_proto_1_call_")} <= set(definitions)
+    assert set(definitions) == await call_partitions(conn)
+    assert await enable_homer_indexes(conn) == []  # nothing left to do
+
+    # Disable: every index gone, from every partition.
+    dropped = await disable_homer_indexes(conn)
+    assert len(dropped) == len(SIP_TABLES) * len(HomerField)
+    assert {s.state for s in await homer_index_status(conn)} == {IndexState.off}
+    left = await conn.fetchval("SELECT count(*) FROM pg_indexes WHERE indexname LIKE '%homer%'")
+    assert left == 0
+
+
+async def test_interrupted_enable_is_finished_by_running_it_again(
+    conn: asyncpg.Connection,
+) -> None:
+    await ensure_partitions(conn, now=datetime.now(UTC))
+    parent = index_name("hep_proto_1_call", HomerField.callid)
+    # What an enable stopped after its first step leaves: the parent's index only, and
+    # an invalid index on one partition (a CREATE INDEX CONCURRENTLY that failed).
+    await conn.execute(f"CREATE INDEX {parent} ON ONLY hep_proto_1_call "
+                       "USING hash ((data_header ->> 'callid'))")
+    partition = sorted(await call_partitions(conn))[0]
+    child = index_name(partition, HomerField.callid)
+    await conn.execute(f"CREATE INDEX {child} ON {partition} USING hash ((data_header ->> "
+                       "'callid'))")
+    await conn.execute("UPDATE pg_index SET indisvalid = false "
+                       "WHERE indexrelid = $1::regclass", child)
+    [status] = await homer_index_status(conn, [HomerField.callid], ["hep_proto_1_call"])
+    assert status.state is IndexState.partial and status.partitions_indexed == 0
+
+    await enable_homer_indexes(conn, [HomerField.callid], ["hep_proto_1_call"])
+    [status] = await homer_index_status(conn, [HomerField.callid], ["hep_proto_1_call"])
+    assert status.state is IndexState.on and status.partitions_indexed == status.partitions
+    assert await conn.fetchval("SELECT indisvalid FROM pg_index WHERE indexrelid = "
+                               "$1::regclass", child)
+
+
+def _dialogs(start: datetime, count: int) -> list[Capture]:
+    caller = Party("alice", Endpoint("192.0.2.10"), "t1", "bench")
+    captures: list[Capture] = []
+    for n in range(count):
+        d = Dialog(f"homer-{n}@192.0.2.10", caller, "bob",
+                   int(start.timestamp() * 1e6) + n * 1000)
+        inv = d.request(0, "INVITE", caller.endpoint, Endpoint("192.0.2.1"), cseq=1)
+        d.response(5, inv, 100, "Trying", Endpoint("192.0.2.1"), caller.endpoint)
+        captures += d.captures
+    return captures
+
+
+async def _plan(conn: asyncpg.Connection, sql: str, *args: Any) -> str:
+    return "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *args))
+
+
+async def test_homer_app_callid_search_uses_the_index(database_dsn: str) -> None:
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    await store_packets(database_dsn, encode_captures(_dialogs(start, 3000)))
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        since, until = start - timedelta(minutes=1), start + timedelta(hours=1)
+        await conn.execute("ANALYZE")
+        before = await _plan(conn, HOMER_CALLID_SEARCH, since, until, "homer-1234@192.0.2.10")
+        assert "homer_callid" not in before and "Seq Scan" in before
+
+        await enable_homer_indexes(conn, [HomerField.callid])
+        await conn.execute("ANALYZE")
+        after = await _plan(conn, HOMER_CALLID_SEARCH, since, until, "homer-1234@192.0.2.10")
+        several = await _plan(conn, HOMER_CALLID_IN_SEARCH, since, until,
+                              "homer-1@192.0.2.10", "homer-2@192.0.2.10")
+        rows = await conn.fetch(HOMER_CALLID_SEARCH, since, until, "homer-1234@192.0.2.10")
+    finally:
+        await conn.close()
+    assert "homer_callid_idx" in after, after
+    assert "homer_callid_idx" in several, several
+    assert [(r["sid"], r["data_header"].count("homer-1234")) for r in rows] == [
+        ("homer-1234@192.0.2.10", 1)] * 2
+
+
+async def test_a_long_call_id_is_still_stored_with_the_indexes_on(database_dsn: str) -> None:
+    """Hash indexes keep no value: a Call-ID no btree entry could hold is stored."""
+    await apply_migrations(database_dsn)
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        await enable_homer_indexes(conn)
+    finally:
+        await conn.close()
+    long_id = "x" * 6000 + "@192.0.2.10"
+    [capture] = _dialogs(datetime.now(UTC), 1)[:1]
+    payload = capture.payload.replace(b"homer-0@192.0.2.10", long_id.encode())
+    await store_packets(database_dsn, [encode_hep3(replace(capture.to_packet(),
+                                                           payload=payload))])
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        stored = await conn.fetchval(
+            "SELECT count(*) FROM hep_proto_1_call WHERE data_header->>'callid' = $1", long_id)
+    finally:
+        await conn.close()
+    assert stored == 1
+
+
+def test_command_enables_shows_and_disables(postgres: Any) -> None:
+    import uuid
+
+    from tests.conftest import create_database
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    dsn = postgres.dsn.rsplit("/", 1)[0] + "/" + name
+    asyncio.run(create_database(postgres.dsn, name))
+    asyncio.run(apply_migrations(dsn))
+    app = typer.Typer()
+    homer_command.register(app)
+    runner = CliRunner()
+
+    shown = runner.invoke(app, ["show", "--dsn", dsn])
+    assert shown.exit_code == 0, shown.output
+    assert len(shown.output.splitlines()) == len(SIP_TABLES) * len(HomerField)
+    assert all(" off " in line for line in shown.output.splitlines())
+
+    enabled = runner.invoke(app, ["enable", "--dsn", dsn, "--field", "callid",
+                                  "--field", "srcIp"])
+    assert enabled.exit_code == 0, enabled.output
+    lines = [line for line in enabled.output.splitlines() if "hep_proto_1_call " in line]
+    assert [line.split()[1:3] for line in lines] == [["callid", "on"], ["srcIp", "on"]]
+
+    disabled = runner.invoke(app, ["disable", "--dsn", dsn])
+    assert disabled.exit_code == 0, disabled.output
+    assert "6 indexes dropped" in disabled.output
+    bad = runner.invoke(app, ["enable", "--dsn", dsn, "--field", "raw"])
+    assert bad.exit_code == 2

@@ -9,12 +9,14 @@ turns on the fields homer-app users search.
 
 Choices:
 
-* Hash indexes, not btree. homer-app compares these fields with `=` and `IN`, which a
-  hash index serves, and a hash index stores a 4-byte hash of the value however long
-  it is: a btree entry is limited to ~2.7 kB, so a sender's 3 kB Call-ID or user would
-  make its row unstorable and stop ingestion (see migrations/0003). LIKE searches
-  (values with `%`) are not served, as they would not be by a btree under a non-C
-  collation either.
+* Hash indexes for the Call-ID and the users, not btree. homer-app compares these
+  fields with `=` and `IN`, which a hash index serves, and a hash index stores a 4-byte
+  hash of the value however long it is: a btree entry is limited to ~2.7 kB, so a
+  sender's 3 kB Call-ID or user would make its row unstorable and stop ingestion (see
+  migrations/0003). LIKE searches (values with `%`) are not served, as they would not
+  be by a btree under a non-C collation either. The addresses (srcIp, dstIp) are
+  written by us from the HEP address chunks, at most 45 characters: btree, whose
+  deduplication makes an index of a few distinct values small.
 * Expressions written as homer-app writes them (``data_header->>'callid'``), so the
   planner matches them, and valid whether the columns are jsonb or json.
 * The state is the indexes themselves: `enable` and `disable` are idempotent, and an
@@ -61,6 +63,11 @@ class HomerField(StrEnum):
     ruri_user = "ruri_user"
     src_ip = "srcIp"
     dst_ip = "dstIp"
+
+    @property
+    def method(self) -> str:
+        """hash for values a sender chooses (any length), btree for addresses."""
+        return "btree" if self in (HomerField.src_ip, HomerField.dst_ip) else "hash"
 
     @property
     def expression(self) -> str:
@@ -226,7 +233,7 @@ async def _enable_one(conn: asyncpg.Connection, table: str, field: HomerField,
     if await conn.fetchval("SELECT to_regclass($1)", _quote(parent)) is None:
         await _with_lock_timeout(
             conn, f"CREATE INDEX IF NOT EXISTS {_quote(parent)} ON ONLY {_quote(table)} "
-            f"USING hash ({field.expression})", lock_timeout, attempts)
+            f"USING {field.method} ({field.expression})", lock_timeout, attempts)
     built = []
     # A partition created meanwhile gets the index when it is attached; one more pass
     # finds any the listing missed.
@@ -247,7 +254,7 @@ async def _enable_one(conn: asyncpg.Connection, table: str, field: HomerField,
             if not valid:
                 progress(f"indexing {partition} ({field.value})")
                 await conn.execute(f"CREATE INDEX CONCURRENTLY {_quote(child)} ON "
-                                   f"{_quote(partition)} USING hash ({field.expression})")
+                                   f"{_quote(partition)} USING {field.method} ({field.expression})")
                 built.append(child)
             await _with_lock_timeout(
                 conn, f"ALTER INDEX {_quote(parent)} ATTACH PARTITION {_quote(child)}",

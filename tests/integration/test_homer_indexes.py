@@ -83,8 +83,8 @@ async def test_enable_indexes_present_and_future_partitions(conn: asyncpg.Connec
     assert set(definitions) == await call_partitions(conn)
     assert all("USING hash" in d and "(data_header ->> 'callid'::text)" in d
                for d in definitions.values())
-    assert "(protocol_header ->> 'srcIp'::text)" in next(
-        iter((await partition_indexes(conn, HomerField.src_ip)).values()))
+    assert all("USING btree ((protocol_header ->> 'srcIp'::text))" in d
+               for d in (await partition_indexes(conn, HomerField.src_ip)).values())
 
     # Partitions created later (hourly ones, as the consumer creates them) have them too.
     created = await ensure_partitions(conn, now=now + timedelta(days=5),

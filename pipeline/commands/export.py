@@ -125,8 +125,9 @@ def export(
     ] = None,
     progress_interval: Annotated[
         float,
-        typer.Option(envvar="HEP_INGEST_EXPORT_PROGRESS_INTERVAL", min=0.1,
-                     help="Seconds between progress lines on stderr during a long export."),
+        typer.Option(envvar="HEP_INGEST_EXPORT_PROGRESS_INTERVAL", min=0, max=86_400,
+                     help="Seconds between progress lines on stderr during a long export "
+                     "(0: after every message)."),
     ] = 5.0,
 ) -> None:
     """Write the stored SIP messages of a time range (filtered by Call-ID, user or IP

@@ -216,8 +216,11 @@ def test_export_of_the_vectors_reads_back_in_sngrep(
     path = tmp_path / "vectors.pcap"
     result = CliRunner().invoke(_cli(), [
         "export", "--dsn", dsn, "--since", since.isoformat(), "--until", until.isoformat(),
-        "--output", str(path), "--progress-interval", "0.1"])
+        "--output", str(path), "--progress-interval", "0"])
     assert result.exit_code == 0, result.output
+    progress = [line for line in result.output.splitlines() if ", up to " in line]
+    assert progress[0].startswith("exported 1 messages, up to ")
+    assert progress[-1].startswith("exported 170 messages, up to ")
     frames = tshark(path)
     assert len(frames) == 170
     assert [f["sip.Call-ID"] for f in frames] == [p["sip"]["call_id"]

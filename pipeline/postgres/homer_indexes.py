@@ -9,14 +9,21 @@ turns on the fields homer-app users search.
 
 Choices:
 
-* Hash indexes for the Call-ID and the users, not btree. homer-app compares these
-  fields with `=` and `IN`, which a hash index serves, and a hash index stores a 4-byte
-  hash of the value however long it is: a btree entry is limited to ~2.7 kB, so a
-  sender's 3 kB Call-ID or user would make its row unstorable and stop ingestion (see
-  migrations/0003). LIKE searches (values with `%`) are not served, as they would not
-  be by a btree under a non-C collation either. The addresses (srcIp, dstIp) are
-  written by us from the HEP address chunks, at most 45 characters: btree, whose
-  deduplication makes an index of a few distinct values small.
+* A hash index for the Call-ID: homer-app compares it with `=` and `IN`, which a hash
+  index serves, and a hash index keeps a 4-byte hash of the value however long it is,
+  so a sender's 3 kB Call-ID cannot make its row unstorable (a btree entry holds at
+  most ~2.7 kB, see migrations/0003). Call-IDs are nearly unique, which hash indexes
+  need: a hash bucket holds every duplicate of a value in one chain of pages that each
+  insert walks, so a value repeated a million times would make its inserts ever slower.
+* Btree indexes for the users and the addresses, whose values repeat (a trunk's user,
+  a proxy's address): btree deduplication stores a repeated value once per page. The
+  addresses are ours (at most 45 characters). A user longer than a btree entry holds
+  (~2.7 kB after compression, only a hostile sender's) makes PostgreSQL refuse its row
+  while that index is on: the sink isolates and rejects just that row
+  (hep_ingest_rows_rejected{reason="54000"}), as it does any row PostgreSQL refuses.
+* Partial: rows whose value is empty (responses have no R-URI user) are not indexed,
+  which spares their write cost. homer-app compares with constants, from which the
+  planner proves `<> ''`; LIKE searches (values with `%`) are not served.
 * Expressions written as homer-app writes them (``data_header->>'callid'``), so the
   planner matches them, and valid whether the columns are jsonb or json.
 * The state is the indexes themselves: `enable` and `disable` are idempotent, and an
@@ -66,14 +73,19 @@ class HomerField(StrEnum):
 
     @property
     def method(self) -> str:
-        """hash for values a sender chooses (any length), btree for addresses."""
-        return "btree" if self in (HomerField.src_ip, HomerField.dst_ip) else "hash"
+        """hash for the nearly unique Call-ID, btree for values that repeat."""
+        return "hash" if self is HomerField.callid else "btree"
 
     @property
     def expression(self) -> str:
         column = "protocol_header" if self in (HomerField.src_ip, HomerField.dst_ip) \
             else "data_header"
         return f"({column} ->> '{self.value}')"
+
+    def index_definition(self, table: str) -> str:
+        """What follows `CREATE INDEX name ON [ONLY]`."""
+        return f"{_quote(table)} USING {self.method} ({self.expression}) " \
+            f"WHERE {self.expression} <> ''"
 
 
 class IndexState(StrEnum):
@@ -232,8 +244,8 @@ async def _enable_one(conn: asyncpg.Connection, table: str, field: HomerField,
     # Not IF NOT EXISTS alone: that would still take the table's SHARE lock.
     if await conn.fetchval("SELECT to_regclass($1)", _quote(parent)) is None:
         await _with_lock_timeout(
-            conn, f"CREATE INDEX IF NOT EXISTS {_quote(parent)} ON ONLY {_quote(table)} "
-            f"USING {field.method} ({field.expression})", lock_timeout, attempts)
+            conn, f"CREATE INDEX IF NOT EXISTS {_quote(parent)} ON ONLY "
+            f"{field.index_definition(table)}", lock_timeout, attempts)
     built = []
     # A partition created meanwhile gets the index when it is attached; one more pass
     # finds any the listing missed.
@@ -254,7 +266,7 @@ async def _enable_one(conn: asyncpg.Connection, table: str, field: HomerField,
             if not valid:
                 progress(f"indexing {partition} ({field.value})")
                 await conn.execute(f"CREATE INDEX CONCURRENTLY {_quote(child)} ON "
-                                   f"{_quote(partition)} USING {field.method} ({field.expression})")
+                                   f"{field.index_definition(partition)}")
                 built.append(child)
             await _with_lock_timeout(
                 conn, f"ALTER INDEX {_quote(parent)} ATTACH PARTITION {_quote(child)}",

@@ -81,9 +81,10 @@ async def test_enable_indexes_present_and_future_partitions(conn: asyncpg.Connec
     assert len(built) == sum(s.partitions for s in statuses)
     definitions = await partition_indexes(conn, HomerField.callid)
     assert set(definitions) == await call_partitions(conn)
-    assert all("USING hash" in d and "(data_header ->> 'callid'::text)" in d
+    assert all("USING hash (((data_header ->> 'callid'::text))) WHERE "
+               "((data_header ->> 'callid'::text) <> ''::text)" in d
                for d in definitions.values())
-    assert all("USING btree ((protocol_header ->> 'srcIp'::text))" in d
+    assert all("USING btree (((protocol_header ->> 'srcIp'::text)))" in d
                for d in (await partition_indexes(conn, HomerField.src_ip)).values())
 
     # Partitions created later (hourly ones, as the consumer creates them) have them too.
@@ -110,12 +111,12 @@ async def test_interrupted_enable_is_finished_by_running_it_again(
     parent = index_name("hep_proto_1_call", HomerField.callid)
     # What an enable stopped after its first step leaves: the parent's index only, and
     # an invalid index on one partition (a CREATE INDEX CONCURRENTLY that failed).
-    await conn.execute(f"CREATE INDEX {parent} ON ONLY hep_proto_1_call "
-                       "USING hash ((data_header ->> 'callid'))")
+    await conn.execute(f"CREATE INDEX {parent} ON ONLY "
+                       + HomerField.callid.index_definition("hep_proto_1_call"))
     partition = sorted(await call_partitions(conn))[0]
     child = index_name(partition, HomerField.callid)
-    await conn.execute(f"CREATE INDEX {child} ON {partition} USING hash ((data_header ->> "
-                       "'callid'))")
+    await conn.execute(f"CREATE INDEX {child} ON "
+                       + HomerField.callid.index_definition(partition))
     await conn.execute("UPDATE pg_index SET indisvalid = false "
                        "WHERE indexrelid = $1::regclass", child)
     [status] = await homer_index_status(conn, [HomerField.callid], ["hep_proto_1_call"])
@@ -169,7 +170,8 @@ async def test_homer_app_callid_search_uses_the_index(database_dsn: str) -> None
 
 
 async def test_a_long_call_id_is_still_stored_with_the_indexes_on(database_dsn: str) -> None:
-    """Hash indexes keep no value: a Call-ID no btree entry could hold is stored."""
+    """The Call-ID's hash index keeps no value: a Call-ID no btree entry could hold is
+    stored."""
     await apply_migrations(database_dsn)
     conn = await asyncpg.connect(database_dsn)
     try:
@@ -219,3 +221,41 @@ def test_command_enables_shows_and_disables(postgres: Any) -> None:
     assert "6 indexes dropped" in disabled.output
     bad = runner.invoke(app, ["enable", "--dsn", dsn, "--field", "raw"])
     assert bad.exit_code == 2
+
+
+async def test_an_oversized_user_rejects_only_its_row(database_dsn: str) -> None:
+    """The documented cost of btree user indexes: a user too long for a btree entry makes
+    PostgreSQL refuse that row (54000); the sink stores the rest of the batch."""
+    import os
+    import time
+
+    from pipeline.hep import decode_packet
+    from pipeline.postgres.sink import PostgresSink, RetryPolicy, SinkSettings
+    from pipeline.records import RecordIdGenerator, packet_to_record
+    from pipeline.storage import build_row
+    from tests.integration.analysis_support import CONTEXT
+
+    await apply_migrations(database_dsn)
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        await enable_homer_indexes(conn, [HomerField.from_user])
+    finally:
+        await conn.close()
+    normal, hostile = _dialogs(datetime.now(UTC), 1)
+    huge_user = os.urandom(4000).hex()  # incompressible, 8000 bytes
+    payload = hostile.payload.replace(b"<sip:alice@", f"<sip:{huge_user}@".encode())
+    packets = [normal.to_packet(), replace(hostile.to_packet(), payload=payload)]
+    ids = RecordIdGenerator()
+    rows = [build_row(packet_to_record(decode_packet(encode_hep3(p)), record_id=ids.next(),
+                                       receive_time_us=time.time_ns() // 1000,
+                                       context=CONTEXT), kafka_partition=0, kafka_offset=n)
+            for n, p in enumerate(packets)]
+    assert rows[1].value("from_user") == huge_user
+    sink = PostgresSink(SinkSettings(dsn=database_dsn, retry=RetryPolicy.instant()))
+    await sink.start()
+    try:
+        rejected = await sink.write(rows)
+    finally:
+        await sink.close()
+    assert [r.row for r in rejected] == [rows[1]]
+    assert rejected[0].reason.startswith("54000")

@@ -32,15 +32,20 @@ from tests.integration.analysis_support import encode_captures, store_packets
 
 pytestmark = pytest.mark.integration
 
-# homer-app's search as its search service builds it for the Call-ID field
-# (data/service/search.go: "create_date between ? and ?" then "data_header->>'callid'= ?").
+# homer-app's searches as gorm v1 sends them (tests/integration/test_homer_compat.py):
+# the search grid's Call-ID field (data/service/search.go buildQuery: "data_header->>'callid'=
+# ?", "IN (?,?)" for "a;b"), and the call flow's correlation lookup (= ANY(ARRAY[...])).
 HOMER_CALLID_SEARCH = (
-    "SELECT * FROM hep_proto_1_call WHERE create_date between $1 and $2 "
-    "AND ( data_header->>'callid'= $3 ) LIMIT 200"
+    'SELECT * FROM "hep_proto_1_call"  WHERE (create_date between $1 AND $2 '
+    "AND ( data_header->>'callid'= $3 )) LIMIT 200"
 )
 HOMER_CALLID_IN_SEARCH = (
-    "SELECT * FROM hep_proto_1_call WHERE create_date between $1 and $2 "
-    "AND ( data_header->>'callid' IN ($3,$4) ) LIMIT 200"
+    'SELECT * FROM "hep_proto_1_call"  WHERE (create_date between $1 AND $2 '
+    "AND ( data_header->>'callid' IN ($3,$4) )) LIMIT 200"
+)
+HOMER_CALLID_ANY_SEARCH = (
+    'SELECT * FROM "hep_proto_1_call"  WHERE (create_date between $1 AND $2 '
+    "AND data_header->>'callid' = ANY(ARRAY[$3,$4]))"
 )
 
 
@@ -160,11 +165,14 @@ async def test_homer_app_callid_search_uses_the_index(database_dsn: str) -> None
         after = await _plan(conn, HOMER_CALLID_SEARCH, since, until, "homer-1234@192.0.2.10")
         several = await _plan(conn, HOMER_CALLID_IN_SEARCH, since, until,
                               "homer-1@192.0.2.10", "homer-2@192.0.2.10")
+        legs = await _plan(conn, HOMER_CALLID_ANY_SEARCH, since, until,
+                           "homer-1@192.0.2.10", "homer-2@192.0.2.10")
         rows = await conn.fetch(HOMER_CALLID_SEARCH, since, until, "homer-1234@192.0.2.10")
     finally:
         await conn.close()
     assert "homer_callid_idx" in after, after
     assert "homer_callid_idx" in several, several
+    assert "homer_callid_idx" in legs, legs
     assert [(r["sid"], r["data_header"].count("homer-1234")) for r in rows] == [
         ("homer-1234@192.0.2.10", 1)] * 2
 

@@ -122,6 +122,17 @@ def expected_flow(captures: list[Capture], call_ids: set[str], *, tcp: str | Non
     return out
 
 
+def sngrep_dialogs(path: Path, saved: Path) -> tuple[int, int]:
+    """sngrep, headless, reads `path`: (dialogs it found, SIP messages it saved again)."""
+    if shutil.which("sngrep") is None:
+        pytest.skip("sngrep is not installed (Debian package sngrep)")
+    run = subprocess.run(["sngrep", "-I", str(path), "-N", "-O", str(saved)],
+                         capture_output=True, text=True, timeout=120, check=True)
+    last = run.stdout.replace("\r", "\n").rstrip().splitlines()[-1]
+    assert last.startswith("Dialog count: "), run.stdout
+    return int(last.split(": ")[1]), len(tshark(saved))
+
+
 def _cli() -> typer.Typer:
     app = typer.Typer()
     analysis.register(app)
@@ -162,6 +173,8 @@ def test_call_pcap_with_a_tcp_leg_and_correlated_legs(
     # The same bytes on stdout.
     piped = CliRunner().invoke(_cli(), ["call", A_LEG, "--dsn", dsn, "--format", "pcap"])
     assert piped.exit_code == 0 and piped.stdout_bytes == path.read_bytes()
+    # sngrep follows both legs, the TCP one included.
+    assert sngrep_dialogs(path, tmp_path / "sngrep.pcap") == (2, 14)
 
 
 def test_call_pcap_errors(stored: tuple[str, datetime], tmp_path: Path) -> None:
@@ -225,11 +238,5 @@ def test_export_of_the_vectors_reads_back_in_sngrep(
     assert len(frames) == 170
     assert [f["sip.Call-ID"] for f in frames] == [p["sip"]["call_id"]
                                                   for p in expected["packets"]]
-    if shutil.which("sngrep") is None:
-        pytest.skip("sngrep is not installed")
-    # sngrep, headless: it parses every message into its dialogs and saves them again.
-    saved = tmp_path / "sngrep.pcap"
-    run = subprocess.run(["sngrep", "-I", str(path), "-N", "-O", str(saved)],
-                         capture_output=True, text=True, timeout=120, check=True)
-    assert run.stdout.rstrip().endswith(f"Dialog count: {expected['summary']['call_ids']}")
-    assert len(tshark(saved)) == 170
+    assert sngrep_dialogs(path, tmp_path / "sngrep.pcap") == (
+        expected["summary"]["call_ids"], 170)

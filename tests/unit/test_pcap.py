@@ -21,6 +21,7 @@ from pipeline.analysis.pcap import (
     PcapMessage,
     file_header,
     internet_checksum,
+    message_from_row,
 )
 from tests.pcap_reader import read_pcap, tcp_streams
 
@@ -180,3 +181,31 @@ def test_tshark_reassembles_a_sip_message_split_over_tcp_segments(tmp_path: Path
         ["pcap-unit-2@2001:db8::1", "", "200", "2001:db8::2"],
     ]
     assert out[0].split("\t")[0] == "3"
+
+
+def test_rows_become_messages() -> None:
+    from datetime import UTC, datetime
+
+    row = {"create_date": datetime(2026, 12, 4, 4, 0, 0, 123456, tzinfo=UTC),
+           "src_ip": ipaddress.ip_address("192.0.2.1"), "src_port": 5060,
+           "dst_ip": ipaddress.ip_address("2001:db8::2"), "dst_port": None,
+           "ip_proto": None, "payload": memoryview(b"OPTIONS")}
+    message = message_from_row(row)
+    assert message == PcapMessage(1_796_356_800_123_456, "192.0.2.1", 5060, "2001:db8::2", 0,
+                                  IPPROTO_UDP, b"OPTIONS")
+    assert message_from_row({**row, "src_ip": None}) is None
+    assert message_from_row({**row, "src_port": 70000, "ip_proto": 6}) == PcapMessage(
+        1_796_356_800_123_456, "192.0.2.1", 0, "2001:db8::2", 0, IPPROTO_TCP, b"OPTIONS")
+
+
+def test_what_could_not_be_written_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.commands.analysis import report_pcap
+
+    report_pcap(10, 0, 0)
+    assert capsys.readouterr().err == ""
+    report_pcap(10, 1, 2)
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "warning: 1 of 10 messages have no IP address and are not in the file",
+        "warning: 2 UDP payloads longer than one IP packet holds were cut to fit",
+    ]

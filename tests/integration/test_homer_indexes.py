@@ -267,3 +267,34 @@ async def test_an_oversized_user_rejects_only_its_row(database_dsn: str) -> None
         await sink.close()
     assert [r.row for r in rejected] == [rows[1]]
     assert rejected[0].reason.startswith("54000")
+
+
+async def test_a_busy_table_makes_enable_back_off_then_give_up(
+    conn: asyncpg.Connection, database_dsn: str
+) -> None:
+    """A writer's open transaction holds the table: enable waits at most lock_timeout per
+    try (so writers queue behind it no longer), retries, gives up with the lock error,
+    and succeeds once the writer is done."""
+    from datetime import timedelta
+
+    await ensure_partitions(conn, now=datetime.now(UTC))
+    writer = await asyncpg.connect(database_dsn)
+    try:
+        transaction = writer.transaction()
+        await transaction.start()
+        await writer.execute("LOCK TABLE hep_proto_1_call IN ROW EXCLUSIVE MODE")
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await enable_homer_indexes(conn, [HomerField.callid], ["hep_proto_1_call"],
+                                       lock_timeout=timedelta(seconds=0.2), lock_attempts=3)
+        assert asyncio.get_running_loop().time() - started < 10
+        [status] = await homer_index_status(conn, [HomerField.callid], ["hep_proto_1_call"])
+        assert status.state is IndexState.off
+        await transaction.commit()
+    finally:
+        await writer.close()
+    await enable_homer_indexes(conn, [HomerField.callid], ["hep_proto_1_call"],
+                               lock_timeout=timedelta(seconds=0.2), lock_attempts=3)
+    [status] = await homer_index_status(conn, [HomerField.callid], ["hep_proto_1_call"])
+    assert status.state is IndexState.on
+    assert await conn.fetchval("SHOW lock_timeout") == "0"  # the session's is restored

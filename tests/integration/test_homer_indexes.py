@@ -275,8 +275,6 @@ async def test_a_busy_table_makes_enable_back_off_then_give_up(
     """A writer's open transaction holds the table: enable waits at most lock_timeout per
     try (so writers queue behind it no longer), retries, gives up with the lock error,
     and succeeds once the writer is done."""
-    from datetime import timedelta
-
     await ensure_partitions(conn, now=datetime.now(UTC))
     writer = await asyncpg.connect(database_dsn)
     try:

@@ -1145,7 +1145,7 @@ def record_batch(list records, Py_ssize_t start, Py_ssize_t batch_size,
 
     The bytes aiokafka's DefaultRecordBatchBuilder(magic=2, no producer id, not
     transactional) builds from the same records appended with offsets 0, 1, ... and
-    `timestamp_ms`, then build(): records are taken while the batch stays within
+    `timestamp_ms`, then build(): records are taken while the batch stays below
     `batch_size` (the first always); `compress` (zstd, or None for no compression)
     is applied to the records, smaller or not (as aiokafka's compiled builder does).
     `records` holds (key or None, value) tuples of bytes.
@@ -1171,7 +1171,7 @@ def record_batch(list records, Py_ssize_t start, Py_ssize_t batch_size,
             body = (1 + 1 + _size_of_varint(offset)  # attributes, timestamp delta 0, offset
                     + (1 if key is None else _size_of_varint(key_len) + key_len)
                     + _size_of_varint(value_len) + value_len + 1)  # no headers
-            if end > start and b.size + body + _size_of_varint(body) > batch_size:
+            if end > start and b.size + body + _size_of_varint(body) >= batch_size:
                 break
             _put_long(&b, body)
             _put_byte(&b, 0)  # attributes

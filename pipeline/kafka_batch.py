@@ -85,11 +85,11 @@ def record_batch(
     timestamp_ms: int,
     compress: Callable[[bytes], bytes] | None = None,
 ) -> tuple[int, bytes]:
-    """(end, batch): records[start:end] as one batch of at most `batch_size` bytes.
+    """(end, batch): records[start:end] as one batch of less than `batch_size` bytes.
 
-    Records are taken while the batch stays within `batch_size` (the first one
-    always). With `compress` (zstd) the records are compressed, smaller or not (as
-    aiokafka's compiled builder does).
+    Records are taken while the batch stays below `batch_size` (the first one always);
+    with `compress` (zstd) the records are compressed, smaller or not: both as
+    aiokafka's compiled builder does.
     """
     encoded = []
     size = HEADER.size
@@ -97,7 +97,7 @@ def record_batch(
     while end < len(records):
         key, value = records[end]
         record = encode_record(end - start, key, value)
-        if end > start and size + len(record) > batch_size:
+        if end > start and size + len(record) >= batch_size:
             break
         encoded.append(record)
         size += len(record)

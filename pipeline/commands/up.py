@@ -145,6 +145,16 @@ def up(
             "Needs root or CAP_SYS_NICE; without it the receiver logs a warning and runs on.",
         ),
     ] = 0,
+    consume_workers: Annotated[
+        int,
+        typer.Option(
+            envvar="HEP_INGEST_CONSUME_WORKERS",
+            min=1,
+            max=1024,
+            help="Consumer processes sharing the topic's partitions (`consume --workers`), "
+            "one core each; a storage that cannot keep up with one core gets more.",
+        ),
+    ] = 1,
     metrics: MetricsOption = None,
     log_level: LogLevelOption = LogLevel.warning,
     log_format: LogFormatOption = LogFormat.text,
@@ -189,6 +199,7 @@ def up(
         drain_timeout=drain_timeout,
         storage_nice=storage_nice,
         receiver_priority=receiver_priority,
+        consume_workers=consume_workers,
         log_level=log_level.value,
         log_format=log_format.value,
     )

@@ -12,6 +12,10 @@ as one collector of its own registry. A file, unlike a scrape of the child's /me
 - is replaced whole (write, then rename), so a reader never sees half a file.
 
 Its existence says the child is ready: it is first written then.
+
+A child that runs N workers (``consume --workers N``) hands each worker a file of its
+own (`worker_metrics_file`); the parent reads them as one family per metric with a
+``worker`` label, so the sums on the status line are over every worker.
 """
 
 from __future__ import annotations
@@ -65,28 +69,57 @@ class MetricsFileWriter:
             write_metrics(self._registry, self._path)
 
 
+def worker_metrics_file(path: Path, index: int) -> Path:
+    """The file of worker `index` of a child whose metrics file is `path`."""
+    return path.with_name(f"{path.stem}-w{index}{path.suffix}")
+
+
+#: The label that tells apart the samples of the workers of one child.
+WORKER_LABEL = "worker"
+
+
 class MetricsFiles(Collector):
     """The families in some metrics files, read at each collection.
 
     A file not written yet yields nothing; one that cannot be read or parsed yields
     what it held at the last successful read. A family that two files both hold is
-    taken from the first.
+    taken from the first, unless the files are the workers of one child
+    (`label_workers`): then it holds the samples of every file, each labelled with
+    its file's index, so that no two series clash.
     """
 
-    def __init__(self, paths: Sequence[Path]) -> None:
+    def __init__(self, paths: Sequence[Path], *, label_workers: bool = False) -> None:
         self._paths = list(paths)
+        self._label_workers = label_workers
         self._last: dict[Path, list[Metric]] = {}
 
     def describe(self) -> Iterable[Metric]:
         return []  # names unknown until the children run; never checked for clashes
 
     def collect(self) -> Iterator[Metric]:
+        if self._label_workers:
+            yield from self._merged()
+            return
         seen: set[str] = set()
         for path in self._paths:
             for family in self._read(path):
                 if family.name not in seen:
                     seen.add(family.name)
                     yield family
+
+    def _merged(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        for index, path in enumerate(self._paths):
+            for family in self._read(path):
+                into = merged.get(family.name)
+                if into is None:
+                    into = merged[family.name] = Metric(
+                        family.name, family.documentation, family.type, family.unit
+                    )
+                for sample in family.samples:
+                    labels = {**sample.labels, WORKER_LABEL: str(index)}
+                    into.samples.append(sample._replace(labels=labels))
+        yield from merged.values()
 
     def _read(self, path: Path) -> list[Metric]:
         try:

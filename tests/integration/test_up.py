@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -353,7 +354,10 @@ def wait_until_gone(needles: list[str], timeout: float = 60) -> list[str]:
         time.sleep(0.2)
 
 
-def test_sigkill_of_up_leaves_no_server_behind(tmp_path: Path, up_env: dict[str, str]) -> None:
+@pytest.mark.parametrize("consume_workers", [1, 2])
+def test_sigkill_of_up_leaves_no_server_behind(
+    tmp_path: Path, up_env: dict[str, str], consume_workers: int
+) -> None:
     data_dir = tmp_path / "data"
     args = [
         "--data-dir", str(data_dir),
@@ -361,6 +365,7 @@ def test_sigkill_of_up_leaves_no_server_behind(tmp_path: Path, up_env: dict[str,
         "--tcp", f"127.0.0.1:{free_tcp_port()}",
         "--kafka-port", "0",
         "--pg-port", "0",
+        "--consume-workers", str(consume_workers),
     ]  # fmt: skip
     first = Up(args, up_env)
     try:
@@ -370,7 +375,10 @@ def test_sigkill_of_up_leaves_no_server_behind(tmp_path: Path, up_env: dict[str,
         # The receiver and the consumer processes are among them (their metrics files
         # are in the data directory).
         assert [p for p in running if " -m pipeline receive " in p], running
-        assert [p for p in running if " -m pipeline consume " in p], running
+        consumers = [p for p in running if " -m pipeline consume " in p]
+        # With workers: the supervisor and its workers (the kernel signals the
+        # supervisor, which passes the stop on).
+        assert len(consumers) == (1 if consume_workers == 1 else 1 + consume_workers), running
     finally:
         first.process.kill()  # SIGKILL: `up` runs no clean-up of its own
         first.process.wait(30)
@@ -562,3 +570,102 @@ def test_up_exits_1_when_its_receiver_drops_accepted_records_at_shutdown(
         code = up.interrupt(timeout=120)  # the receiver's --shutdown-timeout is 30 s
     assert code == 1, f"exit {code}\n{up.stderr}"
     assert "hep-ingest up: stopped, 20 received records dropped at shutdown" in up.stderr
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every live process below `pid` (children, their children, ...): pid -> command line."""
+    found: dict[int, str] = {}
+    parents = [pid]
+    while parents:
+        below = children(parents.pop())
+        found.update(below)
+        parents.extend(below)
+    return found
+
+
+def process_identity(pid: int) -> tuple[int, str] | None:
+    """(pid, start time) of a live process: a pid the kernel reuses is another process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    if fields[0] == "Z":  # exited, not reaped yet: no longer running
+        return None
+    return pid, fields[19]
+
+
+def survivors(identities: list[tuple[int, str]], timeout: float = 60) -> list[tuple[int, str]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [i for i in identities if process_identity(i[0]) == i]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
+
+
+async def _stored_call_ids(dsn: str) -> tuple[int, int]:
+    """(rows, distinct Call-IDs) in the SIP capture table."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow("SELECT count(*), count(DISTINCT sid) FROM hep_proto_1_call")
+        assert row is not None
+        return int(row[0]), int(row[1])
+    finally:
+        await conn.close()
+
+
+def stored_call_ids(dsn: str) -> tuple[int, int]:
+    return asyncio.run(_stored_call_ids(dsn))
+
+
+def test_up_with_two_consume_workers_stores_once_and_leaves_no_process_behind(
+    tmp_path: Path, up_env: dict[str, str]
+) -> None:
+    data_dir = tmp_path / "data"
+    udp_port = free_udp_port()
+    total = 3_000
+    packets = [encode_hep3(sip_packet(f"workers-{i}@up.test", i)) for i in range(total)]
+    up = Up(
+        ["--data-dir", str(data_dir), "--udp", f"127.0.0.1:{udp_port}",
+         "--tcp", f"127.0.0.1:{free_tcp_port()}", "--kafka-port", "0", "--pg-port", "0",
+         "--status-interval", "0.5"],
+        {**up_env, "HEP_INGEST_CONSUME_WORKERS": "2"},
+    )  # fmt: skip
+    stack: dict[int, str] = {}
+    identities: list[tuple[int, str]] = []
+    try:
+        dsn = up.wait_for_line(DSN_PATTERN, 180).group(1)
+        # up -> the receiver and the consume supervisor -> its two workers, in the
+        # supervisor's process group.
+        supervisor = child_running(up, "consume")
+        workers = children(supervisor)
+        assert len(workers) == 2 and all(" --worker-index " in c for c in workers.values()), workers
+        assert {os.getpgid(pid) for pid in [supervisor, *workers]} == {supervisor}
+        assert {nice_of(pid) for pid in workers} == {max(nice_of(os.getpid()), 10)}
+        send_paced(packets, udp_port, 1_000)
+        final = wait_for_status(
+            up, lambda s: s["stored"] >= total and s["lag"] == 0, 180, "stored"
+        )
+        assert final["received"] == final["published"] == final["stored"] == total, final
+        assert stored_call_ids(dsn) == (total, total)  # every packet once, none twice
+        # Both workers stored a share (the topic has 12 partitions, split between them).
+        for k in range(2):
+            written = (data_dir / "run" / f"consumer-w{k}.prom").read_text()
+            rows = sum(float(line.rpartition(" ")[2]) for line in written.splitlines()
+                       if line.startswith("hep_ingest_rows_written_total"))  # fmt: skip
+            assert 0 < rows < total, (k, rows)
+        # Everything the stack runs: its children and theirs, PostgreSQL's processes
+        # (forked by a daemonized postmaster) and the broker.
+        kafka_pid = json.loads((data_dir / "stack.json").read_text())["kafka_pid"]
+        stack = descendants(up.process.pid)
+        stack.update(dict.fromkeys(postgres_processes(data_dir), "postgres"))
+        stack[kafka_pid] = "tansu"
+        # (A backend that served a query may have exited since.)
+        identities = [i for pid in stack if (i := process_identity(pid)) is not None]
+        assert len(identities) >= 2 + 2 + 2 + 1, stack
+    finally:
+        code = up.interrupt()
+    assert code == 0, f"exit {code}\n{up.stderr}"
+    left = survivors(identities)
+    assert left == [], [stack[pid] for pid, _ in left]

@@ -42,3 +42,27 @@ def test_a_parent_registry_reads_the_childrens_files_and_keeps_their_last_counts
     totals = read_totals(parent)
     assert (totals.received, totals.lag) == (10, 4)
     assert not list(tmp_path.glob(".*.tmp"))  # replaced whole, no temporary left
+
+
+def test_the_files_of_one_childs_workers_are_summed_with_a_worker_label(tmp_path: Path) -> None:
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from pipeline.observability.metrics_file import worker_metrics_file
+
+    base = tmp_path / "consumer.prom"
+    files = [worker_metrics_file(base, k) for k in range(2)]
+    assert [f.name for f in files] == ["consumer-w0.prom", "consumer-w1.prom"]
+    parent = CollectorRegistry()
+    parent.register(MetricsFiles(files, label_workers=True))
+    for stored, path in zip((3, 4), files, strict=True):
+        worker = CollectorRegistry()
+        Counter("hep_ingest_rows_written", "", ["table"], registry=worker).labels("t").inc(stored)
+        Gauge("hep_ingest_consumer_lag_total", "", registry=worker).set(stored * 10)
+        write_metrics(worker, path)
+    totals = read_totals(parent)
+    assert (totals.stored, totals.lag) == (7, 70)
+    # One family per metric, one series per worker: a valid exposition.
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(parent).decode())}
+    rows = [s for s in families["hep_ingest_rows_written"].samples if s.name.endswith("_total")]
+    assert sorted((s.labels["worker"], s.value) for s in rows) == [("0", 3.0), ("1", 4.0)]

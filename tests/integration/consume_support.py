@@ -7,7 +7,6 @@ Everything here talks to real servers: records are published to the tansu broker
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import subprocess
@@ -22,6 +21,7 @@ from aiokafka import AIOKafkaProducer
 
 from pipeline.hep.packet import HepPacket
 from pipeline.records import ReceiveContext, RecordIdGenerator, load_codec, packet_to_record
+from tests.implementations import clean_env
 
 CONTEXT = ReceiveContext(transport="udp", sender_ip="127.0.0.1", sender_port=9999, receiver_id="t")
 CAPTURE_TABLES = (
@@ -135,7 +135,7 @@ def start_consumer(
     ]
     if dsn is not None:
         args += ["--dsn", dsn]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEP_INGEST_")}
+    env = clean_env()
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             args,

@@ -37,6 +37,7 @@ from receiver_process import kernel_drops
 from pipeline.embedded import free_tcp_port, free_udp_port
 from pipeline.embedded.state import embedded_database
 from pipeline.hep.encode import encode_hep3
+from tests.implementations import clean_env
 
 pytestmark = pytest.mark.integration
 
@@ -202,7 +203,7 @@ def capture_day(expected: dict[str, Any]) -> str:
 
 @pytest.fixture
 def up_env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEP_INGEST_")}
+    env = clean_env()
     env["HEP_INGEST_DATA_DIR"] = str(tmp_path / "unused-default")  # --data-dir must win
     env["PYTHONUNBUFFERED"] = "1"
     yield env

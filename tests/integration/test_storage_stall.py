@@ -17,20 +17,19 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
-import time
 from pathlib import Path
 
-import asyncpg
 import pytest
 from receiver_process import kernel_drops, run_receiver_process
 
 from pipeline.embedded import EmbeddedKafka
 from pipeline.hep.encode import encode_hep3
 from tests.integration.consume_support import (
+    send_paced,
     sip_packet,
     start_consumer,
     stop_process,
+    stored_call_ids,
     tail,
     wait_for_rows,
 )
@@ -39,27 +38,6 @@ pytestmark = pytest.mark.integration
 
 RATE = 1_000  # packets per second
 STALL_S = 6.0  # below the consumer's Kafka session timeout: a pause, not a departure
-
-
-def send_paced(sock: socket.socket, packets: list[bytes], port: int, rate: int) -> None:
-    step = max(1, rate // 100)
-    started = time.monotonic()
-    for index, packet in enumerate(packets, 1):
-        sock.sendto(packet, ("127.0.0.1", port))
-        if index % step == 0:
-            ahead = started + index / rate - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
-
-
-async def stored_call_ids(dsn: str) -> tuple[int, int]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        row = await conn.fetchrow("SELECT count(*), count(DISTINCT sid) FROM hep_proto_1_call")
-        assert row is not None
-        return int(row[0]), int(row[1])
-    finally:
-        await conn.close()
 
 
 async def test_a_frozen_consumer_loses_no_packet_sent_meanwhile(
@@ -76,22 +54,19 @@ async def test_a_frozen_consumer_loses_no_packet_sent_meanwhile(
             "--flush-interval", "0.2",
         )  # fmt: skip
         try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                send_paced(sock, packets[:warm_up], receiver.udp_port, RATE)
-                counts = await wait_for_rows(database_dsn, warm_up, 180, consumer)
-                assert counts == (warm_up, warm_up), tail(consumer_log)
-                os.kill(consumer.pid, signal.SIGSTOP)
-                try:
-                    # The paced sends are the stall: about STALL_S seconds.
-                    await asyncio.to_thread(
-                        send_paced, sock, packets[warm_up:during_stall], receiver.udp_port, RATE
-                    )
-                    assert (await stored_call_ids(database_dsn))[0] == warm_up
-                finally:
-                    os.kill(consumer.pid, signal.SIGCONT)
+            send_paced(packets[:warm_up], receiver.udp_port, RATE)
+            counts = await wait_for_rows(database_dsn, warm_up, 180, consumer)
+            assert counts == (warm_up, warm_up), tail(consumer_log)
+            os.kill(consumer.pid, signal.SIGSTOP)
+            try:
+                # The paced sends are the stall: about STALL_S seconds.
                 await asyncio.to_thread(
-                    send_paced, sock, packets[during_stall:], receiver.udp_port, RATE
+                    send_paced, packets[warm_up:during_stall], receiver.udp_port, RATE
                 )
+                assert (await stored_call_ids(database_dsn))[0] == warm_up
+            finally:
+                os.kill(consumer.pid, signal.SIGCONT)
+            await asyncio.to_thread(send_paced, packets[during_stall:], receiver.udp_port, RATE)
             counts = await wait_for_rows(database_dsn, total, 300, consumer)
             assert counts == (total, total), tail(consumer_log)
             assert await stored_call_ids(database_dsn) == (total, total)

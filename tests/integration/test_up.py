@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import consume_support
 import pytest
 from conftest import load_vectors
-from consume_support import sip_packet
+from consume_support import send_paced, sip_packet
 from lifecycle_support import closed_port_address
 from prometheus_client.parser import text_string_to_metric_families
 from receiver_process import kernel_drops
@@ -483,19 +484,6 @@ def wait_for_status(
     raise AssertionError(f"{what}: last status {last_status(up)}\n{up.stderr[-3000:]}")
 
 
-def send_paced(packets: list[bytes], port: int, rate: int) -> None:
-    """`packets` to 127.0.0.1:`port` at about `rate` per second, in 10 ms steps."""
-    step = max(1, rate // 100)
-    started = time.monotonic()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        for index, packet in enumerate(packets, 1):
-            sock.sendto(packet, ("127.0.0.1", port))
-            if index % step == 0:
-                ahead = started + index / rate - time.monotonic()
-                if ahead > 0:
-                    time.sleep(ahead)
-
-
 def test_up_loses_no_packet_while_postgres_is_stalled(
     tmp_path: Path, up_env: dict[str, str]
 ) -> None:
@@ -606,19 +594,8 @@ def survivors(identities: list[tuple[int, str]], timeout: float = 60) -> list[tu
         time.sleep(0.2)
 
 
-async def _stored_call_ids(dsn: str) -> tuple[int, int]:
-    """(rows, distinct Call-IDs) in the SIP capture table."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        row = await conn.fetchrow("SELECT count(*), count(DISTINCT sid) FROM hep_proto_1_call")
-        assert row is not None
-        return int(row[0]), int(row[1])
-    finally:
-        await conn.close()
-
-
 def stored_call_ids(dsn: str) -> tuple[int, int]:
-    return asyncio.run(_stored_call_ids(dsn))
+    return asyncio.run(consume_support.stored_call_ids(dsn))
 
 
 def test_up_with_two_consume_workers_stores_once_and_leaves_no_process_behind(

@@ -317,3 +317,26 @@ def test_up_runs_consume_workers_as_one_consume_child(tmp_path: Path) -> None:
     assert [p.name for p in three.metrics_files] == [
         "consumer-w0.prom", "consumer-w1.prom", "consumer-w2.prom"
     ]
+
+
+def test_up_passes_the_capture_filters_and_kpi_settings_to_its_consumer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.stack import consumer_command
+
+    settings = UpSettings(data_dir=tmp_path, bootstrap_servers="127.0.0.1:1",
+                          dsn="postgresql://x")
+    endpoints = Endpoints(
+        udp=(("127.0.0.1", 9060),), tcp=(), bootstrap_servers="127.0.0.1:1",
+        dsn="postgresql://x", topic="hep", embedded_kafka=False, embedded_postgres=False,
+        data_dir=tmp_path,
+    )
+    chosen = {
+        "HEP_INGEST_SIP_KPI": "true",
+        "HEP_INGEST_DISCARD_METHODS": "OPTIONS,NOTIFY",
+        "HEP_INGEST_CENSOR_METHODS": "MESSAGE",
+    }
+    for name, value in chosen.items():
+        monkeypatch.setenv(name, value)
+    env = consumer_command(settings, endpoints).env
+    assert {name: env.get(name) for name in chosen} == chosen

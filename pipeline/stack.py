@@ -389,7 +389,7 @@ async def run_child(
     Raises ChildExited when it ends on its own or fails.
     """
     from pipeline.lifetime import die_with_parent
-    from pipeline.observability.metrics_file import MetricsFiles
+    from pipeline.observability.metrics_file import children_metrics
     from pipeline.receiver.metrics import shutdown_drops
 
     files = command.metrics_files
@@ -397,7 +397,7 @@ async def run_child(
     for path in files:
         with contextlib.suppress(FileNotFoundError):  # a previous run's: not a sign of readiness
             path.unlink()
-    registry.register(MetricsFiles(files, label_workers=command.workers > 1))
+    children_metrics(registry).add(files, label_workers=command.workers > 1)
     # Started from the event loop's thread, which lives as long as `up` (the
     # parent-death signal follows the thread). A process group of its own: a Ctrl-C
     # on the terminal is for `up`, which stops the children in order. Popen only

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -82,34 +83,42 @@ class MetricsFiles(Collector):
     """The families in some metrics files, read at each collection.
 
     A file not written yet yields nothing; one that cannot be read or parsed yields
-    what it held at the last successful read. A family that two files both hold is
-    taken from the first, unless the files are the workers of one child
-    (`label_workers`): then it holds the samples of every file, each labelled with
-    its file's index, so that no two series clash.
+    what it held at the last successful read. Files are added by groups, one per child
+    process (`add`). A family that two groups (or two files of a group) both hold is
+    taken from the first, so that the exposition names each family once (both of
+    `up`'s children export hep_ingest_build_info); unless the files are the workers of
+    one child (`label_workers`): then the family holds the samples of every file, each
+    labelled with its file's index, so that no two series clash.
     """
 
-    def __init__(self, paths: Sequence[Path], *, label_workers: bool = False) -> None:
-        self._paths = list(paths)
-        self._label_workers = label_workers
+    def __init__(self, paths: Sequence[Path] = (), *, label_workers: bool = False) -> None:
+        self._groups: list[tuple[list[Path], bool]] = []
         self._last: dict[Path, list[Metric]] = {}
+        if paths:
+            self.add(paths, label_workers=label_workers)
+
+    def add(self, paths: Sequence[Path], *, label_workers: bool = False) -> None:
+        """Read `paths` too (after the files added before)."""
+        self._groups.append((list(paths), label_workers))
 
     def describe(self) -> Iterable[Metric]:
         return []  # names unknown until the children run; never checked for clashes
 
     def collect(self) -> Iterator[Metric]:
-        if self._label_workers:
-            yield from self._merged()
-            return
         seen: set[str] = set()
-        for path in self._paths:
-            for family in self._read(path):
+        for paths, label_workers in list(self._groups):
+            if label_workers:
+                families: Iterable[Metric] = self._merged(paths)
+            else:
+                families = (family for path in paths for family in self._read(path))
+            for family in families:
                 if family.name not in seen:
                     seen.add(family.name)
                     yield family
 
-    def _merged(self) -> Iterator[Metric]:
+    def _merged(self, paths: list[Path]) -> Iterator[Metric]:
         merged: dict[str, Metric] = {}
-        for index, path in enumerate(self._paths):
+        for index, path in enumerate(paths):
             for family in self._read(path):
                 into = merged.get(family.name)
                 if into is None:
@@ -128,3 +137,19 @@ class MetricsFiles(Collector):
             return self._last.get(path, [])
         self._last[path] = families
         return families
+
+
+_CHILDREN: weakref.WeakKeyDictionary[CollectorRegistry, MetricsFiles] = (
+    weakref.WeakKeyDictionary()
+)
+_CHILDREN_LOCK = threading.Lock()
+
+
+def children_metrics(registry: CollectorRegistry) -> MetricsFiles:
+    """The one MetricsFiles of `registry` that every child's files are added to."""
+    with _CHILDREN_LOCK:
+        files = _CHILDREN.get(registry)
+        if files is None:
+            files = _CHILDREN[registry] = MetricsFiles()
+            registry.register(files)
+        return files

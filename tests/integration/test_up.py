@@ -447,10 +447,15 @@ def test_up_runs_capture_and_storage_as_processes_with_storage_at_lower_priority
         postgres = postgres_processes(data_dir)
         assert len(postgres) > 1  # the postmaster and its background processes
         assert {pid: nice_of(pid) for pid in postgres} == dict.fromkeys(postgres, storage)
-        # `up`'s /metrics carries both children's metrics.
+        # `up`'s /metrics carries both children's metrics, each family once. It is
+        # served once the banner is out: its last line says where.
+        up.wait_for_line(re.compile(r"^Metrics\s+http://"), 30)
         with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as response:
-            families = {f.name for f in text_string_to_metric_families(response.read().decode())}
+            text = response.read().decode()
+        families = {f.name for f in text_string_to_metric_families(text)}
         assert {"hep_ingest_packets_received", "hep_ingest_consumer_lag_total"} <= families
+        types = [line for line in text.splitlines() if line.startswith("# TYPE ")]
+        assert len(types) == len(set(types)), text  # Prometheus refuses a second TYPE line
     finally:
         code = up.interrupt()
     assert code == 0, f"exit {code}\n{up.stderr}"

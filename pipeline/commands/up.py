@@ -11,12 +11,15 @@ from typing import Annotated
 import typer
 
 from pipeline.commands.options import (
+    ALegHeaderOption,
+    CustomHeaderOption,
     LogFormat,
     LogFormatOption,
     LogLevel,
     LogLevelOption,
     MetricsOption,
     TopicOption,
+    header_rules,
 )
 
 HELP = (
@@ -156,6 +159,8 @@ def up(
             "one core each; a storage that cannot keep up with one core gets more.",
         ),
     ] = 1,
+    custom_header: CustomHeaderOption = None,
+    a_leg_header: ALegHeaderOption = None,
     metrics: MetricsOption = None,
     log_level: LogLevelOption = LogLevel.warning,
     log_format: LogFormatOption = LogFormat.text,
@@ -186,6 +191,7 @@ def up(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
 
+    header_rules(custom_header, a_leg_header)  # a bad rule is a usage error, before starting
     configure_logging(log_level, log_format)
     settings = UpSettings(
         data_dir=resolve_data_dir(data_dir),
@@ -203,6 +209,8 @@ def up(
         consume_workers=consume_workers,
         log_level=log_level.value,
         log_format=log_format.value,
+        custom_headers=tuple(custom_header or ()),
+        a_leg_headers=tuple(a_leg_header or ()),
     )
     registry = CollectorRegistry()
     status = StatusLine(sys.stdout)

@@ -321,6 +321,7 @@ class ConsumerWorker:
         decode = self._codec.decode
         build = build_row
         store_auth_key = self._settings.store_auth_key
+        headers = self._settings.headers
         added = 0
         unknown_type = 0
         for tp, messages in data.items():
@@ -353,6 +354,7 @@ class ConsumerWorker:
                         kafka_partition=partition,
                         kafka_offset=offset,
                         store_auth_key=store_auth_key,
+                        headers=headers,
                     )
                 except RecordDecodeError as exc:
                     chunk.dead.append(_dead_letter(message, exc.reason, exc.detail))

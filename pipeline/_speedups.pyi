@@ -28,6 +28,7 @@ class PacketEncoder:
         contexts: Sequence[ReceiveContext],
         receive_time_us: int,
         next_id: Callable[[], bytes],
+        auth_key: bytes | None = None,
     ) -> list[tuple[bytes | None, bytes] | str]: ...
 
 def packet_encoder(

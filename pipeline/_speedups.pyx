@@ -28,6 +28,8 @@ from pipeline.hep.chunks import DEDICATED_TYPES, FIXED_BODY_SIZES
 from pipeline.hep.errors import HepDecodeError
 from pipeline.hep.packet import HepChunk, HepPacket
 from pipeline.records import packetwrite as _pure_write
+from pipeline.records import datagrams as _pure_datagrams
+from pipeline.records.datagrams import AUTH_MISMATCH, AUTH_MISSING
 
 
 cdef extern from "Python.h":
@@ -776,12 +778,13 @@ cdef class PacketEncoder:
             PyMem_Free(b.data)
 
     cdef object _datagram(self, object data, object record_id, object next_id,
-                          object receive_time_us, object context, Buf* b):
+                          object receive_time_us, object context, object auth_key, Buf* b):
         """(key, value) of one datagram; the record id is `record_id`, else `next_id()`,
-        drawn only once the datagram decoded (as the intake does)."""
+        drawn only once the datagram was accepted (as the intake does). With `auth_key`
+        (bytes), a packet that does not carry it gives its rejection reason (a str)."""
         cdef Py_buffer view
         cdef V3 d
-        cdef int version
+        cdef int version, o
         cdef Py_ssize_t at = len(self._header)
         b.size = 0
         _put_raw(b, PyBytes_AS_STRING(self._header), at)
@@ -792,9 +795,19 @@ cdef class PacketEncoder:
             version = _first_byte(data, p, view.len)
             if version == 3:
                 _scan_v3(p, view.len, &d, None, data)
+                if auth_key is not None:
+                    o = d.seen[14]
+                    if o < 0:
+                        return AUTH_MISSING
+                    if not _same_key(p + o + 6, _body_len(p, o), auth_key):
+                        return AUTH_MISMATCH
                 key = _put_v3(b, p, &d, receive_time_us, context)
             else:
                 packet = _decode_v1v2(data, view.len, version)
+                if auth_key is not None:
+                    rejection = _pure_datagrams.auth_rejection(packet.auth_key, auth_key)
+                    if rejection is not None:
+                        return rejection
                 _put_packet(b, packet, receive_time_us, context)
                 key = record_key(packet)
         finally:
@@ -814,27 +827,31 @@ cdef class PacketEncoder:
         cdef Buf b
         _init_buf(&b)
         try:
-            return self._datagram(data, record_id, None, receive_time_us, context, &b)
+            return self._datagram(data, record_id, None, receive_time_us, context, None, &b)
         finally:
             PyMem_Free(b.data)
 
-    def encode_datagrams(self, datagrams, contexts, receive_time_us, next_id):
+    def encode_datagrams(self, datagrams, contexts, receive_time_us, next_id, auth_key=None):
         """encode_datagram over a batch: one outcome per datagram, in order.
 
         `contexts[i]` is the ReceiveContext of `datagrams[i]`; `next_id()` gives each
-        decoded packet its record id. An outcome is the (key, value) tuple, or the
-        HepDecodeError reason (a str) of a datagram that did not decode.
+        accepted packet its record id. An outcome is the (key, value) tuple, or the
+        HepDecodeError reason (a str) of a datagram that did not decode, or with
+        `auth_key` the rejection reason of a packet that does not carry that key.
         """
         cdef Buf b
         cdef Py_ssize_t i, count = len(datagrams)
         cdef list outcomes = []
+        if auth_key is not None and not isinstance(auth_key, bytes):
+            raise TypeError("auth_key must be bytes or None")
         _init_buf(&b)
         try:
             for i in range(count):
                 try:
                     outcomes.append(
                         self._datagram(
-                            datagrams[i], None, next_id, receive_time_us, contexts[i], &b
+                            datagrams[i], None, next_id, receive_time_us, contexts[i],
+                            auth_key, &b,
                         )
                     )
                 except HepDecodeError as exc:
@@ -845,6 +862,17 @@ cdef class PacketEncoder:
 
 
 _NO_ID = bytes(16)
+
+
+cdef bint _same_key(const uint8_t* found, Py_ssize_t size, bytes expected) noexcept:
+    """Whether the auth key chunk body equals `expected`, in time that depends only on the
+    lengths (as hmac.compare_digest, which the pure reference uses)."""
+    cdef const uint8_t* want = <const uint8_t*>PyBytes_AS_STRING(expected)
+    cdef Py_ssize_t i, n = len(expected)
+    cdef uint8_t diff = 0 if size == n else 1
+    for i in range(n if size >= n else size):
+        diff |= found[i] ^ want[i]
+    return diff == 0
 
 
 cdef int _init_buf(Buf* b) except -1:

@@ -5,8 +5,10 @@ each other; this module starts them in order and stops them in reverse.
 
 Start: the embedded broker (tansu) unless bootstrap servers are given, the embedded
 PostgreSQL under the data directory unless a DSN is given, the migrations, then the
-receiver and one consumer, each a child process of its own (`hep-ingest receive` and
-`hep-ingest consume`). Separate processes let the kernel schedule capture apart from
+receiver and the consumer, each a child process of its own (`hep-ingest receive` and
+`hep-ingest consume`; with --consume-workers N, `consume --workers N`: a supervisor
+and N consumer processes in one process group, sharing the topic's partitions).
+Separate processes let the kernel schedule capture apart from
 storage: the consumer and PostgreSQL run at a higher niceness (--storage-nice), so
 the receiver gets the CPU first and a storage that falls behind grows the consumer
 lag in Kafka instead of overflowing the UDP socket buffer (pipeline.priority).
@@ -52,6 +54,7 @@ from pipeline.embedded.state import (
     write_state,
 )
 from pipeline.observability import get_logger
+from pipeline.observability.metrics_file import worker_metrics_file
 
 log = get_logger("pipeline.stack")
 
@@ -77,6 +80,8 @@ class UpSettings:
     # How long the consumer may take to store what was published, once stopping.
     drain_timeout: float = 15.0
     group: str = "hep-ingest"
+    # Consumer processes of the group `group` (`consume --workers`).
+    consume_workers: int = 1
     # Niceness of the consumer and the embedded PostgreSQL: capture comes first.
     storage_nice: int = 10
     # The receiver runs at niceness -receiver_priority (needs CAP_SYS_NICE; 0: as inherited).
@@ -365,6 +370,15 @@ class ChildCommand:
     # The receiver exits 1 after a stop that dropped accepted records: `up` reports
     # the drops itself (and exits 1) once the consumer has drained.
     exit_1_reports_drops: bool = False
+    # A child that runs this many workers (`--workers`): each writes a file of its own
+    # (worker_metrics_file), and the child is ready once every one is there.
+    workers: int = 1
+
+    @property
+    def metrics_files(self) -> tuple[Path, ...]:
+        if self.workers == 1:
+            return (self.metrics_file,)
+        return tuple(worker_metrics_file(self.metrics_file, k) for k in range(self.workers))
 
 
 async def run_child(
@@ -373,18 +387,20 @@ async def run_child(
     stop: asyncio.Event,
     ready: asyncio.Event | None = None,
 ) -> None:
-    """Run one child until it exits; SIGTERM once `stop` is set. Ready: its metrics file.
+    """Run one child until it exits; SIGTERM once `stop` is set. Ready: its metrics files.
 
     Raises ChildExited when it ends on its own or fails.
     """
     from pipeline.lifetime import die_with_parent
-    from pipeline.observability.metrics_file import MetricsFiles
+    from pipeline.observability.metrics_file import children_metrics
     from pipeline.receiver.metrics import shutdown_drops
 
+    files = command.metrics_files
     command.metrics_file.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):  # a previous run's: not a sign of readiness
-        command.metrics_file.unlink()
-    registry.register(MetricsFiles([command.metrics_file]))
+    for path in files:
+        with contextlib.suppress(FileNotFoundError):  # a previous run's: not a sign of readiness
+            path.unlink()
+    children_metrics(registry).add(files, label_workers=command.workers > 1)
     # Started from the event loop's thread, which lives as long as `up` (the
     # parent-death signal follows the thread). A process group of its own: a Ctrl-C
     # on the terminal is for `up`, which stops the children in order. Popen only
@@ -400,7 +416,7 @@ async def run_child(
     signalled = False
     try:
         while (code := process.poll()) is None:
-            if ready is not None and not ready.is_set() and command.metrics_file.exists():
+            if ready is not None and not ready.is_set() and all(p.exists() for p in files):
                 ready.set()
             if stop.is_set() and not signalled:
                 process.send_signal(signal.SIGTERM)
@@ -511,11 +527,13 @@ def consumer_command(settings: UpSettings, endpoints: Endpoints) -> ChildCommand
             "--group", settings.group,
             "--no-migrate",  # `up` has applied the migrations already
             "--nice", str(settings.storage_nice),
+            "--workers", str(settings.consume_workers),
             *(arg for h in settings.custom_headers for arg in ("--custom-header", h)),
             *(arg for h in settings.a_leg_headers for arg in ("--a-leg-header", h)),
         ),
         env=_child_env(HEP_INGEST_DSN=endpoints.dsn),
         metrics_file=path,
+        workers=settings.consume_workers,
     )
 
 

@@ -10,6 +10,7 @@ shared ones stay healthy for everybody else.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -32,6 +33,14 @@ def load_vectors(name: str) -> tuple[list[bytes], dict[str, Any]]:
     expected = json.loads((folder / "expected.json").read_text())
     packets = [(folder / p["file"]).read_bytes() for p in expected["packets"]]
     return packets, expected
+
+
+def pytest_report_header() -> str:
+    """Which per-packet code this run's `pipeline` (and the processes it starts) uses."""
+    from pipeline.accel import IMPLEMENTATION, PURE_ENV
+
+    forced = os.environ.get(PURE_ENV, "")
+    return f"hep-ingest per-packet code: {IMPLEMENTATION} ({PURE_ENV}={forced})"
 
 
 @pytest.fixture(scope="session", params=["pure", "compiled"])

@@ -7,6 +7,7 @@ package was installed without it (no C compiler): its tests then skip with that 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
@@ -64,3 +65,17 @@ COMPILED = (
         _module.datagram_encoder,
     )
 )
+
+
+#: Carried over to the processes a test starts: a run on the pure path (the README's
+#: test command runs part of the suite so, tests/integration/test_pure_path.py) starts
+#: its receivers and consumers on it too.
+KEPT_SETTINGS = ("HEP_INGEST_PURE_PYTHON",)
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without the HEP_INGEST_* settings a developer may have set."""
+    return {
+        k: v for k, v in os.environ.items()
+        if not k.startswith("HEP_INGEST_") or k in KEPT_SETTINGS
+    }  # fmt: skip

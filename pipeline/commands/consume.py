@@ -306,8 +306,6 @@ def consume(
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
     check_worker_ports(workers, [], metrics_address)
-    if metrics_file is not None and workers > 1:
-        raise typer.BadParameter("only for one worker", param_hint="--metrics-file")
     if sink is SinkChoice.postgres and not dsn:
         dsn = _default_dsn()
         if not dsn:
@@ -319,7 +317,7 @@ def consume(
     # Before the workers start: they inherit it.
     set_nice(nice, log)
     if workers > 1:
-        raise typer.Exit(_supervise(workers, metrics_address))
+        raise typer.Exit(_supervise(workers, metrics_address, metrics_file))
     # Workers on one host get distinct client ids (the service appends the host name).
     worker_client: dict[str, Any] = (
         {} if worker_index is None else {"client_id": f"{CLIENT_ID}-w{worker_index}"}
@@ -430,10 +428,17 @@ async def _run_writing_metrics(
             writer.close()
 
 
-def _supervise(workers: int, metrics_address: tuple[str, int] | None) -> int:
-    """Run `workers` consumer processes in this group until they all exit."""
+def _supervise(
+    workers: int, metrics_address: tuple[str, int] | None, metrics_file: Path | None
+) -> int:
+    """Run `workers` consumer processes in this group until they all exit.
+
+    With --metrics-file (`up --consume-workers`), worker K writes its own file
+    (pipeline.observability.metrics_file.worker_metrics_file).
+    """
     from pipeline import supervisor
     from pipeline.observability import get_logger
+    from pipeline.observability.metrics_file import worker_metrics_file
 
     log = get_logger("pipeline.commands.consume")
     command = supervisor.own_command("consume")
@@ -445,6 +450,8 @@ def _supervise(workers: int, metrics_address: tuple[str, int] | None) -> int:
         argv = [*base, "--workers", "1", "--worker-index", str(index)]
         if metrics_address is not None:
             argv += ["--metrics", supervisor.worker_address(metrics_address, index)]
+        if metrics_file is not None:
+            argv += ["--metrics-file", str(worker_metrics_file(metrics_file, index))]
         return argv
 
     return supervisor.supervise(

@@ -28,7 +28,8 @@ HELP = (
     "in memory); without --dsn an embedded PostgreSQL under --data-dir, which keeps the "
     "rows across runs (`hep-ingest calls`, `call` and `stats` find it with no flags). "
     "It applies the migrations, then runs `hep-ingest receive` and `hep-ingest consume` "
-    "as child processes. Capture comes first: the consumer and the embedded PostgreSQL "
+    "as child processes (--consume-workers N: N consumer processes). Capture comes "
+    "first: the consumer and the embedded PostgreSQL "
     "run at --storage-nice, so the receiver gets the CPU before them, and a storage "
     "that cannot keep up grows the consumer lag in Kafka rather than slowing capture.\n\n"
     "Ctrl-C or SIGTERM stops everything; a second Ctrl-C skips waiting for the consumer "
@@ -148,6 +149,16 @@ def up(
             "Needs root or CAP_SYS_NICE; without it the receiver logs a warning and runs on.",
         ),
     ] = 0,
+    consume_workers: Annotated[
+        int,
+        typer.Option(
+            envvar="HEP_INGEST_CONSUME_WORKERS",
+            min=1,
+            max=1024,
+            help="Consumer processes sharing the topic's partitions (`consume --workers`), "
+            "one core each; a storage that cannot keep up with one core gets more.",
+        ),
+    ] = 1,
     custom_header: CustomHeaderOption = None,
     a_leg_header: ALegHeaderOption = None,
     metrics: MetricsOption = None,
@@ -195,6 +206,7 @@ def up(
         drain_timeout=drain_timeout,
         storage_nice=storage_nice,
         receiver_priority=receiver_priority,
+        consume_workers=consume_workers,
         log_level=log_level.value,
         log_format=log_format.value,
         custom_headers=tuple(custom_header or ()),

@@ -12,6 +12,10 @@ as one collector of its own registry. A file, unlike a scrape of the child's /me
 - is replaced whole (write, then rename), so a reader never sees half a file.
 
 Its existence says the child is ready: it is first written then.
+
+A child that runs N workers (``consume --workers N``) hands each worker a file of its
+own (`worker_metrics_file`); the parent reads them as one family per metric with a
+``worker`` label, so the sums on the status line are over every worker.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -65,28 +70,65 @@ class MetricsFileWriter:
             write_metrics(self._registry, self._path)
 
 
+def worker_metrics_file(path: Path, index: int) -> Path:
+    """The file of worker `index` of a child whose metrics file is `path`."""
+    return path.with_name(f"{path.stem}-w{index}{path.suffix}")
+
+
+#: The label that tells apart the samples of the workers of one child.
+WORKER_LABEL = "worker"
+
+
 class MetricsFiles(Collector):
     """The families in some metrics files, read at each collection.
 
     A file not written yet yields nothing; one that cannot be read or parsed yields
-    what it held at the last successful read. A family that two files both hold is
-    taken from the first.
+    what it held at the last successful read. Files are added by groups, one per child
+    process (`add`). A family that two groups (or two files of a group) both hold is
+    taken from the first, so that the exposition names each family once (both of
+    `up`'s children export hep_ingest_build_info); unless the files are the workers of
+    one child (`label_workers`): then the family holds the samples of every file, each
+    labelled with its file's index, so that no two series clash.
     """
 
-    def __init__(self, paths: Sequence[Path]) -> None:
-        self._paths = list(paths)
+    def __init__(self, paths: Sequence[Path] = (), *, label_workers: bool = False) -> None:
+        self._groups: list[tuple[list[Path], bool]] = []
         self._last: dict[Path, list[Metric]] = {}
+        if paths:
+            self.add(paths, label_workers=label_workers)
+
+    def add(self, paths: Sequence[Path], *, label_workers: bool = False) -> None:
+        """Read `paths` too (after the files added before)."""
+        self._groups.append((list(paths), label_workers))
 
     def describe(self) -> Iterable[Metric]:
         return []  # names unknown until the children run; never checked for clashes
 
     def collect(self) -> Iterator[Metric]:
         seen: set[str] = set()
-        for path in self._paths:
-            for family in self._read(path):
+        for paths, label_workers in list(self._groups):
+            if label_workers:
+                families: Iterable[Metric] = self._merged(paths)
+            else:
+                families = (family for path in paths for family in self._read(path))
+            for family in families:
                 if family.name not in seen:
                     seen.add(family.name)
                     yield family
+
+    def _merged(self, paths: list[Path]) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        for index, path in enumerate(paths):
+            for family in self._read(path):
+                into = merged.get(family.name)
+                if into is None:
+                    into = merged[family.name] = Metric(
+                        family.name, family.documentation, family.type, family.unit
+                    )
+                for sample in family.samples:
+                    labels = {**sample.labels, WORKER_LABEL: str(index)}
+                    into.samples.append(sample._replace(labels=labels))
+        yield from merged.values()
 
     def _read(self, path: Path) -> list[Metric]:
         try:
@@ -95,3 +137,19 @@ class MetricsFiles(Collector):
             return self._last.get(path, [])
         self._last[path] = families
         return families
+
+
+_CHILDREN: weakref.WeakKeyDictionary[CollectorRegistry, MetricsFiles] = (
+    weakref.WeakKeyDictionary()
+)
+_CHILDREN_LOCK = threading.Lock()
+
+
+def children_metrics(registry: CollectorRegistry) -> MetricsFiles:
+    """The one MetricsFiles of `registry` that every child's files are added to."""
+    with _CHILDREN_LOCK:
+        files = _CHILDREN.get(registry)
+        if files is None:
+            files = _CHILDREN[registry] = MetricsFiles()
+            registry.register(files)
+        return files

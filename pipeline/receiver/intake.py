@@ -7,7 +7,6 @@ the adapters only count what happens after (queue full).
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,6 +14,7 @@ from pipeline.accel import datagram_encoder, decode_packet, packet_encoder, reco
 from pipeline.hep.errors import HepDecodeError
 from pipeline.receiver.metrics import ReceiverMetrics
 from pipeline.records import ReceiveContext, RecordCodec, RecordIdGenerator
+from pipeline.records.datagrams import AUTH_REJECTIONS, auth_rejection
 from pipeline.records.mapping import packet_to_record
 
 # The HEP version label from a packet's first byte: "HEP3"/"EEP1" are v3, 1 and 2 are
@@ -103,11 +103,9 @@ class Intake:
             return None
         expected = self._auth_key
         if expected is not None:
-            if packet.auth_key is None:
-                metrics.rejected["auth_missing"] += 1
-                return None
-            if not hmac.compare_digest(packet.auth_key, expected):
-                metrics.rejected["auth_mismatch"] += 1
+            rejection = auth_rejection(packet.auth_key, expected)
+            if rejection is not None:
+                metrics.rejected[rejection] += 1
                 return None
         # Counted once accepted, so that received == decoded + invalid + rejected.
         metrics.decoded += 1
@@ -136,7 +134,7 @@ class Intake:
         if len(contexts) >= _CONTEXT_CACHE_LIMIT:
             contexts.clear()
         datagrams = self._datagrams
-        if datagrams is None or self._auth_key is not None:
+        if datagrams is None:
             return self._accept_each(packets, senders, contexts, transport, now_us)
         metrics = self._metrics
         labels = self._labels.get(transport)
@@ -150,9 +148,15 @@ class Intake:
                 context = contexts[sender] = self.context(transport, sender[0], sender[1])
             batch_contexts.append(context)
         records: list[Encoded] = []
-        for outcome in datagrams.encode_datagrams(packets, batch_contexts, now_us, self._ids.next):
-            if isinstance(outcome, str):  # the reason it did not decode
-                metrics.invalid[outcome] += 1
+        outcomes = datagrams.encode_datagrams(
+            packets, batch_contexts, now_us, self._ids.next, self._auth_key
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, str):  # the reason it was refused
+                if outcome in AUTH_REJECTIONS:
+                    metrics.rejected[outcome] += 1
+                else:
+                    metrics.invalid[outcome] += 1
             else:
                 records.append(outcome)
         metrics.decoded += len(records)
@@ -166,7 +170,7 @@ class Intake:
         transport: str,
         now_us: int,
     ) -> list[Encoded]:
-        """`accept_batch` through `accept`: with an auth key or a custom encoder."""
+        """`accept_batch` through `accept`: with a custom encoder."""
         records = []
         for data, sender in zip(packets, senders, strict=True):
             context = contexts.get(sender)

@@ -16,11 +16,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from pipeline.observability.metrics import register_build_info
+from pipeline.records.datagrams import AUTH_MISMATCH, AUTH_MISSING
 
 TRANSPORTS = ("udp", "tcp", "tls")
 VERSIONS = ("1", "2", "3")
 DROP_REASONS = ("queue_full", "shutdown")
-REJECT_REASONS = ("auth_missing", "auth_mismatch")
+REJECT_REASONS = (AUTH_MISSING, AUTH_MISMATCH)
 TCP_TIMEOUT_REASONS = ("idle_timeout", "frame_timeout")
 TCP_REFUSE_REASONS = ("max_connections",)
 

@@ -7,9 +7,9 @@ Everything here talks to real servers: records are published to the tansu broker
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaProducer
 
 from pipeline.hep.packet import HepPacket
 from pipeline.records import ReceiveContext, RecordIdGenerator, load_codec, packet_to_record
+from tests.implementations import clean_env
 
 CONTEXT = ReceiveContext(transport="udp", sender_ip="127.0.0.1", sender_port=9999, receiver_id="t")
 CAPTURE_TABLES = (
@@ -135,7 +136,7 @@ def start_consumer(
     ]
     if dsn is not None:
         args += ["--dsn", dsn]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEP_INGEST_")}
+    env = clean_env()
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             args,
@@ -219,3 +220,27 @@ def tail(path: Path, n: int = 40) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
     except OSError:
         return ""
+
+
+def send_paced(packets: list[bytes], port: int, rate: int) -> None:
+    """`packets` to 127.0.0.1:`port` at about `rate` per second, in 10 ms steps."""
+    step = max(1, rate // 100)
+    started = time.monotonic()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for index, packet in enumerate(packets, 1):
+            sock.sendto(packet, ("127.0.0.1", port))
+            if index % step == 0:
+                ahead = started + index / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+
+
+async def stored_call_ids(dsn: str) -> tuple[int, int]:
+    """(rows, distinct Call-IDs) in the SIP capture table."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow("SELECT count(*), count(DISTINCT sid) FROM hep_proto_1_call")
+        assert row is not None
+        return int(row[0]), int(row[1])
+    finally:
+        await conn.close()

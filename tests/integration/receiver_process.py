@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -20,6 +19,7 @@ from typing import Any
 
 from pipeline.embedded.net import free_tcp_port, free_udp_port
 from pipeline.records import load_codec
+from tests.implementations import clean_env
 
 
 def hep_ingest_command() -> list[str]:
@@ -144,7 +144,7 @@ def run_receiver_process(
         "0.5",
         *extra,
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEP_INGEST_")}
+    env = clean_env()
     env.update(env_extra or {})
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
 from collections import Counter
@@ -18,6 +17,7 @@ import pytest
 from pipeline.embedded import EmbeddedKafka, free_tcp_port, free_udp_port, wait_for_tcp
 from pipeline.storage.rows import table_for
 from tests.conftest import VECTOR_SETS, load_vectors
+from tests.implementations import clean_env
 from tests.integration.consume_support import (
     cli,
     start_consumer,
@@ -34,7 +34,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def start_receiver(
     bootstrap_servers: str, topic: str, udp_port: int, tcp_port: int, log_path: Path
 ) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEP_INGEST_")}
+    env = clean_env()
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             [

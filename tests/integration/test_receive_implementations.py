@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
     [
         pytest.param({"HEP_INGEST_PURE_PYTHON": "1"}, "pure", id="pure-forced"),
         pytest.param(
-            {},
+            {"HEP_INGEST_PURE_PYTHON": ""},  # the default, also in a run on the pure path
             "compiled",
             id="compiled-default",
             marks=pytest.mark.skipif(COMPILED is None, reason=NOT_BUILT),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -26,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import consume_support
 import pytest
 from conftest import load_vectors
-from consume_support import sip_packet
+from consume_support import send_paced, sip_packet
 from lifecycle_support import closed_port_address
 from prometheus_client.parser import text_string_to_metric_families
 from receiver_process import kernel_drops
@@ -36,6 +38,7 @@ from receiver_process import kernel_drops
 from pipeline.embedded import free_tcp_port, free_udp_port
 from pipeline.embedded.state import embedded_database
 from pipeline.hep.encode import encode_hep3
+from tests.implementations import clean_env
 
 pytestmark = pytest.mark.integration
 
@@ -201,7 +204,7 @@ def capture_day(expected: dict[str, Any]) -> str:
 
 @pytest.fixture
 def up_env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEP_INGEST_")}
+    env = clean_env()
     env["HEP_INGEST_DATA_DIR"] = str(tmp_path / "unused-default")  # --data-dir must win
     env["PYTHONUNBUFFERED"] = "1"
     yield env
@@ -353,7 +356,10 @@ def wait_until_gone(needles: list[str], timeout: float = 60) -> list[str]:
         time.sleep(0.2)
 
 
-def test_sigkill_of_up_leaves_no_server_behind(tmp_path: Path, up_env: dict[str, str]) -> None:
+@pytest.mark.parametrize("consume_workers", [1, 2])
+def test_sigkill_of_up_leaves_no_server_behind(
+    tmp_path: Path, up_env: dict[str, str], consume_workers: int
+) -> None:
     data_dir = tmp_path / "data"
     args = [
         "--data-dir", str(data_dir),
@@ -361,6 +367,7 @@ def test_sigkill_of_up_leaves_no_server_behind(tmp_path: Path, up_env: dict[str,
         "--tcp", f"127.0.0.1:{free_tcp_port()}",
         "--kafka-port", "0",
         "--pg-port", "0",
+        "--consume-workers", str(consume_workers),
     ]  # fmt: skip
     first = Up(args, up_env)
     try:
@@ -370,7 +377,10 @@ def test_sigkill_of_up_leaves_no_server_behind(tmp_path: Path, up_env: dict[str,
         # The receiver and the consumer processes are among them (their metrics files
         # are in the data directory).
         assert [p for p in running if " -m pipeline receive " in p], running
-        assert [p for p in running if " -m pipeline consume " in p], running
+        consumers = [p for p in running if " -m pipeline consume " in p]
+        # With workers: the supervisor and its workers (the kernel signals the
+        # supervisor, which passes the stop on).
+        assert len(consumers) == (1 if consume_workers == 1 else 1 + consume_workers), running
     finally:
         first.process.kill()  # SIGKILL: `up` runs no clean-up of its own
         first.process.wait(30)
@@ -437,10 +447,15 @@ def test_up_runs_capture_and_storage_as_processes_with_storage_at_lower_priority
         postgres = postgres_processes(data_dir)
         assert len(postgres) > 1  # the postmaster and its background processes
         assert {pid: nice_of(pid) for pid in postgres} == dict.fromkeys(postgres, storage)
-        # `up`'s /metrics carries both children's metrics.
+        # `up`'s /metrics carries both children's metrics, each family once. It is
+        # served once the banner is out: its last line says where.
+        up.wait_for_line(re.compile(r"^Metrics\s+http://"), 30)
         with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as response:
-            families = {f.name for f in text_string_to_metric_families(response.read().decode())}
+            text = response.read().decode()
+        families = {f.name for f in text_string_to_metric_families(text)}
         assert {"hep_ingest_packets_received", "hep_ingest_consumer_lag_total"} <= families
+        types = [line for line in text.splitlines() if line.startswith("# TYPE ")]
+        assert len(types) == len(set(types)), text  # Prometheus refuses a second TYPE line
     finally:
         code = up.interrupt()
     assert code == 0, f"exit {code}\n{up.stderr}"
@@ -472,19 +487,6 @@ def wait_for_status(
             return status
         time.sleep(0.2)
     raise AssertionError(f"{what}: last status {last_status(up)}\n{up.stderr[-3000:]}")
-
-
-def send_paced(packets: list[bytes], port: int, rate: int) -> None:
-    """`packets` to 127.0.0.1:`port` at about `rate` per second, in 10 ms steps."""
-    step = max(1, rate // 100)
-    started = time.monotonic()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        for index, packet in enumerate(packets, 1):
-            sock.sendto(packet, ("127.0.0.1", port))
-            if index % step == 0:
-                ahead = started + index / rate - time.monotonic()
-                if ahead > 0:
-                    time.sleep(ahead)
 
 
 def test_up_loses_no_packet_while_postgres_is_stalled(
@@ -531,7 +533,8 @@ def test_up_loses_no_packet_while_postgres_is_stalled(
         assert final["received"] == final["published"] == final["stored"] == total, final
         assert "udp socket drops" not in final and final.get("dropped", 0) == 0, final
         assert kernel_drops(udp_port) == 0
-        assert count_rows(dsn) == total  # each packet stored exactly once
+        # Each packet stored exactly once: as many rows as distinct Call-IDs as sent.
+        assert stored_call_ids(dsn) == (total, total)
     finally:
         code = up.interrupt()
     assert code == 0, f"exit {code}\n{up.stderr}"
@@ -562,3 +565,91 @@ def test_up_exits_1_when_its_receiver_drops_accepted_records_at_shutdown(
         code = up.interrupt(timeout=120)  # the receiver's --shutdown-timeout is 30 s
     assert code == 1, f"exit {code}\n{up.stderr}"
     assert "hep-ingest up: stopped, 20 received records dropped at shutdown" in up.stderr
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every live process below `pid` (children, their children, ...): pid -> command line."""
+    found: dict[int, str] = {}
+    parents = [pid]
+    while parents:
+        below = children(parents.pop())
+        found.update(below)
+        parents.extend(below)
+    return found
+
+
+def process_identity(pid: int) -> tuple[int, str] | None:
+    """(pid, start time) of a live process: a pid the kernel reuses is another process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    if fields[0] == "Z":  # exited, not reaped yet: no longer running
+        return None
+    return pid, fields[19]
+
+
+def survivors(identities: list[tuple[int, str]], timeout: float = 60) -> list[tuple[int, str]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [i for i in identities if process_identity(i[0]) == i]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
+
+
+def stored_call_ids(dsn: str) -> tuple[int, int]:
+    return asyncio.run(consume_support.stored_call_ids(dsn))
+
+
+def test_up_with_two_consume_workers_stores_once_and_leaves_no_process_behind(
+    tmp_path: Path, up_env: dict[str, str]
+) -> None:
+    data_dir = tmp_path / "data"
+    udp_port = free_udp_port()
+    total = 3_000
+    packets = [encode_hep3(sip_packet(f"workers-{i}@up.test", i)) for i in range(total)]
+    up = Up(
+        ["--data-dir", str(data_dir), "--udp", f"127.0.0.1:{udp_port}",
+         "--tcp", f"127.0.0.1:{free_tcp_port()}", "--kafka-port", "0", "--pg-port", "0",
+         "--status-interval", "0.5"],
+        {**up_env, "HEP_INGEST_CONSUME_WORKERS": "2"},
+    )  # fmt: skip
+    stack: dict[int, str] = {}
+    identities: list[tuple[int, str]] = []
+    try:
+        dsn = up.wait_for_line(DSN_PATTERN, 180).group(1)
+        # up -> the receiver and the consume supervisor -> its two workers, in the
+        # supervisor's process group.
+        supervisor = child_running(up, "consume")
+        workers = children(supervisor)
+        assert len(workers) == 2 and all(" --worker-index " in c for c in workers.values()), workers
+        assert {os.getpgid(pid) for pid in [supervisor, *workers]} == {supervisor}
+        assert {nice_of(pid) for pid in workers} == {max(nice_of(os.getpid()), 10)}
+        send_paced(packets, udp_port, 1_000)
+        final = wait_for_status(
+            up, lambda s: s["stored"] >= total and s["lag"] == 0, 180, "stored"
+        )
+        assert final["received"] == final["published"] == final["stored"] == total, final
+        assert stored_call_ids(dsn) == (total, total)  # every packet once, none twice
+        # Both workers stored a share (the topic has 12 partitions, split between them).
+        for k in range(2):
+            written = (data_dir / "run" / f"consumer-w{k}.prom").read_text()
+            rows = sum(float(line.rpartition(" ")[2]) for line in written.splitlines()
+                       if line.startswith("hep_ingest_rows_written_total"))  # fmt: skip
+            assert 0 < rows < total, (k, rows)
+        # Everything the stack runs: its children and theirs, PostgreSQL's processes
+        # (forked by a daemonized postmaster) and the broker.
+        kafka_pid = json.loads((data_dir / "stack.json").read_text())["kafka_pid"]
+        stack = descendants(up.process.pid)
+        stack.update(dict.fromkeys(postgres_processes(data_dir), "postgres"))
+        stack[kafka_pid] = "tansu"
+        # (A backend that served a query may have exited since.)
+        identities = [i for pid in stack if (i := process_identity(pid)) is not None]
+        assert len(identities) >= 2 + 2 + 2 + 1, stack
+    finally:
+        code = up.interrupt()
+    assert code == 0, f"exit {code}\n{up.stderr}"
+    left = survivors(identities)
+    assert left == [], [stack[pid] for pid, _ in left]

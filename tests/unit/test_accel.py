@@ -280,3 +280,61 @@ def test_the_compiled_module_is_the_default_when_built() -> None:
     env = {k: v for k, v in os.environ.items() if k != "HEP_INGEST_PURE_PYTHON"}
     assert _implementation_in_a_fresh_interpreter(env) == ["compiled", "True"]
 
+
+
+_EXPECTED_KEY = b"acceptanceKey"
+_auth_keys = st.one_of(
+    st.sampled_from(
+        [None, b"", _EXPECTED_KEY, _EXPECTED_KEY[:-1], _EXPECTED_KEY + b"x", b"acceptanceKez"]
+    ),
+    st.binary(max_size=20),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    carried=st.lists(st.tuples(st.integers(0, len(ALL_VECTORS) - 1), _auth_keys), max_size=12),
+    expected=st.one_of(st.none(), st.just(_EXPECTED_KEY), st.binary(max_size=20)),
+    garbage=st.lists(st.binary(max_size=40), max_size=3),
+)
+def test_a_batch_checks_the_auth_key_alike(
+    carried: list[tuple[int, bytes | None]], expected: bytes | None, garbage: list[bytes]
+) -> None:
+    """Packets carrying various keys (or none), HEPv1/v2 (never a key) and garbage: the
+    compiled and the pure batch refuse the same ones for the same reasons."""
+    from dataclasses import replace
+
+    from pipeline.records.datagrams import AUTH_MISSING, AUTH_REJECTIONS, auth_rejection
+
+    datagrams: list[bytes] = []
+    for index, key in carried:
+        packet = PURE.decode_packet(ALL_VECTORS[index])
+        datagrams.append(
+            encode_hep3(replace(packet, version=3, auth_key=key))
+            if packet.version == 3 else ALL_VECTORS[index]
+        )  # fmt: skip
+    datagrams += garbage
+    contexts = [CONTEXTS[i % len(CONTEXTS)] for i in range(len(datagrams))]
+    outcomes: dict[str, list[Any]] = {}
+    for impl in (PURE, _compiled()):
+        ids = RecordIdGenerator(prefix=b"\x05" * 8)
+        outcomes[impl.name] = encoders(impl)[1].encode_datagrams(
+            datagrams, contexts, NOW_US, ids.next, expected
+        )
+    assert outcomes["compiled"] == outcomes["pure"]
+    for data, outcome in zip(datagrams, outcomes["pure"], strict=True):
+        try:
+            packet = PURE.decode_packet(data)
+        except HepDecodeError as exc:
+            assert outcome == exc.reason
+            continue
+        refusal = None if expected is None else auth_rejection(packet.auth_key, expected)
+        if refusal is None:
+            assert isinstance(outcome, tuple)
+        else:
+            assert outcome == refusal and refusal in AUTH_REJECTIONS
+            assert packet.auth_key is not None or refusal == AUTH_MISSING
+    # Ids only for the accepted ones, in order.
+    accepted = [o for o in outcomes["pure"] if isinstance(o, tuple)]
+    ids_seen = [int.from_bytes(value[18:26], "big") for _, value in accepted]
+    assert ids_seen == list(range(1, len(accepted) + 1))

@@ -274,6 +274,51 @@ async def test_run_child_raises_when_the_child_exits_on_its_own(tmp_path: Path) 
     assert raised.value.exit_code == 2 and not ready.is_set()
 
 
+async def test_a_child_with_workers_is_ready_once_every_worker_wrote_its_metrics(
+    tmp_path: Path,
+) -> None:
+    from pipeline.observability.metrics_file import worker_metrics_file
+    from pipeline.stack import ChildCommand, run_child
+
+    metrics = tmp_path / "run" / "consumer.prom"
+    first, second = (worker_metrics_file(metrics, k) for k in range(2))
+    family = '# TYPE hep_ingest_rows_written counter\nhep_ingest_rows_written_total{table="t"} '
+    script = (
+        "import pathlib, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+        f"pathlib.Path({str(first)!r}).write_text({family + '2'!r})\n"
+        "time.sleep(1)\n"
+        f"pathlib.Path({str(second)!r}).write_text({family + '5'!r})\n"
+        "time.sleep(60)\n"
+    )
+    command = ChildCommand(
+        "consumer", (sys.executable, "-c", script), dict(os.environ), metrics, workers=2
+    )
+    assert command.metrics_files == (first, second)
+    registry, stop, ready = CollectorRegistry(), asyncio.Event(), asyncio.Event()
+    child = asyncio.create_task(run_child(command, registry, stop, ready))
+    await asyncio.wait_for(ready.wait(), 30)
+    assert read_totals(registry).stored == 7  # both workers, summed
+    stop.set()
+    await asyncio.wait_for(child, 30)
+
+
+def test_up_runs_consume_workers_as_one_consume_child(tmp_path: Path) -> None:
+    from pipeline.stack import consumer_command
+
+    endpoints = Endpoints(
+        udp=(), tcp=(), bootstrap_servers="127.0.0.1:1", dsn="postgresql://x", topic="hep",
+        embedded_kafka=False, embedded_postgres=False, data_dir=tmp_path,
+    )  # fmt: skip
+    one = consumer_command(UpSettings(data_dir=tmp_path), endpoints)
+    assert one.workers == 1 and one.metrics_files == (one.metrics_file,)
+    three = consumer_command(UpSettings(data_dir=tmp_path, consume_workers=3), endpoints)
+    assert three.argv[three.argv.index("--workers") + 1] == "3"
+    assert [p.name for p in three.metrics_files] == [
+        "consumer-w0.prom", "consumer-w1.prom", "consumer-w2.prom"
+    ]
+
+
 def test_up_passes_the_capture_filters_and_kpi_settings_to_its_consumer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

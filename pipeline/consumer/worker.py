@@ -432,7 +432,9 @@ class ConsumerWorker:
         """Store the batch; partitions whose claim is fenced are dropped from it and the
         rest is written again (a fenced write stores nothing)."""
         fenced: dict[TopicPartition, _Fenced] = {}
-        while True:
+        outcome = BatchOutcome()
+        dead: list[DeadLetter] = []
+        while batch.parts:
             outcome, dead = await self._store(batch)
             if not outcome.fenced:
                 break
@@ -442,6 +444,7 @@ class ConsumerWorker:
             if not lost:  # cannot happen: claims name the batch's partitions
                 raise RuntimeError(f"fenced partitions not in the batch: {outcome.fenced}")
             batch.drop(lost)
+            outcome, dead = BatchOutcome(), []
         for letter in dead:
             self._metrics.dead_letters.labels(reason=letter.reason).inc()
         if dead:

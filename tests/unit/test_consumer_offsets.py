@@ -188,3 +188,29 @@ def test_a_claim_whose_target_is_stored_already_counts_as_stored_not_fenced() ->
         assert worker._durable[TP0] == 103
 
     asyncio.run(scenario())
+
+
+def test_unreadable_stored_offsets_start_at_kafkas_and_the_first_claim_corrects() -> None:
+    class _Unreadable(_OffsetSink):
+        async def stored_offsets(
+            self, group: str, topic: str, partitions: Sequence[int]
+        ) -> dict[int, int]:
+            raise OSError("database unreachable")
+
+    async def scenario() -> None:
+        sink = _Unreadable({0: 100})
+        consumer = _Consumer({TP0})
+        worker, metrics = _worker(sink, consumer)
+        await worker.on_partitions_assigned({TP0})
+        assert consumer.seeks == []  # Kafka's committed offset: 60, say
+        worker._add({TP0: _messages(0, 60, 5)})
+        await _write_building(worker)
+        # Claimed as a first batch (no row known): fenced, nothing written, sought.
+        assert sink.claims == [(OffsetClaim(0, None, 65),)]
+        assert not sink.written and sink.stored == {0: 100}
+        assert consumer.seeks == [(TP0, 100)] and metrics.offsets_fenced._value.get() == 1
+        worker._add({TP0: _messages(0, 100, 2)})
+        await _write_building(worker)
+        assert sink.claims[-1] == (OffsetClaim(0, 100, 102),) and sink.stored == {0: 102}
+
+    asyncio.run(scenario())

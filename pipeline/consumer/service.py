@@ -17,7 +17,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from pipeline.accel import IMPLEMENTATION
 from pipeline.consumer.dead_letter import DeadLetterPublisher
-from pipeline.consumer.metrics import ConsumerMetrics
+from pipeline.consumer.metrics import ConsumerMetrics, register_header_metrics
 from pipeline.consumer.retry import StopRequested, backoff, is_transient, unless_stopped
 from pipeline.consumer.settings import ConsumerSettings
 from pipeline.consumer.sink import Sink
@@ -81,6 +81,7 @@ async def run_consumer(
 ) -> None:
     """Consume `settings.topic` into the sink until `stop` is set."""
     metrics = ConsumerMetrics(registry)
+    register_header_metrics(registry, settings.headers)
     client_id = f"{settings.client_id}-{socket.gethostname()}"
     async with AsyncExitStack() as stack:
         sink = await build_sink(settings, registry)
@@ -141,6 +142,7 @@ async def run_consumer(
             batch_size=settings.batch_size,
             flush_interval=settings.flush_interval,
             implementation=IMPLEMENTATION,
+            **_row_features(settings),
         )
         if settings.tune_gc:
             tune_gc()
@@ -182,3 +184,24 @@ async def _start_consumer(
     ):
         with attempt:
             await consumer.start()
+
+
+def _row_features(settings: ConsumerSettings) -> dict[str, object]:
+    """The capture filters and KPI bounds in force, for the start-up event."""
+    f = settings.capture_filter
+    features: dict[str, object] = {}
+    if f.active:
+        features["capture_filter"] = {
+            "discard_methods": sorted(f.discard_methods),
+            "discard_hep_types": sorted(f.discard_hep_types),
+            "discard_sources": [str(n) for n in f.discard_sources],
+            "discard_destinations": [str(n) for n in f.discard_destinations],
+            "censor_methods": sorted(f.censor_methods),
+        }
+    if settings.sip_kpi is not None:
+        features["sip_kpi"] = {
+            "timeout": settings.sip_kpi.timeout,
+            "max_pending": settings.sip_kpi.max_pending,
+            "max_nodes": settings.sip_kpi.max_nodes,
+        }
+    return features

@@ -107,11 +107,13 @@ async def test_migrate_upgrades_a_database_that_holds_rows(
     """0004 (offsets stored with the rows) lands on a database written by the schema
     before it; its rows stay, and the sink then stores offsets with new rows."""
 
+    # Today's schema: every migration but this one.
     before = tmp_path / "migrations"
     before.mkdir()
-    for path in sorted(migrations_dir().glob("000[1-3]_*.sql")):
+    earlier = [p for p in migrations_dir().glob("*.sql") if p.name != "0004_consumer_offsets.sql"]
+    for path in earlier:
         shutil.copy(path, before)
-    assert len(await apply_migrations(database_dsn, before)) == 3
+    assert len(await apply_migrations(database_dsn, before)) == len(earlier)
 
     ids = RecordIdGenerator()
     records = [
@@ -130,8 +132,7 @@ async def test_migrate_upgrades_a_database_that_holds_rows(
 
     upgraded = run_cli("migrate", "--dsn", database_dsn)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "applied 0004_consumer_offsets" in upgraded.stdout
-    assert "0001_hep_tables" not in upgraded.stdout
+    assert upgraded.stdout.split() == ["applied", "0004_consumer_offsets"]
 
     sink = PostgresSink(SinkSettings(database_dsn, apply_migrations=False),
                         registry=CollectorRegistry())

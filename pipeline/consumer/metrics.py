@@ -65,6 +65,13 @@ class ConsumerMetrics:
             "Successful offset commits.",
             registry=registry,
         )
+        self.offsets_fenced = Counter(
+            "hep_ingest_offsets_fenced_total",
+            "Partition batches not written because the offset stored in PostgreSQL was "
+            "not the one this worker expected (another worker stored them, or this one "
+            "was sent back in the log); the worker seeks to the stored offset.",
+            registry=registry,
+        )
         self.kafka_retries = Counter(
             "hep_ingest_kafka_retries_total",
             "Retries after transient Kafka errors (fetch, commit, dead-letter publish).",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
+from pipeline.storage.offsets import BatchOffsets, BatchOutcome
 from pipeline.storage.rows import CaptureRow
 
 
@@ -20,8 +21,23 @@ class Rejected(Protocol):
 class Sink(Protocol):
     async def start(self) -> None: ...
 
-    async def write(self, rows: Sequence[CaptureRow]) -> Sequence[Any]:
-        """Store `rows` durably; return the rejected ones (objects shaped like Rejected)."""
+    async def write_batch(
+        self,
+        rows: Sequence[CaptureRow],
+        offsets: BatchOffsets | None = None,
+        before_commit: Callable[[list[Any]], Awaitable[None]] | None = None,
+    ) -> BatchOutcome:
+        """Store `rows` durably and, in the same commit, move the stored offsets as
+        `offsets` claims; `before_commit(rejected)` runs last before that commit.
+        Rejected rows are objects shaped like Rejected. When a claim is fenced nothing
+        is stored and the outcome says which partitions, with their stored offsets."""
+        ...
+
+    async def stored_offsets(
+        self, group: str, topic: str, partitions: Sequence[int]
+    ) -> dict[int, int]:
+        """partition -> stored next_offset; a sink that stores none returns {} (the
+        consumer then starts at Kafka's committed offsets)."""
         ...
 
     async def maintain(self, now: datetime) -> object: ...

@@ -7,11 +7,12 @@ import ipaddress
 import json
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TextIO
 
+from pipeline.storage.offsets import BatchOffsets, BatchOutcome
 from pipeline.storage.rows import COLUMNS, CaptureRow
 
 
@@ -32,7 +33,8 @@ def row_to_json(row: CaptureRow) -> str:
 
 
 class StdoutSink:
-    """Prints rows instead of storing them; never rejects any."""
+    """Prints rows instead of storing them; never rejects any. It stores no offsets:
+    the consumer relies on Kafka's committed offsets alone."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream
@@ -46,6 +48,22 @@ class StdoutSink:
             stream.write("\n".join(row_to_json(r) for r in rows) + "\n")
             stream.flush()
         return []
+
+    async def write_batch(
+        self,
+        rows: Sequence[CaptureRow],
+        offsets: BatchOffsets | None = None,
+        before_commit: Callable[[list[Any]], Awaitable[None]] | None = None,
+    ) -> BatchOutcome:
+        await self.write(rows)
+        if before_commit is not None:
+            await before_commit([])
+        return BatchOutcome()
+
+    async def stored_offsets(
+        self, group: str, topic: str, partitions: Sequence[int]
+    ) -> dict[int, int]:
+        return {}
 
     async def maintain(self, now: datetime) -> None:
         return None

@@ -1,9 +1,20 @@
 """The consumer loop: fetch, decode, write, commit what is durable.
 
 One batch is written while the next one is fetched and decoded (at most one write in
-flight, so decoding, which is CPU-bound, overlaps the database's own work). A batch's
-offsets (last + 1 per partition) are committed only after its rows are committed in
-the sink and its dead letters are acknowledged by the broker.
+flight, so decoding, which is CPU-bound, overlaps the database's own work).
+
+Exactly once: each batch claims, per partition, the move of the offset stored in
+PostgreSQL from the one this worker expects (read at assignment, or claimed by its
+previous batch) to the batch's last offset + 1; the sink applies the claims with a
+compare-and-set in the transaction of the rows. A fenced claim (another worker stored
+the partition meanwhile, or this one was sent back in the log) writes nothing: the
+worker drops what it holds of the partition and seeks to the stored offset. On
+assignment the worker seeks to the stored offsets; a partition without one starts at
+Kafka's committed offset. The sink's dead letters are acknowledged by the broker
+before the transaction commits.
+
+Kafka commits follow the PostgreSQL commit, for lag tooling (and for the stdout sink,
+which stores no offsets: there they are what a restart resumes from).
 
 While a write is slow (the database is down and the sink retries), the next batch
 fills up and the worker pauses its partitions instead of fetching further; it keeps
@@ -16,7 +27,7 @@ watermarks of fetch responses stop when the partitions are paused.
 
 On a rebalance, ``on_partitions_revoked`` waits for the write in flight, commits what
 is durable, and drops the records of revoked partitions that were fetched but not
-written: their new owner reads them again from the committed offset.
+written: their new owner reads them again from the stored offset.
 """
 
 from __future__ import annotations
@@ -50,6 +61,7 @@ from pipeline.consumer.sink import Sink
 from pipeline.observability import get_logger
 from pipeline.records import RecordCodec, RecordDecodeError
 from pipeline.sip.kpi import SipKpi
+from pipeline.storage.offsets import BatchOffsets, BatchOutcome, OffsetClaim
 from pipeline.storage.rows import DUPLICATES_TABLE, UNKNOWN_TYPE_TABLE, CaptureRow, build_row
 
 log = get_logger("pipeline.consumer")
@@ -71,6 +83,10 @@ _LAG_QUERY_TIMEOUT = 5.0
 # barely overlapped (bench/consumer_bench.py: 17k rows/s); with 500, ~23.5k rows/s
 # (the consumer's CPU becomes the limit). Much smaller slices cost more getmany calls.
 _DECODE_SLICE = 500
+# Reading the stored offsets at assignment waits at most this long. Past it the worker
+# starts at Kafka's committed offsets: a claim made from there on a partition that has
+# a stored offset is fenced, and the worker then seeks to the stored offset.
+_STORED_OFFSETS_TIMEOUT = 15.0
 
 
 @dataclass(slots=True)
@@ -109,6 +125,8 @@ class _Batch:
     parts: dict[TopicPartition, _PartitionChunk] = field(default_factory=dict)
     records: int = 0
     started: float = 0.0
+    # Set when the write is launched: what it moves the stored offsets from and to.
+    claims: dict[TopicPartition, OffsetClaim] = field(default_factory=dict)
 
     def drop(self, partitions: Iterable[TopicPartition]) -> int:
         dropped = 0
@@ -124,10 +142,23 @@ class _Batch:
 
 
 @dataclass(frozen=True, slots=True)
+class _Fenced:
+    claim: OffsetClaim
+    stored: int  # the next_offset stored in PostgreSQL when the claim failed
+
+    @property
+    def already_stored(self) -> bool:
+        """The stored offset is the claim's target: the batch is stored already (this
+        worker's own commit whose acknowledgement was lost, then retried)."""
+        return self.stored == self.claim.next_offset
+
+
+@dataclass(frozen=True, slots=True)
 class _WriteResult:
     offsets: dict[TopicPartition, int]
     written: int
     dead_letters: int
+    fenced: dict[TopicPartition, _Fenced] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -167,6 +198,9 @@ class ConsumerWorker:
         self._assigned: set[TopicPartition] = set()
         self._durable: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
+        # Per partition, the stored offset the next batch claims to move from: read at
+        # assignment (None: no row stored), then the target of the last batch launched.
+        self._expected: dict[TopicPartition, int | None] = {}
         self._progress = _Progress()
         self._stop = asyncio.Event()
         self._next_maintain = 0.0
@@ -196,6 +230,7 @@ class ConsumerWorker:
             dropped = self._building.drop(revoked)
             for tp in revoked:
                 self._durable.pop(tp, None)
+                self._expected.pop(tp, None)
                 self._committed.pop(tp, None)
                 self._fetch_start.pop(tp, None)
                 self._assigned.discard(tp)
@@ -212,10 +247,40 @@ class ConsumerWorker:
                     dropped_unwritten=dropped,
                 )
 
-    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Seek each partition to its offset stored in PostgreSQL, if it has one."""
         self._assigned = set(assigned)
         self._metrics.assigned_partitions.set(len(self._assigned))
-        log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
+        stored = await self._read_stored_offsets(assigned)
+        for tp in assigned:
+            offset = stored.get(tp)
+            self._expected[tp] = offset
+            if offset is not None:
+                self._consumer.seek(tp, offset)
+        log.info(
+            "partitions_assigned",
+            partitions=sorted(tp.partition for tp in assigned),
+            stored_offsets={str(tp.partition): offset for tp, offset in sorted(stored.items())},
+        )
+
+    async def _read_stored_offsets(
+        self, partitions: set[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        by_topic: dict[str, list[int]] = {}
+        for tp in partitions:
+            by_topic.setdefault(tp.topic, []).append(tp.partition)
+        found: dict[TopicPartition, int] = {}
+        try:
+            for topic, numbers in by_topic.items():
+                offsets = await asyncio.wait_for(
+                    self._sink.stored_offsets(self._settings.group, topic, sorted(numbers)),
+                    _STORED_OFFSETS_TIMEOUT,
+                )
+                found.update({TopicPartition(topic, p): o for p, o in offsets.items()})
+        except Exception as exc:  # the first claims are fenced and correct the position
+            log.warning("stored_offsets_unreadable", error=repr(exc)[:300])
+            return {}
+        return found
 
     # -- main loop -----------------------------------------------------------------
 
@@ -261,6 +326,9 @@ class ConsumerWorker:
             await self._drain()
 
     def _launch(self, batch: _Batch) -> None:
+        for tp, chunk in batch.parts.items():
+            batch.claims[tp] = OffsetClaim(tp.partition, self._expected.get(tp), chunk.next_offset)
+            self._expected[tp] = chunk.next_offset
         self._building = _Batch()
         self._in_flight = asyncio.create_task(self._write(batch), name="hep-ingest-write")
 
@@ -330,6 +398,12 @@ class ConsumerWorker:
             if tp not in self._assigned:
                 # Revoked while the fetch was on its way; the new owner reads these.
                 continue
+            expected = self._expected.get(tp)
+            if expected is not None and messages[0].offset < expected:
+                # Fetched before a seek to the stored offset: stored already.
+                messages = [m for m in messages if m.offset >= expected]
+                if not messages:
+                    continue
             chunk = batch.parts.get(tp)
             if chunk is None:
                 chunk = batch.parts[tp] = _PartitionChunk()
@@ -405,36 +479,27 @@ class ConsumerWorker:
     # -- write and commit ----------------------------------------------------------
 
     async def _write(self, batch: _Batch) -> _WriteResult:
+        """Store the batch; partitions whose claim is fenced are dropped from it and the
+        rest is written again (a fenced write stores nothing)."""
         if self._screen is not None:
             self._apply_filters(batch)
-        rows: list[CaptureRow] = []
-        spans: list[tuple[int, TopicPartition, _PartitionChunk]] = []  # (first row, ...)
+        fenced: dict[TopicPartition, _Fenced] = {}
+        outcome = BatchOutcome()
         dead: list[DeadLetter] = []
-        for tp, chunk in batch.parts.items():
-            spans.append((len(rows), tp, chunk))
-            rows.extend(chunk.rows)
-            dead.extend(chunk.dead)
-        publish = asyncio.create_task(self._dead_letters.publish(dead)) if dead else None
-        try:
-            rejected: Sequence[Any] = await self._sink.write(rows) if rows else []
-            if rejected:
-                index = {id(row): i for i, row in enumerate(rows)}
-                more = []
-                for item in rejected:
-                    position = index.get(id(item.row))
-                    if position is None:
-                        position = rows.index(item.row)
-                    more.append(_rejected_letter(spans, position, str(item.reason)))
-                await self._dead_letters.publish(more)
-                dead.extend(more)
-            if publish is not None:
-                await publish
-        except BaseException:
-            if publish is not None and not publish.done():
-                publish.cancel()
-            raise
+        while batch.parts:
+            outcome, dead = await self._store(batch)
+            if not outcome.fenced:
+                break
+            lost = {tp for tp in batch.parts if tp.partition in outcome.fenced}
+            for tp in lost:
+                fenced[tp] = _Fenced(batch.claims[tp], outcome.fenced[tp.partition])
+            if not lost:  # cannot happen: claims name the batch's partitions
+                raise RuntimeError(f"fenced partitions not in the batch: {outcome.fenced}")
+            batch.drop(lost)
+            outcome, dead = BatchOutcome(), []
+        rows = [row for chunk in batch.parts.values() for row in chunk.rows]
         if self._kpi is not None:
-            self._observe_kpi(rows, rejected)
+            self._observe_kpi(rows, outcome.rejected)
         for letter in dead:
             self._metrics.dead_letters.labels(reason=letter.reason).inc()
         if dead:
@@ -446,7 +511,54 @@ class ConsumerWorker:
                 sample_detail=dead[0].detail[:200],
                 sample_source=f"{dead[0].topic}/{dead[0].partition}/{dead[0].offset}",
             )
-        return _WriteResult(batch.offsets(), len(rows) - len(rejected), len(dead))
+        return _WriteResult(batch.offsets(), len(rows) - len(outcome.rejected), len(dead), fenced)
+
+    async def _store(self, batch: _Batch) -> tuple[BatchOutcome, list[DeadLetter]]:
+        """One sink write of the batch, its dead letters published before it commits."""
+        rows: list[CaptureRow] = []
+        spans: list[tuple[int, TopicPartition, _PartitionChunk]] = []  # (first row, ...)
+        dead: list[DeadLetter] = []
+        for tp, chunk in batch.parts.items():
+            spans.append((len(rows), tp, chunk))
+            rows.extend(chunk.rows)
+            dead.extend(chunk.dead)
+        # Published while the rows are written; awaited before the offsets move.
+        publish = asyncio.create_task(self._dead_letters.publish(dead)) if dead else None
+        letters = dead
+
+        async def before_commit(rejected: list[Any]) -> None:
+            nonlocal letters
+            more = []
+            if rejected:
+                index = {id(row): i for i, row in enumerate(rows)}
+                for item in rejected:
+                    position = index.get(id(item.row))
+                    if position is None:
+                        position = rows.index(item.row)
+                    more.append(_rejected_letter(spans, position, str(item.reason)))
+                await self._dead_letters.publish(more)
+            if publish is not None:
+                await publish
+            letters = dead + more
+
+        offsets = BatchOffsets(
+            self._settings.group,
+            self._settings.topic,
+            tuple(batch.claims[tp] for tp in batch.parts if tp in batch.claims),
+        )
+        try:
+            outcome = await self._sink.write_batch(rows, offsets, before_commit)
+        except BaseException:
+            if publish is not None and not publish.done():
+                publish.cancel()
+            raise
+        if outcome.fenced and publish is not None and not publish.done():
+            # Written again without the fenced partitions (their owner publishes
+            # theirs): the dead-letter topic is at-least-once.
+            publish.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publish
+        return outcome, letters
 
     def _apply_filters(self, batch: _Batch) -> None:
         """Capture filters: drop and censor built rows before they are written. A
@@ -481,8 +593,45 @@ class ConsumerWorker:
         for tp, offset in result.offsets.items():
             if tp in self._assigned and offset > self._durable.get(tp, -1):
                 self._durable[tp] = offset
+        for tp, fenced in result.fenced.items():
+            self._on_fenced(tp, fenced)
         self._progress.written += result.written
         self._progress.dead_letters += result.dead_letters
+
+    def _on_fenced(self, tp: TopicPartition, fenced: _Fenced) -> None:
+        """Continue from the stored offset: what this worker holds of the partition
+        beyond it is stored, or another worker's to store."""
+        assigned = tp in self._assigned
+        if fenced.already_stored:
+            log.info("batch_already_stored", partition=tp.partition, offset=fenced.stored)
+            if assigned and fenced.stored > self._durable.get(tp, -1):
+                self._durable[tp] = fenced.stored
+            return
+        self._metrics.offsets_fenced.inc()
+        log.warning(
+            "offsets_fenced",
+            topic=tp.topic,
+            partition=tp.partition,
+            claimed_from=fenced.claim.expected,
+            claimed_to=fenced.claim.next_offset,
+            stored=fenced.stored,
+            still_assigned=assigned,
+        )
+        if not assigned:
+            return
+        dropped = self._building.drop([tp])
+        # The partition's stream continues elsewhere than this worker read it: what it
+        # remembers of the calls and captures seen there no longer follows on.
+        if self._kpi is not None:
+            self._kpi.forget(tp.partition)
+        if self._dedup is not None:
+            self._dedup.forget(tp.partition)
+        self._expected[tp] = fenced.stored
+        self._durable[tp] = fenced.stored
+        if tp in self._consumer.assignment():
+            self._consumer.seek(tp, fenced.stored)
+        log.info("seek_to_stored_offset", partition=tp.partition, offset=fenced.stored,
+                 dropped_unwritten=dropped)
 
     async def _complete_in_flight(self, *, backpressure: bool) -> None:
         async with self._lock:
@@ -677,7 +826,7 @@ class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._worker.on_partitions_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._worker.on_partitions_assigned(set(assigned))
+        await self._worker.on_partitions_assigned(set(assigned))
 
 
 def _retry_fetch(exc: BaseException) -> bool:

@@ -1,9 +1,17 @@
-"""PostgresSink: idempotent, durable batch writes of capture rows.
+"""PostgresSink: durable, exactly-once batch writes of capture rows.
 
-One `write(rows)` is one transaction: every row is binary-COPYed into a per-connection
-temporary staging table, then ``INSERT INTO <table> SELECT ... ON CONFLICT
-(record_id, create_date) DO NOTHING`` moves it into its capture table. When `write`
-returns, every accepted row is committed; replaying a batch never duplicates a row.
+One `write_batch(rows, offsets)` is one transaction: first the compare-and-set of the
+batch's Kafka offsets in ``hep_ingest_consumer_offsets`` (a claim whose expected offset
+is not the stored one fences the whole batch: it rolls back, nothing is written, the
+caller learns the stored offsets), then one binary COPY of the rows straight into each
+capture table, then COMMIT. When it returns, every accepted row and the offsets are
+committed together: a batch is stored once however often it is read.
+
+The ``record_id`` primary key still guards against duplicates the offsets cannot see (a
+producer retry stores a record twice, at two offsets): a COPY that hits a unique
+violation (or any data error) fails the transaction, which runs again through a
+temporary staging twin of each capture table and ``INSERT ... SELECT ... ON CONFLICT
+(record_id, create_date) DO NOTHING``. The common case pays nothing for it.
 
 Errors, told apart by SQLSTATE class::
 
@@ -63,20 +71,42 @@ from pipeline.postgres.partitions import (
     drop_expired_partitions,
     ensure_partitions,
 )
+from pipeline.storage.offsets import BatchOffsets, BatchOutcome
 from pipeline.storage.rows import CAPTURE_TABLES, COLUMNS, CaptureRow
 
 log = get_logger(__name__)
 
 T = TypeVar("T")
 
-STAGING_TABLE = "hep_ingest_staging"
-_STAGING_COLUMNS = ("capture_table", *COLUMNS)
 _COLUMN_LIST = ", ".join(COLUMNS)
-# Any capture table gives the staging table its column types: they all share one shape.
-_CREATE_STAGING = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} ON COMMIT DELETE ROWS AS "
-    f"SELECT ''::text AS capture_table, {_COLUMN_LIST} FROM hep_proto_1_default WITH NO DATA"
+
+_ADVANCE_OFFSETS = """
+UPDATE hep_ingest_consumer_offsets AS o
+   SET next_offset = c.next_offset, updated_at = now()
+  FROM unnest($3::integer[], $4::bigint[], $5::bigint[]) AS c(partition, expected, next_offset)
+ WHERE o.consumer_group = $1 AND o.topic = $2 AND o.partition = c.partition
+   AND o.next_offset = c.expected
+RETURNING o.partition
+"""
+_CREATE_OFFSETS = """
+INSERT INTO hep_ingest_consumer_offsets (consumer_group, topic, partition, next_offset)
+SELECT $1, $2, c.partition, c.next_offset
+  FROM unnest($3::integer[], $4::bigint[]) AS c(partition, next_offset)
+ON CONFLICT (consumer_group, topic, partition) DO NOTHING
+RETURNING partition
+"""
+_READ_OFFSETS = (
+    "SELECT partition, next_offset FROM hep_ingest_consumer_offsets "
+    "WHERE consumer_group = $1 AND topic = $2 AND partition = ANY($3::integer[])"
 )
+
+#: Called inside a batch's transaction, last, with the rows PostgreSQL refused.
+BeforeCommit = Callable[[list["RejectedRow"]], Awaitable[None]]
+
+
+def staging_table(table: str) -> str:
+    """The session's temporary twin of a capture table (the fallback path's COPY target)."""
+    return f"hep_ingest_staging_{table}"
 
 TRANSIENT_SQLSTATES = frozenset(
     {"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03", "0A000"}
@@ -133,10 +163,10 @@ class SinkSettings:
     connect_timeout: float = 10.0
     close_timeout: float = 10.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    # temp_buffers of the sink's sessions: the staging table of a batch (about 16 MB per
-    # 10,000 SIP rows) stays in memory instead of spilling at PostgreSQL's 8 MB default,
-    # which makes the INSERT ... SELECT about 15% faster. Allocated only as used, per
-    # connection; None leaves the server's setting.
+    # temp_buffers of the sink's sessions: the staging tables of a batch that takes the
+    # fallback path (about 16 MB per 10,000 SIP rows) stay in memory instead of spilling
+    # at PostgreSQL's 8 MB default, which makes the INSERT ... SELECT about 15% faster.
+    # Allocated only as used, per connection; None leaves the server's setting.
     staging_buffers: str | None = "64MB"
 
 
@@ -148,6 +178,7 @@ class SinkMetrics:
     latency: Histogram
     retries: Counter
     rows_rejected: Counter
+    staging_fallbacks: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> SinkMetrics:
@@ -169,6 +200,11 @@ class SinkMetrics:
             rows_rejected=Counter("hep_ingest_rows_rejected",
                                   "Rows PostgreSQL refused, by SQLSTATE", ["reason"],
                                   registry=registry),
+            staging_fallbacks=Counter(
+                "hep_ingest_write_staging_fallbacks",
+                "Batches whose direct COPY failed on a data error (23505: a row stored "
+                "before) and went through staging + ON CONFLICT, by SQLSTATE",
+                ["reason"], registry=registry),
         )
 
 
@@ -185,7 +221,9 @@ def is_transient(exc: BaseException) -> bool:
     """Retrying later may succeed: the server or the network, not the rows."""
     if isinstance(exc, asyncpg.exceptions.ClientConfigurationError):
         return False
-    if isinstance(exc, (OSError, TimeoutError, asyncpg.exceptions.InternalClientError)):
+    if isinstance(
+        exc, (OSError, TimeoutError, asyncpg.exceptions.InternalClientError, _OffsetRowGoneError)
+    ):
         return True
     if isinstance(exc, asyncpg.PostgresError):
         state = exc.sqlstate or ""
@@ -218,6 +256,18 @@ def _configuration_error(dsn: str, exc: BaseException) -> SinkConfigError:
 
 class _EncodeError(Exception):
     """The client could not encode a row's value for COPY."""
+
+
+class _OffsetRowGoneError(Exception):
+    """A fenced claim's offset row was deleted meanwhile; the next attempt creates it."""
+
+
+class _FencedError(Exception):
+    """A claim's expected offset is not the stored one; rolls the transaction back."""
+
+    def __init__(self, stored: dict[int, int]) -> None:
+        super().__init__(f"offsets fenced: {stored}")
+        self.stored = stored
 
 
 # Binary inet: asyncpg's own encoder parses every address string with ipaddress
@@ -270,7 +320,6 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         "inet", schema="pg_catalog", encoder=_encode_inet, decoder=_decode_inet,
         format="binary",
     )
-    await conn.execute(_CREATE_STAGING)
 
 
 class PostgresSink:
@@ -398,57 +447,95 @@ class PostgresSink:
     async def write(self, rows: Sequence[CaptureRow]) -> list[RejectedRow]:
         """Store `rows` (committed when this returns); return the rows PostgreSQL
         refused, with why. Transient errors are retried (see RetryPolicy)."""
-        if not rows:
-            return []
+        return (await self.write_batch(rows)).rejected
+
+    async def write_batch(
+        self,
+        rows: Sequence[CaptureRow],
+        offsets: BatchOffsets | None = None,
+        before_commit: BeforeCommit | None = None,
+    ) -> BatchOutcome:
+        """Store `rows` and advance `offsets` in one transaction (see the module
+        docstring); `before_commit(rejected)` runs inside it, last, so that whatever it
+        does (publishing dead letters) happens before the offsets move."""
+        claims = offsets.claims if offsets is not None else ()
+        if not rows and not claims:
+            return BatchOutcome()
         started = time.perf_counter()
-        tables = sorted({row.table for row in rows})
-        records = [(row.table, *row.values) for row in rows]
-
-        async def attempt() -> tuple[dict[str, int], list[RejectedRow]]:
-            return await self._write_once(rows, records, tables)
-
-        counts, rejected = await self._retrying(attempt)
-        m = self.metrics
-        per_table: dict[str, int] = defaultdict(int)
+        by_table: dict[str, list[CaptureRow]] = defaultdict(list)
         for row in rows:
-            per_table[row.table] += 1
+            by_table[row.table].append(row)
+
+        async def attempt() -> tuple[dict[str, int], BatchOutcome]:
+            return await self._write_once(rows, by_table, offsets, before_commit)
+
+        counts, outcome = await self._retrying(attempt)
+        if outcome.fenced:
+            return outcome
+        m = self.metrics
         for table, stored in counts.items():
             m.rows_written.labels(table).inc(stored)
         rejected_per_table: dict[str, int] = defaultdict(int)
-        for bad in rejected:
+        for bad in outcome.rejected:
             rejected_per_table[bad.row.table] += 1
-        for table, total in per_table.items():
-            duplicates = total - counts.get(table, 0) - rejected_per_table[table]
+        for table, table_rows in by_table.items():
+            duplicates = len(table_rows) - counts.get(table, 0) - rejected_per_table[table]
             if duplicates > 0:
                 m.rows_duplicate.labels(table).inc(duplicates)
         m.batch_rows.observe(len(rows))
         m.latency.observe(time.perf_counter() - started)
-        return rejected
+        return outcome
+
+    async def stored_offsets(
+        self, group: str, topic: str, partitions: Sequence[int]
+    ) -> dict[int, int]:
+        """partition -> stored next_offset, for the `partitions` that have a row."""
+
+        async def read() -> dict[int, int]:
+            async with self.pool.acquire(timeout=self.settings.acquire_timeout) as conn:
+                found = await conn.fetch(_READ_OFFSETS, group, topic, list(partitions))
+                return {r["partition"]: r["next_offset"] for r in found}
+
+        return await self._retrying(read)
 
     async def _write_once(
         self,
         rows: Sequence[CaptureRow],
-        records: list[tuple[Any, ...]],
-        tables: list[str],
-    ) -> tuple[dict[str, int], list[RejectedRow]]:
+        by_table: dict[str, list[CaptureRow]],
+        offsets: BatchOffsets | None,
+        before_commit: BeforeCommit | None,
+    ) -> tuple[dict[str, int], BatchOutcome]:
         if self._stopping.is_set():
             raise SinkStoppedError("the sink is stopping")
         async with self.pool.acquire(timeout=self.settings.acquire_timeout) as conn:
             try:
                 try:
                     async with conn.transaction():
-                        return await self._stage_and_insert(conn, records, tables), []
+                        await self._claim(conn, offsets)
+                        for table, table_rows in by_table.items():
+                            await self._copy(conn, table, table_rows)
+                        if before_commit is not None:
+                            await before_commit([])
+                    return {t: len(r) for t, r in by_table.items()}, BatchOutcome()
                 except Exception as exc:
                     if not is_data_error(exc):
                         raise
-                    log.info("write_isolating_bad_rows", rows=len(rows),
-                             error=_reject_reason(exc)[1][:200])
+                    # A row stored before (a replay the offsets did not prevent: a
+                    # producer retry, a record the broker holds twice) or a bad row:
+                    # staging + ON CONFLICT, bisecting around the rows refused.
+                    label, reason = _reject_reason(exc)
+                    self.metrics.staging_fallbacks.labels(label).inc()
+                    log.info("write_via_staging", rows=len(rows), error=reason[:200])
                 counts: dict[str, int] = defaultdict(int)
                 rejected: list[RejectedRow] = []
                 async with conn.transaction():
-                    await self._isolate(conn, list(range(len(rows))), rows, records, counts,
-                                        rejected)
-                return dict(counts), rejected
+                    await self._claim(conn, offsets)
+                    await self._isolate(conn, list(range(len(rows))), rows, counts, rejected)
+                    if before_commit is not None:
+                        await before_commit(rejected)
+                return dict(counts), BatchOutcome(rejected=list(rejected))
+            except _FencedError as fenced:
+                return {}, BatchOutcome(fenced=fenced.stored)
             except asyncpg.UndefinedTableError as exc:
                 conn.terminate()
                 raise SinkError(f"{exc} (run `hep-ingest migrate`)") from exc
@@ -458,22 +545,67 @@ class PostgresSink:
                 conn.terminate()
                 raise
 
+    async def _claim(self, conn: asyncpg.Connection, offsets: BatchOffsets | None) -> None:
+        """Advance the batch's offsets (compare-and-set); raise _FencedError, which rolls
+        the transaction back, if a partition's stored offset is not the expected one.
+
+        First in the transaction: the rows it updates stay locked until the commit, so
+        a second writer of the same partition waits, then finds the offset moved."""
+        if offsets is None or not offsets.claims:
+            return
+        group, topic, claims = offsets.group, offsets.topic, offsets.claims
+        won: set[int] = set()
+        known = [c for c in claims if c.expected is not None]
+        if known:
+            advanced = await conn.fetch(
+                _ADVANCE_OFFSETS, group, topic, [c.partition for c in known],
+                [c.expected for c in known], [c.next_offset for c in known],
+            )
+            won.update(r["partition"] for r in advanced)
+        # No row yet (a first batch, or rows deleted to fall back to Kafka's offsets):
+        # create it; a row another writer created first makes the claim fail.
+        unclaimed = [c for c in claims if c.partition not in won]
+        if unclaimed:
+            created = await conn.fetch(
+                _CREATE_OFFSETS, group, topic, [c.partition for c in unclaimed],
+                [c.next_offset for c in unclaimed],
+            )
+            won.update(r["partition"] for r in created)
+        lost = [c.partition for c in claims if c.partition not in won]
+        if lost:
+            stored = {
+                r["partition"]: r["next_offset"]
+                for r in await conn.fetch(_READ_OFFSETS, group, topic, lost)
+            }
+            if len(stored) < len(lost):  # deleted since the INSERT: claim again
+                raise _OffsetRowGoneError(f"offset rows deleted meanwhile: {lost}")
+            raise _FencedError(stored)
+
+    async def _copy(self, conn: asyncpg.Connection, table: str, rows: Sequence[CaptureRow]) -> None:
+        """COPY `rows` into `table` (a capture table or its staging twin), in COLUMNS
+        order. Every COPY of the sink goes through here."""
+        try:
+            await conn.copy_records_to_table(
+                table, records=[row.values for row in rows], columns=COLUMNS
+            )
+        except (ValueError, TypeError, OverflowError) as exc:
+            if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+                raise
+            # asyncpg could not encode a value (an inet that is no address, ...).
+            raise _EncodeError(f"{type(exc).__name__}: {exc}") from exc
+
     async def _isolate(
         self,
         conn: asyncpg.Connection,
         indexes: list[int],
         rows: Sequence[CaptureRow],
-        records: list[tuple[Any, ...]],
         counts: dict[str, int],
         rejected: list[RejectedRow],
     ) -> None:
         """Store the rows at `indexes`, bisecting around the ones PostgreSQL refuses."""
-        chunk = [records[i] for i in indexes]
-        tables = sorted({rows[i].table for i in indexes})
         try:
             async with conn.transaction():  # a savepoint
-                stored = await self._stage_and_insert(conn, chunk, tables)
-                await conn.execute(f"TRUNCATE {STAGING_TABLE}")
+                stored = await self._stage_and_insert(conn, [rows[i] for i in indexes])
         except Exception as exc:
             if not is_data_error(exc):
                 raise
@@ -484,32 +616,34 @@ class PostgresSink:
                 rejected.append(RejectedRow(rows[indexes[0]], reason))
                 return
             middle = len(indexes) // 2
-            await self._isolate(conn, indexes[:middle], rows, records, counts, rejected)
-            await self._isolate(conn, indexes[middle:], rows, records, counts, rejected)
+            await self._isolate(conn, indexes[:middle], rows, counts, rejected)
+            await self._isolate(conn, indexes[middle:], rows, counts, rejected)
             return
         for table, n in stored.items():
             counts[table] += n
 
     async def _stage_and_insert(
-        self, conn: asyncpg.Connection, records: list[tuple[Any, ...]], tables: list[str]
+        self, conn: asyncpg.Connection, rows: Sequence[CaptureRow]
     ) -> dict[str, int]:
-        try:
-            await conn.copy_records_to_table(
-                STAGING_TABLE, records=records, columns=_STAGING_COLUMNS
-            )
-        except (ValueError, TypeError, OverflowError) as exc:
-            if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
-                raise
-            # asyncpg could not encode a value (an inet that is no address, ...).
-            raise _EncodeError(f"{type(exc).__name__}: {exc}") from exc
+        """Through each capture table's temporary staging twin, skipping rows stored
+        before: ``INSERT ... SELECT ... ON CONFLICT (record_id, create_date) DO NOTHING``."""
+        by_table: dict[str, list[CaptureRow]] = defaultdict(list)
+        for row in rows:
+            by_table[row.table].append(row)
         counts = {}
-        for table in tables:
+        for table, table_rows in by_table.items():
+            staging = staging_table(table)
+            await conn.execute(
+                f'CREATE TEMP TABLE IF NOT EXISTS "{staging}" ON COMMIT DELETE ROWS AS '
+                f'SELECT {_COLUMN_LIST} FROM "{table}" WITH NO DATA'
+            )
+            await self._copy(conn, staging, table_rows)
             status = await conn.execute(
                 f'INSERT INTO "{table}" ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} '
-                f"FROM {STAGING_TABLE} WHERE capture_table = $1 "
-                "ON CONFLICT (record_id, create_date) DO NOTHING",
-                table,
+                f'FROM "{staging}" ON CONFLICT (record_id, create_date) DO NOTHING'
             )
+            # Emptied now: a later savepoint of the same transaction stages other rows.
+            await conn.execute(f'TRUNCATE "{staging}"')
             counts[table] = int(status.rsplit(" ", 1)[-1])
         return counts
 

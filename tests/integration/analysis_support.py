@@ -1,6 +1,6 @@
 """Store HEP captures through the real pipeline for the analysis tests.
 
-Bytes -> `decode_packet` -> `packet_to_record` -> `build_row` -> `PostgresSink.write`:
+Bytes -> `decode_packet` -> `packet_to_record` -> `build_row` -> `PostgresSink.write_batch`:
 the same path the receiver and the consumer take, minus the broker.
 """
 
@@ -14,8 +14,10 @@ from pipeline.hep import decode_packet, encode_hep3
 from pipeline.postgres.sink import PostgresSink, RetryPolicy, SinkSettings
 from pipeline.records import ReceiveContext, RecordIdGenerator, packet_to_record
 from pipeline.storage import build_row
+from pipeline.storage.offsets import BatchOffsets, BatchOutcome, OffsetClaim
 from tests.flows import Capture, all_flows
 
+GROUP = "hep-ingest"  # the consumer's default group
 CONTEXT = ReceiveContext(
     transport="udp", sender_ip="127.0.0.1", sender_port=9060, receiver_id="analysis-test"
 )
@@ -37,22 +39,25 @@ def generated_packets(start: datetime) -> list[bytes]:
 
 
 async def store_packets(dsn: str, packets: Sequence[bytes]) -> int:
-    """Decode and store `packets` (HEP bytes, in capture order); return rows written."""
-    ids = RecordIdGenerator()
-    rows = []
-    for offset, data in enumerate(packets):
-        record = packet_to_record(
-            decode_packet(data),
-            record_id=ids.next(),
-            receive_time_us=time.time_ns() // 1000,
-            context=CONTEXT,
-        )
-        rows.append(build_row(record, kafka_partition=0, kafka_offset=offset))
+    """Decode and store `packets` (HEP bytes, in capture order) as the consumer stores
+    a batch of partition 0 of topic "hep": with its offsets. Return rows written."""
     sink = PostgresSink(SinkSettings(dsn=dsn, retry=RetryPolicy.instant()))
     await sink.start()
     try:
-        rejected = await sink.write(rows)
+        first = (await sink.stored_offsets(GROUP, "hep", [0])).get(0)
+        ids = RecordIdGenerator()
+        rows = []
+        for offset, data in enumerate(packets, start=first or 0):
+            record = packet_to_record(
+                decode_packet(data),
+                record_id=ids.next(),
+                receive_time_us=time.time_ns() // 1000,
+                context=CONTEXT,
+            )
+            rows.append(build_row(record, kafka_partition=0, kafka_offset=offset))
+        claim = OffsetClaim(0, first, (first or 0) + len(rows))
+        outcome = await sink.write_batch(rows, BatchOffsets(GROUP, "hep", (claim,)))
     finally:
         await sink.close()
-    assert not rejected, rejected
+    assert outcome == BatchOutcome(), outcome
     return len(rows)

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -244,3 +245,17 @@ async def stored_call_ids(dsn: str) -> tuple[int, int]:
         return int(row[0]), int(row[1])
     finally:
         await conn.close()
+
+
+def metric(port: int, name: str) -> float | None:
+    """Sum of `name`'s samples on 127.0.0.1:port/metrics; None while nothing listens."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line.split(" ", 1)[0].split("{", 1)[0] == name:
+            total += float(line.rsplit(" ", 1)[1])
+    return total

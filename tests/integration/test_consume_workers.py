@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from tests.conftest import create_topic
 from tests.integration.consume_support import (
     generated_sip,
     log_events,
+    metric,
     publish,
     start_consumer,
     stop_process,
@@ -47,20 +47,6 @@ def two_free_ports() -> int:
                 continue
         return base
     raise AssertionError("no two consecutive free ports")
-
-
-def metric(port: int, name: str) -> float | None:
-    """Sum of `name`'s samples on 127.0.0.1:port/metrics; None while nothing listens."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            text = response.read().decode()
-    except OSError:
-        return None
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and line.split(" ", 1)[0].split("{", 1)[0] == name:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 async def test_two_workers_split_the_partitions_and_stop_cleanly(

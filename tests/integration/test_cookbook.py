@@ -135,6 +135,13 @@ def _partitions(rows: Rows) -> None:
     assert sum(r["bytes"] for r in rows if r["table_name"] == "hep_proto_1_call") > 0
 
 
+def _offsets(rows: Rows) -> None:
+    assert [(r["consumer_group"], r["topic"], r["partition"]) for r in rows] == [
+        ("hep-ingest", "hep", 0)
+    ]
+    assert rows[0]["next_offset"] > 0 and rows[0]["since_last_batch"].total_seconds() >= 0
+
+
 CHECKS: dict[str, Callable[[Rows], None]] = {
     "ASR and ACD per hour": _asr_acd,
     "Post-dial delay p50 and p95": _pdd,
@@ -153,6 +160,7 @@ CHECKS: dict[str, Callable[[Rows], None]] = {
     "Partition sizes and retention": _partitions,
     "Indexes and long values": _by_from_user_key,
     "Tables per HEP type": _unknown_types,
+    "Consumer offsets stored with the rows": _offsets,
 }
 
 

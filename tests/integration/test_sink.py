@@ -18,6 +18,7 @@ from pipeline.hep import decode_packet
 from pipeline.postgres.sink import PostgresSink, RetryPolicy, SinkSettings
 from pipeline.records import ReceiveContext, RecordIdGenerator, packet_to_record
 from pipeline.storage import CaptureRow, build_row
+from pipeline.storage.offsets import BatchOffsets, BatchOutcome, OffsetClaim
 from tests.conftest import load_vectors
 
 pytestmark = pytest.mark.integration
@@ -238,3 +239,103 @@ async def test_stop_ends_retries(fresh_postgres: EmbeddedPostgres) -> None:
     with pytest.raises(SinkStoppedError):
         await writing
     await sink.close(timeout=1)
+
+
+# -- offsets stored with the rows (exactly once) -------------------------------------
+
+
+async def stored_offsets(dsn: str, group: str) -> dict[int, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT partition, next_offset FROM hep_ingest_consumer_offsets "
+            "WHERE consumer_group = $1", group,
+        )
+        return {r["partition"]: r["next_offset"] for r in rows}
+    finally:
+        await conn.close()
+
+
+def claim(partition: int, expected: int | None, next_offset: int) -> BatchOffsets:
+    return BatchOffsets("g", "hep", (OffsetClaim(partition, expected, next_offset),))
+
+
+async def test_a_fenced_late_commit_changes_nothing(sink: PostgresSink, database_dsn: str) -> None:
+    ids = RecordIdGenerator()
+    first, theirs, late = (rows_of(vector_records("kamailio_hep3_udp", ids)) for _ in range(3))
+    assert await sink.stored_offsets("g", "hep", [0]) == {}
+    assert await sink.write_batch(first, claim(0, None, 10)) == BatchOutcome()
+    assert await sink.stored_offsets("g", "hep", [0, 1]) == {0: 10}
+    # Another worker took the partition over and stored its next batch ...
+    other = make_sink(database_dsn, CollectorRegistry())
+    await other.start(now=datetime(2026, 11, 26, 12, tzinfo=UTC))
+    try:
+        assert await other.write_batch(theirs, claim(0, 10, 20)) == BatchOutcome()
+    finally:
+        await other.close(timeout=5)
+    before = await counts(database_dsn, *SIP_TABLES)
+    # ... so this worker's batch, read from 10 too, is fenced: nothing of it is stored.
+    called: list[object] = []
+
+    async def before_commit(rejected: list[Any]) -> None:
+        called.append(rejected)
+
+    outcome = await sink.write_batch(late, claim(0, 10, 20), before_commit)
+    assert outcome == BatchOutcome(fenced={0: 20}) and not called
+    # A claim made without a stored offset (a worker that could not read it) is
+    # fenced as well once a row exists.
+    assert (await sink.write_batch(late, claim(0, None, 30))).fenced == {0: 20}
+    assert await counts(database_dsn, *SIP_TABLES) == before
+    assert await stored_offsets(database_dsn, "g") == {0: 20}
+    assert sum(before.values()) == len(first) + len(theirs)
+
+
+async def test_claims_race_one_winner(sink: PostgresSink, database_dsn: str) -> None:
+    ids = RecordIdGenerator()
+    batches = [rows_of(vector_records("kamailio_hep3_udp", ids)) for _ in range(6)]
+    sinks = [make_sink(database_dsn, CollectorRegistry()) for _ in range(3)]
+    for s in sinks:
+        await s.start(now=datetime(2026, 11, 26, 12, tzinfo=UTC))
+    try:
+        # Three writers create the partition's row at once, then three advance it at once.
+        for expected, batch_rows in ((None, batches[:3]), (5, batches[3:])):
+            outcomes = await asyncio.gather(*(
+                s.write_batch(b, claim(3, expected, 5 if expected is None else 9))
+                for s, b in zip(sinks, batch_rows, strict=True)
+            ))
+            assert sorted(bool(o.fenced) for o in outcomes) == [False, True, True]
+    finally:
+        for s in sinks:
+            await s.close(timeout=5)
+    assert await stored_offsets(database_dsn, "g") == {3: 9}
+    stored = sum((await counts(database_dsn, *SIP_TABLES)).values())
+    assert stored == 2 * len(batches[0])
+
+
+async def test_a_copy_hitting_stored_rows_goes_through_staging(
+    sink: PostgresSink, database_dsn: str
+) -> None:
+    rows = rows_of(vector_records("kamailio_hep3_udp", RecordIdGenerator()))
+    assert await sink.write_batch(rows[:5], claim(0, None, 5)) == BatchOutcome()
+    # The same records at new offsets (a producer retry) and new ones: no duplicate.
+    assert await sink.write_batch(rows, claim(0, 5, 5 + len(rows))) == BatchOutcome()
+    assert sum((await counts(database_dsn, *SIP_TABLES)).values()) == len(rows)
+    assert await stored_offsets(database_dsn, "g") == {0: 5 + len(rows)}
+    samples = {
+        (s.name, s.labels.get("reason")): s.value
+        for metric in sink.metrics.staging_fallbacks.collect() for s in metric.samples
+    }
+    assert samples[("hep_ingest_write_staging_fallbacks_total", "23505")] == 1
+
+
+async def test_a_batch_of_dead_letters_only_advances_the_offsets(
+    sink: PostgresSink, database_dsn: str
+) -> None:
+    published: list[object] = []
+
+    async def before_commit(rejected: list[Any]) -> None:
+        published.append(rejected)
+
+    assert await sink.write_batch([], claim(2, None, 7), before_commit) == BatchOutcome()
+    assert published == [[]]
+    assert await stored_offsets(database_dsn, "g") == {2: 7}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -14,6 +14,7 @@ from pipeline.consumer.metrics import ConsumerMetrics
 from pipeline.consumer.settings import ConsumerSettings
 from pipeline.consumer.worker import ConsumerWorker
 from pipeline.records import load_codec
+from pipeline.storage.offsets import BatchOffsets, BatchOutcome
 from pipeline.storage.rows import CaptureRow
 from tests.integration.consume_support import encode_packets, sip_packet
 
@@ -30,13 +31,21 @@ class _RejectingSink:
         self.bad = bad
         self.written: list[CaptureRow] = []
 
-    async def write(self, rows: Sequence[CaptureRow]) -> list[_Rejected]:
+    async def write_batch(
+        self,
+        rows: Sequence[CaptureRow],
+        offsets: BatchOffsets | None = None,
+        before_commit: Callable[[list[Any]], Awaitable[None]] | None = None,
+    ) -> BatchOutcome:
         self.written.extend(rows)
-        return [
+        rejected: list[Any] = [
             _Rejected(row, f"22000: bad {row.value('kafka_offset')}")
             for row in rows
             if (row.value("kafka_partition"), row.value("kafka_offset")) in self.bad
         ]
+        if before_commit is not None:
+            await before_commit(rejected)
+        return BatchOutcome(rejected=rejected)
 
 
 class _Letters:
@@ -71,7 +80,7 @@ def test_rejected_rows_and_undecodable_values_become_dead_letters_with_their_sou
         settings=ConsumerSettings(sink="stdout"),
         metrics=ConsumerMetrics(CollectorRegistry()),
     )
-    worker.on_partitions_assigned({tp0, tp1})
+    worker._assigned = {tp0, tp1}
     worker._add(data)
     batch = worker._building
     assert batch.records == 8
@@ -128,7 +137,7 @@ def test_filtered_records_advance_offsets_and_kpis_count_only_stored_rows() -> N
         sip_kpi=KpiLimits(),
     )
     worker = _worker(sink, settings, registry)
-    worker.on_partitions_assigned({tp})
+    worker._assigned = {tp}
     worker._add(data)
     result = asyncio.run(worker._write(worker._building))
 

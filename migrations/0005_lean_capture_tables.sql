@@ -85,12 +85,27 @@ BEGIN
     EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %I USING brin (create_date) '
                    'WITH (autosummarize = on)',
                    table_name || '_create_date_brin_idx', table_name);
+    EXECUTE format('COMMENT ON INDEX %I IS %L', table_name || '_create_date_brin_idx',
+                   'time ranges within a day: homer-app searches (create_date between, '
+                   'id = N), sip_registrations_between, docs/sql.md');
     -- Kept from 0001: (sid, create_date), for homer-app's call flow and correlation
     -- (`sid = ANY(ARRAY[...])`, `sid in (?)` on hep_proto_1_*, 5, 35, 100), the
     -- join of sip_calls_between, sip_call_flow (`hep-ingest call`) and the cookbook's
     -- "One call's messages" and "RTCP and log records joined to their call".
+    EXECUTE format('COMMENT ON INDEX %I IS %L', table_name || '_sid_idx',
+                   'sid = ...: homer-app call flow (sid = ANY), sip_calls_between join, '
+                   'sip_call_flow (hep-ingest call), docs/sql.md one call, RTCP and logs');
+    -- Kept from 0001: the primary key, for the sink's INSERT ... ON CONFLICT
+    -- (record_id, create_date); record ids grow per receiver, so it costs little.
+    EXECUTE format('COMMENT ON INDEX %I IS %L', table_name || '_pkey',
+                   'the sink''s replay check: INSERT ... ON CONFLICT (record_id, create_date)');
     -- Kept from 0003 on the SIP tables: hep_index_key(correlation_id), for the legs of
-    -- sip_call_flow (`hep-ingest call`) and its cookbook use.
+    -- sip_call_flow (`hep-ingest call`).
+    IF to_regclass(format('%I', table_name || '_correlation_id_key_idx')) IS NOT NULL THEN
+        EXECUTE format('COMMENT ON INDEX %I IS %L', table_name || '_correlation_id_key_idx',
+                       'sip_call_flow legs: hep_index_key(correlation_id) = '
+                       'hep_index_key(call id) (hep-ingest call)');
+    END IF;
 END
 $fn$;
 
@@ -112,10 +127,6 @@ DROP INDEX IF EXISTS hep_proto_1_registration_user_agent_key_idx;
 -- initial INVITEs, and its key grows with time: it costs little.
 COMMENT ON INDEX hep_proto_1_call_initial_invite_idx IS
     'sip_calls_between: the initial INVITEs of a time range (hep-ingest calls, stats; docs/sql.md call queries)';
-COMMENT ON INDEX hep_proto_1_call_sid_idx IS
-    'sid = ...: homer-app call flow (sid = ANY), sip_calls_between join, sip_call_flow, docs/sql.md';
-COMMENT ON INDEX hep_proto_1_call_correlation_id_key_idx IS
-    'sip_call_flow legs: hep_index_key(correlation_id) = hep_index_key(call id) (hep-ingest call)';
 
 -- 0003's creator stays as the table's definition; the creator under its name now also
 -- makes the new table lean.

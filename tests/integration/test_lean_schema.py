@@ -148,3 +148,17 @@ async def test_a_time_range_is_read_through_the_brin_index(database_dsn: str) ->
     finally:
         await conn.close()
     assert "create_date_idx" in plan and "Bitmap Index Scan" in plan, plan
+
+
+async def test_every_capture_index_names_the_query_that_needs_it(database_dsn: str) -> None:
+    await apply_migrations(database_dsn)
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT i.relname, obj_description(i.oid, 'pg_class') AS why FROM pg_index x "
+            "JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class c ON c.oid = x.indrelid "
+            "WHERE c.relname = ANY($1::text[])", sorted(CAPTURE_TABLES))
+    finally:
+        await conn.close()
+    assert rows
+    assert [r["relname"] for r in rows if not r["why"]] == []

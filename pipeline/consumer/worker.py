@@ -40,12 +40,15 @@ from tenacity import (
 )
 
 from pipeline.consumer.dead_letter import DeadLetter, DeadLetterPublisher
+from pipeline.consumer.filters import Screen
+from pipeline.consumer.kpi_rows import observe_rows
 from pipeline.consumer.metrics import ConsumerMetrics
 from pipeline.consumer.retry import backoff, is_transient, sleep_unless_stopped
 from pipeline.consumer.settings import ConsumerSettings
 from pipeline.consumer.sink import Sink
 from pipeline.observability import get_logger
 from pipeline.records import RecordCodec, RecordDecodeError
+from pipeline.sip.kpi import SipKpi
 from pipeline.storage.rows import UNKNOWN_TYPE_TABLE, CaptureRow, build_row
 
 log = get_logger("pipeline.consumer")
@@ -157,6 +160,10 @@ class ConsumerWorker:
         # what is stored when no write of it has completed yet.
         self._fetch_start: dict[TopicPartition, int] = {}
         self._lag_total = 0
+        # Optional row features, applied to built rows (so any row builder gets them).
+        capture_filter = settings.capture_filter
+        self._screen = Screen(capture_filter) if capture_filter.active else None
+        self._kpi = SipKpi(settings.sip_kpi) if settings.sip_kpi is not None else None
 
     # -- rebalance -----------------------------------------------------------------
 
@@ -177,6 +184,8 @@ class ConsumerWorker:
                 self._committed.pop(tp, None)
                 self._fetch_start.pop(tp, None)
                 self._assigned.discard(tp)
+                if self._kpi is not None:
+                    self._kpi.forget(tp.partition)
                 self._forget_lag(tp)
             self._metrics.assigned_partitions.set(len(self._assigned))
             if revoked:
@@ -355,6 +364,8 @@ class ConsumerWorker:
     # -- write and commit ----------------------------------------------------------
 
     async def _write(self, batch: _Batch) -> _WriteResult:
+        if self._screen is not None:
+            self._apply_filters(batch)
         rows: list[CaptureRow] = []
         spans: list[tuple[int, TopicPartition, _PartitionChunk]] = []  # (first row, ...)
         dead: list[DeadLetter] = []
@@ -381,6 +392,8 @@ class ConsumerWorker:
             if publish is not None and not publish.done():
                 publish.cancel()
             raise
+        if self._kpi is not None:
+            self._observe_kpi(rows, rejected)
         for letter in dead:
             self._metrics.dead_letters.labels(reason=letter.reason).inc()
         if dead:
@@ -393,6 +406,30 @@ class ConsumerWorker:
                 sample_source=f"{dead[0].topic}/{dead[0].partition}/{dead[0].offset}",
             )
         return _WriteResult(batch.offsets(), len(rows) - len(rejected), len(dead))
+
+    def _apply_filters(self, batch: _Batch) -> None:
+        """Capture filters: drop and censor built rows before they are written. A
+        dropped record's offset still advances with its chunk's next_offset."""
+        assert self._screen is not None
+        screen = self._screen.screen
+        for chunk in batch.parts.values():
+            result = screen(chunk.rows)
+            if len(result.kept) != len(chunk.rows):
+                kept = result.kept
+                chunk.rows = [chunk.rows[i] for i in kept]
+                chunk.offsets = [chunk.offsets[i] for i in kept]
+                chunk.keys = [chunk.keys[i] for i in kept]
+                chunk.values = [chunk.values[i] for i in kept]
+            self._metrics.record_screen(result)
+
+    def _observe_kpi(self, rows: list[CaptureRow], rejected: Sequence[Any]) -> None:
+        """SIP KPIs of the rows just committed (not of those PostgreSQL refused)."""
+        assert self._kpi is not None
+        stored: Iterable[CaptureRow] = rows
+        if rejected:
+            refused = {id(item.row) for item in rejected}
+            stored = [row for row in rows if id(row) not in refused]
+        self._metrics.record_kpi(observe_rows(self._kpi, stored), self._kpi.pending())
 
     async def _settle_in_flight(self) -> None:
         """Wait for the write in flight (if any) and mark its offsets durable."""

@@ -15,6 +15,10 @@
 --    homer-app never creates the hep_proto_* tables. json's `->>` is immutable, so an
 --    expression index on `data_header->>'callid'` (hep-ingest homer-indexes) works as
 --    on jsonb. The documents stay as heplify-server writes them.
+--    One difference matters: json stores an escaped \u0000 that jsonb refused, and
+--    then every `->>` on that row fails. The row builder never writes one (NUL is
+--    removed from every header value: tests/unit/test_rows.py
+--    test_nul_inside_headers_never_reaches_text_or_jsonb).
 --
 -- 2. sid and correlation_id keep the database's collation, although they are compared
 --    only for equality and "C" would let their btree indexes compare bytes instead of

@@ -13,6 +13,8 @@ import asyncpg
 import pytest
 
 from pipeline.analysis.queries import CallFilter, fetch_call_flow, fetch_calls, fetch_stats
+from pipeline.hep import encode_hep3
+from pipeline.hep.packet import HepPacket
 from pipeline.postgres.migrate import apply_migrations
 from pipeline.resources import migrations_dir
 from pipeline.storage.rows import CAPTURE_TABLES
@@ -162,3 +164,37 @@ async def test_every_capture_index_names_the_query_that_needs_it(database_dsn: s
         await conn.close()
     assert rows
     assert [r["relname"] for r in rows if not r["why"]] == []
+
+
+async def test_nul_bytes_from_a_sender_never_break_homer_app_reads(database_dsn: str) -> None:
+    """json keeps an escaped NUL that jsonb refused, and `->>` fails on any row holding
+    one: no sender-controlled value may put one in a header."""
+    start = flows_start()
+    payload = (b"INVITE sip:b\x00ob@b.example SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9\x00\r\n"
+               b"From: <sip:al\x00ice@a>;tag=1\r\nTo: <sip:bob@b>\r\nCall-ID: nul\x00id@h\r\n"
+               b"CSeq: 1 INVITE\r\nUser-Agent: ua\x00x\r\nContent-Length: 0\r\n\r\n")
+    packets = [
+        encode_hep3(HepPacket(version=3, ip_family=2, ip_proto=17, src_ip="192.0.2.1",
+                              dst_ip="192.0.2.2", src_port=5060, dst_port=5060,
+                              ts_sec=int(start.timestamp()), proto_type=proto_type,
+                              payload=body, correlation_id="corr\x00id", node_name="n\x00n"))
+        for proto_type, body in ((1, payload), (100, b"log \x00 line"), (1, b"\x00" * 20))
+    ]
+    await store_packets(database_dsn, packets)
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        read = await conn.fetch(
+            "SELECT data_header->>'callid' AS callid, data_header->>'from_user' AS from_user, "
+            "protocol_header->>'nodeName' AS node, protocol_header->>'correlation_id' AS corr "
+            "FROM hep_proto_1_call UNION ALL "
+            "SELECT data_header->>'callid', data_header->>'node', "
+            "protocol_header->>'nodeName', protocol_header->>'correlation_id' "
+            "FROM hep_proto_100_default UNION ALL "
+            "SELECT data_header->>'callid', data_header->>'parse_error', "
+            "protocol_header->>'nodeName', protocol_header->>'correlation_id' "
+            "FROM hep_proto_1_default")
+    finally:
+        await conn.close()
+    assert len(read) == 3
+    assert read[0]["callid"] == "nulid@h" and read[0]["from_user"] == "alice"
+    assert {r["node"] for r in read} == {"nn"}

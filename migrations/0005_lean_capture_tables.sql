@@ -3,8 +3,9 @@
 --
 -- 1. protocol_header and data_header become json (were jsonb). PostgreSQL parses a
 --    jsonb value into its binary form on every write, binary COPY included: HOMER's two
---    headers (~700 characters) cost as much CPU as the rest of the row. json only
---    checks the syntax and stores the text. Every statement homer-app 1.5.20 sends
+--    headers (~700 characters) cost ~6 us of CPU per row, 60 % of what the whole row
+--    costs without indexes once they are json. json only checks the syntax and stores
+--    the text. Every statement homer-app 1.5.20 sends
 --    still runs unchanged: data/service/search.go builds its filters with `->>` only
 --    (`%s->>'%s' = ?`, `LIKE`, `IN`, `(%s->>'%s')::int` in buildQuery and the smart
 --    input; `protocol_header->>'srcIp' != ?` in GetTransactionData), looks rows up by
@@ -58,10 +59,12 @@
 --    (sid, create_date), hep_index_key(correlation_id) on the SIP tables, and
 --    hep_proto_1_call_initial_invite_idx.
 --
--- Upgrading rewrites every capture table once (both headers in one ALTER TABLE, under
--- an ACCESS EXCLUSIVE lock): it takes time in proportion to the stored data, a
--- few seconds per GB; stop the consumers first on a large database, or let retention
--- shrink it before upgrading.
+-- Upgrading rewrites every capture table once (both headers in one ALTER TABLE per
+-- table, under an ACCESS EXCLUSIVE lock), in time proportional to the stored data:
+-- 381 MB of capture tables took 18 s on the 2-core development machine under load,
+-- about a minute per GB. Meanwhile the consumers' writes wait and Kafka holds the
+-- records, so nothing is lost if the topic's retention outlasts the upgrade; on a large
+-- database, let retention shrink it first or run `hep-ingest migrate` at a quiet hour.
 
 CREATE OR REPLACE FUNCTION hep_ingest_lean_capture_table(table_name text)
 RETURNS void

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/pg_rows_bench.py [--rows 20000] [--batch 2000] [--rounds 3]
         [--dsn postgresql://postgres@127.0.0.1:5432/postgres]
-        [--base-migrations /work/wt-base/migrations] [--no-per-index]
+        [--base-migrations /work/wt-base/migrations] [--no-per-index] [--icu-locale en-US]
 
 Rows are what the consumer stores: the distinct-Call-ID corpus (bench/load/
 hep_corpus.bin) decoded, turned into Avro records, encoded and decoded by the real
@@ -241,7 +241,9 @@ async def run(args: argparse.Namespace) -> None:
             indexes: dict[str, list[str]] = {}
             for schema, folder in folders.items():
                 name = f"{prefix}_{schema}_tpl"
-                await admin.execute(f'CREATE DATABASE "{name}"')
+                locale = (f" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE '{args.icu_locale}'"
+                          if args.icu_locale else "")
+                await admin.execute(f'CREATE DATABASE "{name}"{locale}')
                 created.append(name)
                 conn = await asyncpg.connect(args.dsn, database=name)
                 try:
@@ -332,6 +334,9 @@ def main() -> None:
     parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--base-migrations", type=Path, default=DEFAULT_BASE)
     parser.add_argument("--no-per-index", dest="per_index", action="store_false")
+    parser.add_argument("--icu-locale", default="",
+                        help="create the databases with this ICU collation (say en-US) "
+                             "instead of the server's default")
     asyncio.run(run(parser.parse_args()))
 
 

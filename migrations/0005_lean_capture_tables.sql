@@ -1,14 +1,15 @@
--- Lean capture tables: HOMER headers as json, and only the indexes a query needs (issue 10, item 3). Figures: docs/benchmarks.md
--- ("PostgreSQL CPU per row"), measured by bench/pg_rows_bench.py.
+-- Lean capture tables: HOMER headers as json, and only the indexes a query needs
+-- (issue 10, item 3). Figures: docs/benchmarks.md ("PostgreSQL CPU per row"), measured
+-- by bench/pg_rows_bench.py.
 --
 -- 1. protocol_header and data_header become json (were jsonb). PostgreSQL parses a
 --    jsonb value into its binary form on every write, binary COPY included: HOMER's two
 --    headers (~700 characters) cost ~6 us of CPU per row, 60 % of what the whole row
 --    costs without indexes once they are json. json only checks the syntax and stores
---    the text. Every statement homer-app 1.5.20 sends
---    still runs unchanged: data/service/search.go builds its filters with `->>` only
---    (`%s->>'%s' = ?`, `LIKE`, `IN`, `(%s->>'%s')::int` in buildQuery and the smart
---    input; `protocol_header->>'srcIp' != ?` in GetTransactionData), looks rows up by
+--    the text. Every statement homer-app 1.5.20 sends still runs unchanged:
+--    data/service/search.go builds its filters with `->>` only (`%s->>'%s' = ?`,
+--    `LIKE`, `IN`, `(%s->>'%s')::int` in buildQuery and the smart input;
+--    `protocol_header->>'srcIp' != ?` in GetTransactionData), looks rows up by
 --    `sid = ANY(ARRAY[...])`, `sid in (?)` and `id = N` / `id IN (...)`, always within
 --    `create_date between ? and ?`, and scans the headers into json.RawMessage; no
 --    statement uses a jsonb-only operator or function (@>, ?, ?|, jsonb_*). Its
@@ -18,8 +19,9 @@
 --    on jsonb. The documents stay as heplify-server writes them.
 --    One difference matters: json stores an escaped \u0000 that jsonb refused, and
 --    then every `->>` on that row fails. The row builder never writes one (NUL is
---    removed from every header value: tests/unit/test_rows.py
---    test_nul_inside_headers_never_reaches_text_or_jsonb).
+--    removed from every header value: tests/unit/test_rows.py, the property
+--    test_build_row_never_raises; tests/integration/test_lean_schema.py reads such
+--    rows back with `->>`).
 --
 -- 2. sid and correlation_id keep the database's collation, although they are compared
 --    only for equality and "C" would let their btree indexes compare bytes instead of

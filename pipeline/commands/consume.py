@@ -13,6 +13,8 @@ from typing import Annotated, Any
 import typer
 
 from pipeline.commands.options import (
+    ALegHeaderOption,
+    CustomHeaderOption,
     LogFormat,
     LogFormatOption,
     LogLevel,
@@ -23,6 +25,7 @@ from pipeline.commands.options import (
     WorkerIndexOption,
     check_worker_ports,
     check_workers,
+    header_rules,
 )
 
 HELP = """Consume HEP records from Kafka and store them in PostgreSQL.
@@ -140,6 +143,42 @@ def consume(
             help="Store the HEP capture password in protocol_header (it is a credential).",
         ),
     ] = False,
+    custom_header: CustomHeaderOption = None,
+    a_leg_header: ALegHeaderOption = None,
+    dedup_window_ms: Annotated[
+        int,
+        typer.Option(
+            envvar="HEP_INGEST_DEDUP_WINDOW_MS", min=0, max=60_000,
+            help="Store a SIP message captured by several agents once: a copy with the same "
+            "payload whose capture time is less than this many ms from the first is a "
+            "duplicate (retransmissions come a SIP T1 of 500 ms or more later and are "
+            "kept). 0: off.",
+            show_default=True,
+        ),
+    ] = 0,
+    dedup_match_capture_id: Annotated[
+        bool,
+        typer.Option(
+            envvar="HEP_INGEST_DEDUP_MATCH_CAPTURE_ID",
+            help="Only copies from the same capture id (agent) are duplicates.",
+        ),
+    ] = False,
+    dedup_keep: Annotated[
+        bool,
+        typer.Option(
+            envvar="HEP_INGEST_DEDUP_KEEP",
+            help="Store duplicates in hep_capture_duplicates instead of dropping them.",
+        ),
+    ] = False,
+    dedup_max_entries: Annotated[
+        int,
+        typer.Option(
+            envvar="HEP_INGEST_DEDUP_MAX_ENTRIES", min=1, max=100_000_000,
+            help="Messages the duplicate check remembers per partition (bounds its memory; "
+            "what it forgets early is counted in hep_ingest_dedup_evicted_total).",
+            show_default=True,
+        ),
+    ] = 100_000,
     log_level: LogLevelOption = LogLevel.info,
     log_format: LogFormatOption = LogFormat.json,
     workers: Annotated[
@@ -246,6 +285,7 @@ def consume(
 ) -> None:
     from prometheus_client import CollectorRegistry
 
+    from pipeline.consumer.dedup import DedupSettings
     from pipeline.consumer.service import run_consumer
     from pipeline.consumer.settings import ConsumerSettings
     from pipeline.observability import configure_logging, get_logger, serve_metrics
@@ -254,6 +294,7 @@ def consume(
     from pipeline.sip.kpi import KpiLimits
 
     check_workers(workers, worker_index)
+    headers = header_rules(custom_header, a_leg_header)
     capture_filter = _capture_filter(
         discard_methods, discard_sources, discard_destinations, discard_hep_types,
         censor_methods,
@@ -297,11 +338,18 @@ def consume(
         dead_letter_topic=dead_letter_topic or None,
         migrate=migrate,
         store_auth_key=store_auth_key,
+        headers=headers,
         capture_filter=capture_filter,
         sip_kpi=KpiLimits(
             timeout=sip_kpi_timeout, max_pending=sip_kpi_max_pending,
             max_nodes=sip_kpi_max_nodes,
         ) if sip_kpi else None,
+        dedup=DedupSettings(
+            window_ms=dedup_window_ms,
+            match_capture_id=dedup_match_capture_id,
+            keep=dedup_keep,
+            max_entries=dedup_max_entries,
+        ),
         **worker_client,
     )
     registry = CollectorRegistry()

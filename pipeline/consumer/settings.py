@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pipeline.consumer.dedup import DedupSettings
 from pipeline.consumer.filters import CaptureFilter
 from pipeline.sip.kpi import KpiLimits
+from pipeline.storage.headers import HeaderExtraction
 
 SinkName = Literal["postgres", "stdout"]
 
@@ -42,6 +44,8 @@ class ConsumerSettings:
     dead_letter_topic: str | None = None
     migrate: bool = True
     store_auth_key: bool = False
+    # Custom and A-leg SIP headers (--custom-header, --a-leg-header): what build_row keeps.
+    headers: HeaderExtraction = field(default_factory=HeaderExtraction)
     client_id: str = "hep-ingest-consumer"
     maintain_interval: float = 3600.0
     progress_interval: float = 10.0
@@ -51,6 +55,7 @@ class ConsumerSettings:
     # One offset-commit attempt; a timed-out attempt is retried like any transient error.
     commit_timeout: float = 10.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    dedup: DedupSettings = field(default_factory=DedupSettings)
     # Freeze the start-up heap and raise the generation-0 GC threshold once started
     # (process-wide; see service.tune_gc).
     tune_gc: bool = True

@@ -40,6 +40,7 @@ from tenacity import (
 )
 
 from pipeline.consumer.dead_letter import DeadLetter, DeadLetterPublisher
+from pipeline.consumer.dedup import DuplicateFilter
 from pipeline.consumer.filters import Screen
 from pipeline.consumer.kpi_rows import observe_rows
 from pipeline.consumer.metrics import ConsumerMetrics
@@ -49,7 +50,7 @@ from pipeline.consumer.sink import Sink
 from pipeline.observability import get_logger
 from pipeline.records import RecordCodec, RecordDecodeError
 from pipeline.sip.kpi import SipKpi
-from pipeline.storage.rows import UNKNOWN_TYPE_TABLE, CaptureRow, build_row
+from pipeline.storage.rows import DUPLICATES_TABLE, UNKNOWN_TYPE_TABLE, CaptureRow, build_row
 
 log = get_logger("pipeline.consumer")
 
@@ -87,7 +88,20 @@ class _PartitionChunk:
     keys: list[bytes | None] = field(default_factory=list)
     values: list[bytes] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
+    # Records read but deliberately not stored (duplicate captures): their offsets
+    # advance with the rest.
+    discarded: int = 0
     next_offset: int = -1
+
+    def keep_only(self, kept: Sequence[int]) -> None:
+        """Keep the rows at positions `kept` (ascending) with their sources. The others
+        were read but are not stored (filtered out, duplicates): a decision, not a loss,
+        so their offsets advance with the chunk's next_offset."""
+        self.discarded += len(self.rows) - len(kept)
+        self.rows = [self.rows[i] for i in kept]
+        self.offsets = [self.offsets[i] for i in kept]
+        self.keys = [self.keys[i] for i in kept]
+        self.values = [self.values[i] for i in kept]
 
 
 @dataclass(slots=True)
@@ -101,7 +115,7 @@ class _Batch:
         for tp in partitions:
             chunk = self.parts.pop(tp, None)
             if chunk is not None:
-                dropped += len(chunk.rows) + len(chunk.dead)
+                dropped += len(chunk.rows) + len(chunk.dead) + chunk.discarded
         self.records -= dropped
         return dropped
 
@@ -164,6 +178,7 @@ class ConsumerWorker:
         capture_filter = settings.capture_filter
         self._screen = Screen(capture_filter) if capture_filter.active else None
         self._kpi = SipKpi(settings.sip_kpi) if settings.sip_kpi is not None else None
+        self._dedup = DuplicateFilter(settings.dedup) if settings.dedup.enabled else None
 
     # -- rebalance -----------------------------------------------------------------
 
@@ -187,6 +202,8 @@ class ConsumerWorker:
                 if self._kpi is not None:
                     self._kpi.forget(tp.partition)
                 self._forget_lag(tp)
+                if self._dedup is not None:
+                    self._dedup.forget(tp.partition)
             self._metrics.assigned_partitions.set(len(self._assigned))
             if revoked:
                 log.info(
@@ -304,6 +321,7 @@ class ConsumerWorker:
         decode = self._codec.decode
         build = build_row
         store_auth_key = self._settings.store_auth_key
+        headers = self._settings.headers
         added = 0
         unknown_type = 0
         for tp, messages in data.items():
@@ -321,6 +339,7 @@ class ConsumerWorker:
             add_key = chunk.keys.append
             add_value = chunk.values.append
             partition = tp.partition
+            first_new = len(chunk.rows)
             for message in messages:
                 value = message.value
                 offset = message.offset
@@ -335,6 +354,7 @@ class ConsumerWorker:
                         kafka_partition=partition,
                         kafka_offset=offset,
                         store_auth_key=store_auth_key,
+                        headers=headers,
                     )
                 except RecordDecodeError as exc:
                     chunk.dead.append(_dead_letter(message, exc.reason, exc.detail))
@@ -350,6 +370,8 @@ class ConsumerWorker:
                 add_offset(offset)
                 add_key(message.key)
                 add_value(value)
+            if self._dedup is not None:
+                self._handle_duplicates(partition, chunk, first_new)
             chunk.next_offset = messages[-1].offset + 1
             added += len(messages)
         if added:
@@ -360,6 +382,25 @@ class ConsumerWorker:
             self._metrics.records_consumed.inc(added)
         if unknown_type:
             self._metrics.rows_unknown_type.inc(unknown_type)
+
+    def _handle_duplicates(self, partition: int, chunk: _PartitionChunk, start: int) -> None:
+        """Drop the duplicate captures among the chunk's rows from `start` on, or route
+        them to the duplicates table (--dedup-keep)."""
+        assert self._dedup is not None
+        evicted_before = self._dedup.evicted_early
+        found = self._dedup.duplicates(partition, chunk.rows[start:], chunk.offsets[start:])
+        if self._dedup.evicted_early > evicted_before:
+            self._metrics.dedup_evicted.inc(self._dedup.evicted_early - evicted_before)
+        if not found:
+            return
+        if self._dedup.settings.keep:
+            for position in found:
+                chunk.rows[start + position].table = DUPLICATES_TABLE
+            self._metrics.duplicates.labels(action="kept").inc(len(found))
+        else:
+            duplicate = {start + position for position in found}
+            chunk.keep_only([i for i in range(len(chunk.rows)) if i not in duplicate])
+            self._metrics.duplicates.labels(action="dropped").inc(len(found))
 
     # -- write and commit ----------------------------------------------------------
 
@@ -415,11 +456,7 @@ class ConsumerWorker:
         for chunk in batch.parts.values():
             result = screen(chunk.rows)
             if len(result.kept) != len(chunk.rows):
-                kept = result.kept
-                chunk.rows = [chunk.rows[i] for i in kept]
-                chunk.offsets = [chunk.offsets[i] for i in kept]
-                chunk.keys = [chunk.keys[i] for i in kept]
-                chunk.values = [chunk.values[i] for i in kept]
+                chunk.keep_only(result.kept)
             self._metrics.record_screen(result)
 
     def _observe_kpi(self, rows: list[CaptureRow], rejected: Sequence[Any]) -> None:

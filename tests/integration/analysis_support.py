@@ -36,10 +36,8 @@ def generated_packets(start: datetime) -> list[bytes]:
     return encode_captures(all_flows(int(start.timestamp() * 1_000_000)))
 
 
-async def store_packets(dsn: str, packets: Sequence[bytes], *,
-                        apply_migrations: bool = True) -> int:
-    """Decode and store `packets` (HEP bytes, in capture order); return rows written.
-    Without `apply_migrations`, into the schema the database has."""
+async def store_packets(dsn: str, packets: Sequence[bytes]) -> int:
+    """Decode and store `packets` (HEP bytes, in capture order); return rows written."""
     ids = RecordIdGenerator()
     rows = []
     for offset, data in enumerate(packets):
@@ -50,8 +48,7 @@ async def store_packets(dsn: str, packets: Sequence[bytes], *,
             context=CONTEXT,
         )
         rows.append(build_row(record, kafka_partition=0, kafka_offset=offset))
-    sink = PostgresSink(SinkSettings(dsn=dsn, retry=RetryPolicy.instant(),
-                                     apply_migrations=apply_migrations))
+    sink = PostgresSink(SinkSettings(dsn=dsn, retry=RetryPolicy.instant()))
     await sink.start()
     try:
         rejected = await sink.write(rows)

@@ -64,7 +64,6 @@ from pipeline.storage import COLUMNS, CaptureRow, build_row  # noqa: E402
 
 CORPUS = ROOT / "bench" / "load" / "hep_corpus.bin"
 DEFAULT_BASE = Path("/work/wt-base/migrations")
-COLUMN_LIST = ", ".join(COLUMNS)
 
 
 def load_corpus(path: Path) -> list[bytes]:
@@ -125,57 +124,61 @@ class Variant:
     best_ns: float = float("inf")
 
 
-async def write_copy(conn: asyncpg.Connection, batches: Sequence[dict[str, list[Any]]]) -> None:
+async def write_copy(conn: asyncpg.Connection, batches: Sequence[dict[str, list[Any]]],
+                     columns: Sequence[str]) -> None:
     for batch in batches:
         async with conn.transaction():
             for table, records in batch.items():
-                await conn.copy_records_to_table(table, records=records, columns=COLUMNS)
+                await conn.copy_records_to_table(table, records=records, columns=columns)
 
 
-async def write_staging(conn: asyncpg.Connection,
-                        batches: Sequence[dict[str, list[Any]]]) -> None:
+async def write_staging(conn: asyncpg.Connection, batches: Sequence[dict[str, list[Any]]],
+                        columns: Sequence[str]) -> None:
     # f1074a1's PostgresSink: stage the batch, then one INSERT ... ON CONFLICT per table.
+    column_list = ", ".join(columns)
     for batch in batches:
         async with conn.transaction():
             staged = [(table, *values) for table, records in batch.items()
                       for values in records]
             await conn.copy_records_to_table("hep_ingest_staging", records=staged,
-                                             columns=("capture_table", *COLUMNS))
+                                             columns=("capture_table", *columns))
             for table in batch:
                 await conn.execute(
-                    f'INSERT INTO "{table}" ({COLUMN_LIST}) SELECT {COLUMN_LIST} '
+                    f'INSERT INTO "{table}" ({column_list}) SELECT {column_list} '
                     "FROM hep_ingest_staging WHERE capture_table = $1 "
                     "ON CONFLICT (record_id, create_date) DO NOTHING", table)
 
 
-def batched(rows: Sequence[CaptureRow], size: int) -> list[dict[str, list[Any]]]:
+def batched(rows: Sequence[CaptureRow], size: int,
+            kept: Sequence[int]) -> list[dict[str, list[Any]]]:
+    """Batches of `size` rows by table, with the values of the columns `kept`."""
     batches = []
     for start in range(0, len(rows), size):
         by_table: dict[str, list[Any]] = defaultdict(list)
         for row in rows[start:start + size]:
-            by_table[row.table].append(row.values)
+            by_table[row.table].append(tuple([row.values[i] for i in kept]))
         batches.append(dict(by_table))
     return batches
 
 
 async def run_once(dsn: str, variant: Variant, batches: list[dict[str, list[Any]]],
-                   tables: list[str]) -> float:
+                   columns: Sequence[str], tables: list[str]) -> float:
     conn = await asyncpg.connect(dsn, database=variant.database)
     try:
         await conn.execute(f"TRUNCATE {', '.join(tables)}")
         if variant.path == "staging":
             await conn.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS hep_ingest_staging ON COMMIT DELETE ROWS AS "
-                f"SELECT ''::text AS capture_table, {COLUMN_LIST} FROM hep_proto_1_default "
+                f"SELECT ''::text AS capture_table, {', '.join(columns)} FROM hep_proto_1_default "
                 "WITH NO DATA")
             await conn.execute("SET temp_buffers = '64MB'")
         await conn.execute("CHECKPOINT")
         pid = await conn.fetchval("SELECT pg_backend_pid()")
         before = backend_cpu_ns(pid)
         if variant.path == "staging":
-            await write_staging(conn, batches)
+            await write_staging(conn, batches, columns)
         else:
-            await write_copy(conn, batches)
+            await write_copy(conn, batches, columns)
         return backend_cpu_ns(pid) - before
     finally:
         await conn.close()
@@ -228,7 +231,6 @@ async def run(args: argparse.Namespace) -> None:
     counts = {t: sum(1 for r in rows if r.table == t) for t in tables}
     empty = [CaptureRow(r.table, (r.values[0], r.values[1], "{}", "{}", *r.values[4:]))
              for r in rows]
-    batches = {"real": batched(rows, args.batch), "empty-headers": batched(empty, args.batch)}
     print(f"{len(rows)} rows built in {time.perf_counter() - started:.1f} s: "
           + ", ".join(f"{t} {n}" for t, n in counts.items()))
 
@@ -239,6 +241,8 @@ async def run(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             folders = migration_folders(args.base_migrations, Path(tmp))
             indexes: dict[str, list[str]] = {}
+            # Each schema's own columns (later migrations add some, such as 0006's).
+            columns: dict[str, tuple[str, ...]] = {}
             for schema, folder in folders.items():
                 name = f"{prefix}_{schema}_tpl"
                 locale = (f" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE '{args.icu_locale}'"
@@ -250,6 +254,10 @@ async def run(args: argparse.Namespace) -> None:
                     await apply_migrations_on(conn, folder)
                     await ensure_partitions(conn, now=now, tables=tables)
                     indexes[schema] = await index_names(conn, tables)
+                    present = {r[0] for r in await conn.fetch(
+                        "SELECT attname FROM pg_attribute "
+                        "WHERE attrelid = 'hep_proto_1_call'::regclass AND attnum > 0")}
+                    columns[schema] = tuple(c for c in COLUMNS if c in present)
                 finally:
                     await conn.close()
 
@@ -287,11 +295,17 @@ async def run(args: argparse.Namespace) -> None:
                 finally:
                     await conn.close()
 
+            batches = {}
+            for schema, names in columns.items():
+                kept = [COLUMNS.index(c) for c in names]
+                batches[schema, "real"] = batched(rows, args.batch, kept)
+                batches[schema, "empty-headers"] = batched(empty, args.batch, kept)
             for round_ in range(args.rounds):
                 order = list(variants)
                 random.Random(round_).shuffle(order)
                 for variant in order:
-                    ns = await run_once(args.dsn, variant, batches[variant.rows], tables)
+                    ns = await run_once(args.dsn, variant, batches[variant.schema, variant.rows],
+                                        columns[variant.schema], tables)
                     variant.best_ns = min(variant.best_ns, ns)
                 print(f"round {round_ + 1}/{args.rounds} done, load average "
                       f"{os.getloadavg()[0]:.2f}", flush=True)

@@ -23,7 +23,9 @@ temporary table, then INSERT ... SELECT ... ON CONFLICT DO NOTHING per table).
 The figure is the server backend's own CPU time (/proc/<pg_backend_pid()>/schedstat,
 nanoseconds) over all batches, commits included, divided by the rows: the work done
 by WAL writer, checkpointer and autovacuum is not in it. Every run starts from
-truncated tables after a CHECKPOINT; the best of `--rounds` runs is printed.
+truncated tables after a CHECKPOINT; the best of `--rounds` runs is printed. The cost of an index
+is measured in pairs: in each round the schema with and without it are written back to
+back, and the median of the rounds' differences is printed (robust to load changes).
 Needs a server on this machine (it reads /proc).
 """
 
@@ -34,6 +36,7 @@ import asyncio
 import os
 import random
 import shutil
+import statistics
 import struct
 import sys
 import tempfile
@@ -122,6 +125,10 @@ class Variant:
     rows: str = "real"  # or "empty-headers"
     database: str = ""
     best_ns: float = float("inf")
+    # Per-index variants: measured back to back with `reference` (the schema with every
+    # index) in each round; their cost is the median of those paired differences.
+    reference: Variant | None = None
+    paired_ns: list[float] = field(default_factory=list)
 
 
 async def write_copy(conn: asyncpg.Connection, batches: Sequence[dict[str, list[Any]]],
@@ -280,8 +287,9 @@ async def run(args: argparse.Namespace) -> None:
             ]
             if args.per_index:
                 for schema in ("base", "new"):
+                    reference = next(v for v in variants if v.name == f"{schema}, COPY")
                     variants += [Variant(f"{schema}, COPY, without {kind}", schema,
-                                         drop_index_sql(kind, tables))
+                                         drop_index_sql(kind, tables), reference=reference)
                                  for kind in indexes[schema]]
             for n, variant in enumerate(variants):
                 variant.database = f"{prefix}_v{n}"
@@ -304,9 +312,17 @@ async def run(args: argparse.Namespace) -> None:
                 order = list(variants)
                 random.Random(round_).shuffle(order)
                 for variant in order:
-                    ns = await run_once(args.dsn, variant, batches[variant.schema, variant.rows],
-                                        columns[variant.schema], tables)
-                    variant.best_ns = min(variant.best_ns, ns)
+                    pair = [variant] if variant.reference is None else [variant.reference, variant]
+                    random.Random(round_ * 7919 + len(variant.name)).shuffle(pair)
+                    measured = {}
+                    for v in pair:
+                        ns = await run_once(args.dsn, v, batches[v.schema, v.rows],
+                                            columns[v.schema], tables)
+                        v.best_ns = min(v.best_ns, ns)
+                        measured[v.name] = ns
+                    if variant.reference is not None:
+                        variant.paired_ns.append(
+                            measured[variant.reference.name] - measured[variant.name])
                 print(f"round {round_ + 1}/{args.rounds} done, load average "
                       f"{os.getloadavg()[0]:.2f}", flush=True)
     finally:
@@ -329,14 +345,16 @@ def report(variants: list[Variant], count: int, args: argparse.Namespace) -> Non
     for name in ("new, COPY", "new, staging + ON CONFLICT"):
         print(f"  {name} / base staging: {per_row[name] / today:.2f}")
     for schema in ("base", "new"):
-        reference = per_row[f"{schema}, COPY"]
-        rows = [(v.name.split(", without ")[1], reference - per_row[v.name])
-                for v in variants if v.name.startswith(f"{schema}, COPY, without ")]
+        rows = [(v.name.split(", without ")[1],
+                 statistics.median(v.paired_ns) / count / 1000,
+                 min(v.paired_ns) / count / 1000, max(v.paired_ns) / count / 1000)
+                for v in variants
+                if v.name.startswith(f"{schema}, COPY, without ") and v.paired_ns]
         if rows:
-            print(f"\n{schema}: write cost of each index, us/row "
-                  f"({schema}, COPY minus the same without it)")
-            for kind, cost in sorted(rows, key=lambda r: -r[1]):
-                print(f"  {kind:<40} {cost:6.2f}")
+            print(f"\n{schema}: write cost of each index, us/row ({schema}, COPY minus the "
+                  "same without it, run back to back; median of the rounds, min..max)")
+            for kind, cost, low, high in sorted(rows, key=lambda r: -r[1]):
+                print(f"  {kind:<40} {cost:6.2f}  ({low:.2f}..{high:.2f})")
     print(f"\nload average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -884,3 +884,4 @@ def datagram_encoder(codec):
     return PacketEncoder(codec.header)
 
 
+include "_speedups_rows.pxi"

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from pipeline.storage.rows import CaptureRow
+from pipeline.storage.wire import WireFormat
 
 
 class Rejected(Protocol):
@@ -19,6 +20,12 @@ class Rejected(Protocol):
 
 class Sink(Protocol):
     async def start(self) -> None: ...
+
+    @property
+    def wire_format(self) -> WireFormat | None:
+        """The binary COPY form the sink writes rows in, once started (None: it uses
+        only the rows' values); the worker encodes each row as it builds it."""
+        ...
 
     async def write(self, rows: Sequence[CaptureRow]) -> Sequence[Any]:
         """Store `rows` durably; return the rejected ones (objects shaped like Rejected)."""

@@ -53,6 +53,7 @@ from tenacity import (
     wait_random,
 )
 
+from pipeline.accel import copy_tuple
 from pipeline.observability import get_logger
 from pipeline.postgres.errors import describe_database_error, is_configuration_error, redact_dsn
 from pipeline.postgres.migrate import apply_migrations
@@ -64,6 +65,14 @@ from pipeline.postgres.partitions import (
     ensure_partitions,
 )
 from pipeline.storage.rows import CAPTURE_TABLES, COLUMNS, CaptureRow
+from pipeline.storage.wire import (
+    COPY_HEADER,
+    COPY_TRAILER,
+    JSONB_HEADERS,
+    WireFormat,
+    encode_inet,
+    text_field,
+)
 
 log = get_logger(__name__)
 
@@ -71,6 +80,9 @@ T = TypeVar("T")
 
 STAGING_TABLE = "hep_ingest_staging"
 _STAGING_COLUMNS = ("capture_table", *COLUMNS)
+# The staging table's tuples: one field more (capture_table) in front of the row's.
+_STAGING_FIELD_COUNT = len(_STAGING_COLUMNS).to_bytes(2, "big")
+_HEADER_COLUMNS = ("protocol_header", "data_header")
 _COLUMN_LIST = ", ".join(COLUMNS)
 # Any capture table gives the staging table its column types: they all share one shape.
 _CREATE_STAGING = (
@@ -220,40 +232,9 @@ class _EncodeError(Exception):
     """The client could not encode a row's value for COPY."""
 
 
-# Binary inet: asyncpg's own encoder parses every address string with ipaddress
-# (about 2 us per value, two per row). Capture traffic repeats a small set of
-# addresses, so the encoded form is cached per string (bounded: cleared when full).
-_INET_CACHE_MAX = 16_384
-_inet_cache: dict[str, bytes] = {}
-_PGSQL_AF_INET = 2
-_PGSQL_AF_INET6 = 3
-
-
-def _inet_binary(value: Any) -> bytes:
-    """PostgreSQL's binary inet, exactly as asyncpg's own encoder writes it."""
-    try:
-        address = ipaddress.ip_address(value)
-    except ValueError:
-        # A host with a prefix length ("10.0.0.1/24"): PostgreSQL's inet takes it too.
-        interface = ipaddress.ip_interface(value)
-        packed = interface.packed
-        family = _PGSQL_AF_INET if interface.version == 4 else _PGSQL_AF_INET6
-        return bytes((family, interface.network.prefixlen, 1, len(packed))) + packed
-    packed = address.packed
-    family = _PGSQL_AF_INET if address.version == 4 else _PGSQL_AF_INET6
-    return bytes((family, len(packed) * 8, 0, len(packed))) + packed
-
-
-def _encode_inet(value: Any) -> bytes:
-    if type(value) is not str:
-        return _inet_binary(value)
-    encoded = _inet_cache.get(value)
-    if encoded is None:
-        encoded = _inet_binary(value)  # ValueError for a non-address: a data error
-        if len(_inet_cache) >= _INET_CACHE_MAX:
-            _inet_cache.clear()
-        _inet_cache[value] = encoded
-    return encoded
+# The cached binary inet encoder (also the one the row encoder uses), registered as
+# asyncpg's inet codec for the queries the sink sends with addresses as parameters.
+_encode_inet = encode_inet
 
 
 def _decode_inet(data: bytes) -> Any:
@@ -288,6 +269,9 @@ class PostgresSink:
         self._clock = clock
         self._pool: asyncpg.Pool | None = None
         self._stopping = asyncio.Event()
+        #: How rows are encoded for COPY: the header columns' types, read from the
+        #: catalog by `start` (jsonb until then).
+        self.wire_format: WireFormat = JSONB_HEADERS
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -321,6 +305,30 @@ class PostgresSink:
             raise SinkError(
                 f"capture tables missing: {', '.join(absent)} (run `hep-ingest migrate`)"
             )
+        self.wire_format = await self._retrying(self._header_types)
+
+    async def _header_types(self) -> WireFormat:
+        """json or jsonb: the header columns' type in every capture table."""
+        async with self.pool.acquire(timeout=self.settings.acquire_timeout) as conn:
+            rows = await conn.fetch(
+                "SELECT DISTINCT a.attname, format_type(a.atttypid, NULL) AS type "
+                "FROM pg_attribute a WHERE a.attrelid = ANY($1::regclass[]) "
+                "AND a.attname = ANY($2::text[]) AND NOT a.attisdropped",
+                sorted(CAPTURE_TABLES), list(_HEADER_COLUMNS),
+            )
+        types: dict[str, set[str]] = defaultdict(set)
+        for row in rows:
+            types[row["attname"]].add(row["type"])
+        for column in _HEADER_COLUMNS:
+            if len(types[column]) != 1 or not types[column] <= {"json", "jsonb"}:
+                raise SinkError(
+                    f"capture tables disagree on {column}: {sorted(types[column])} "
+                    "(expected json or jsonb in all; run `hep-ingest migrate`)"
+                )
+        return WireFormat(
+            protocol_header_jsonb=types["protocol_header"] == {"jsonb"},
+            data_header_jsonb=types["data_header"] == {"jsonb"},
+        )
 
     async def _create_pool(self) -> asyncpg.Pool:
         s = self.settings
@@ -402,10 +410,9 @@ class PostgresSink:
             return []
         started = time.perf_counter()
         tables = sorted({row.table for row in rows})
-        records = [(row.table, *row.values) for row in rows]
 
         async def attempt() -> tuple[dict[str, int], list[RejectedRow]]:
-            return await self._write_once(rows, records, tables)
+            return await self._write_once(rows, tables)
 
         counts, rejected = await self._retrying(attempt)
         m = self.metrics
@@ -428,7 +435,6 @@ class PostgresSink:
     async def _write_once(
         self,
         rows: Sequence[CaptureRow],
-        records: list[tuple[Any, ...]],
         tables: list[str],
     ) -> tuple[dict[str, int], list[RejectedRow]]:
         if self._stopping.is_set():
@@ -437,7 +443,7 @@ class PostgresSink:
             try:
                 try:
                     async with conn.transaction():
-                        return await self._stage_and_insert(conn, records, tables), []
+                        return await self._stage_and_insert(conn, rows, tables), []
                 except Exception as exc:
                     if not is_data_error(exc):
                         raise
@@ -446,8 +452,7 @@ class PostgresSink:
                 counts: dict[str, int] = defaultdict(int)
                 rejected: list[RejectedRow] = []
                 async with conn.transaction():
-                    await self._isolate(conn, list(range(len(rows))), rows, records, counts,
-                                        rejected)
+                    await self._isolate(conn, list(range(len(rows))), rows, counts, rejected)
                 return dict(counts), rejected
             except asyncpg.UndefinedTableError as exc:
                 conn.terminate()
@@ -463,12 +468,11 @@ class PostgresSink:
         conn: asyncpg.Connection,
         indexes: list[int],
         rows: Sequence[CaptureRow],
-        records: list[tuple[Any, ...]],
         counts: dict[str, int],
         rejected: list[RejectedRow],
     ) -> None:
         """Store the rows at `indexes`, bisecting around the ones PostgreSQL refuses."""
-        chunk = [records[i] for i in indexes]
+        chunk = [rows[i] for i in indexes]
         tables = sorted({rows[i].table for i in indexes})
         try:
             async with conn.transaction():  # a savepoint
@@ -484,24 +488,16 @@ class PostgresSink:
                 rejected.append(RejectedRow(rows[indexes[0]], reason))
                 return
             middle = len(indexes) // 2
-            await self._isolate(conn, indexes[:middle], rows, records, counts, rejected)
-            await self._isolate(conn, indexes[middle:], rows, records, counts, rejected)
+            await self._isolate(conn, indexes[:middle], rows, counts, rejected)
+            await self._isolate(conn, indexes[middle:], rows, counts, rejected)
             return
         for table, n in stored.items():
             counts[table] += n
 
     async def _stage_and_insert(
-        self, conn: asyncpg.Connection, records: list[tuple[Any, ...]], tables: list[str]
+        self, conn: asyncpg.Connection, rows: Sequence[CaptureRow], tables: list[str]
     ) -> dict[str, int]:
-        try:
-            await conn.copy_records_to_table(
-                STAGING_TABLE, records=records, columns=_STAGING_COLUMNS
-            )
-        except (ValueError, TypeError, OverflowError) as exc:
-            if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
-                raise
-            # asyncpg could not encode a value (an inet that is no address, ...).
-            raise _EncodeError(f"{type(exc).__name__}: {exc}") from exc
+        await self._copy(conn, STAGING_TABLE, rows)
         counts = {}
         for table in tables:
             status = await conn.execute(
@@ -512,6 +508,41 @@ class PostgresSink:
             )
             counts[table] = int(status.rsplit(" ", 1)[-1])
         return counts
+
+    async def _copy(self, conn: asyncpg.Connection, table: str, rows: Sequence[CaptureRow]) -> None:
+        """Binary COPY of `rows` into `table` (a capture table, or the staging table,
+        whose leading capture_table column is filled from each row's table).
+
+        Rows carry their COPY tuple when the consumer encoded them as it built them
+        (with this sink's `wire_format`); the others are encoded here. A value
+        that cannot be encoded raises _EncodeError, a data error: the batch is bisected.
+        """
+        wire_format = self.wire_format
+        tuples: list[bytes | memoryview] = [COPY_HEADER]
+        add = tuples.append
+        staging = table == STAGING_TABLE
+        try:
+            for row in rows:
+                wire = row.wire
+                if wire is None:
+                    wire = copy_tuple(row.values, wire_format)
+                if staging:
+                    add(_STAGING_FIELD_COUNT)
+                    add(text_field(row.table))
+                    add(memoryview(wire)[2:])
+                else:
+                    add(wire)
+        except (ValueError, TypeError, OverflowError) as exc:
+            # A value its column cannot hold (an inet that is no address, ...).
+            raise _EncodeError(f"{type(exc).__name__}: {exc}") from exc
+        add(COPY_TRAILER)
+        # A memoryview: asyncpg would take bytes for a file name.
+        await conn.copy_to_table(
+            table,
+            source=memoryview(b"".join(tuples)),
+            format="binary",
+            columns=_STAGING_COLUMNS if staging else COLUMNS,
+        )
 
     # -- retries -----------------------------------------------------------------------
 

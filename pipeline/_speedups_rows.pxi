@@ -44,11 +44,21 @@ cdef object _RowFailure = None
 cdef object _UTC = None
 cdef object _UUID_type = None
 cdef dict _inet_cache_rows = None
+cdef object _escape_json = None
+cdef object _dumps = None
+cdef object _summarise_sip = None
+cdef object _SipParseError = None
+cdef object _table_for = None
+cdef object _proto_type_name = None
+cdef object _UUID_fast = None
+cdef object _CaptureRow = None
 
 
 cdef int _rows_init() except -1:
     global _rows_ready, _wire, _build_row, _times_to_micros, _RecordDecodeError
     global _RowFailure, _protocol_header_index, _UTC, _UUID_type, _inet_cache_rows
+    global _escape_json, _dumps, _summarise_sip, _SipParseError, _table_for
+    global _proto_type_name, _UUID_fast, _CaptureRow
     if _rows_ready:
         return 0
     from datetime import UTC
@@ -71,6 +81,18 @@ cdef int _rows_init() except -1:
     _UTC = UTC
     _UUID_type = UUID
     _inet_cache_rows = wire._inet_cache
+    from json import dumps
+    from json.encoder import encode_basestring_ascii
+    from pipeline.hep.chunks import proto_type_name
+    from pipeline.sip import SipParseError, summarise_sip
+    _escape_json = encode_basestring_ascii
+    _dumps = dumps
+    _summarise_sip = summarise_sip
+    _SipParseError = SipParseError
+    _table_for = rows.table_for
+    _proto_type_name = proto_type_name
+    _UUID_fast = rows._UUID
+    _CaptureRow = rows.CaptureRow
     _rows_ready = True
     return 0
 
@@ -237,29 +259,47 @@ def copy_tuple(values, wire_format=None):
                       wire_format.data_header_jsonb)
 
 
+cdef object _pure_row(object value, object codec, object partition, object offset,
+                      bint store_auth_key):
+    """RecordCodec.decode + build_row, as pipeline.storage.batch.build_rows calls them."""
+    if value is None:
+        raise _RecordDecodeError("no_value", "tombstone or empty record")
+    record = codec.decode(value)
+    if type(record["capture_time"]) is not int:
+        _times_to_micros(record)
+    return _build_row(record, kafka_partition=partition, kafka_offset=offset,
+                      store_auth_key=store_auth_key)
+
+
 def build_rows(values, partition, offsets, *, codec, store_auth_key=False, wire_format=None):
     """Compiled `pipeline.storage.batch.build_rows`."""
     cdef Py_ssize_t index, n = len(values)
     cdef bint encode = wire_format is not None
     cdef bint protocol_jsonb = False, data_jsonb = False
+    cdef const uint8_t* p
+    cdef _Rec rec
     _rows_init()
     if encode:
         protocol_jsonb = wire_format.protocol_header_jsonb
         data_jsonb = wire_format.data_header_jsonb
     cdef list rows = []
     cdef list failures = []
-    decode = codec.decode
-    build = _build_row
+    fused = _fused_fingerprint(codec)
+    cdef bytes fused_header = b"\xc3\x01" + fused if fused is not None else None
     for index in range(n):
         value = values[index]
+        offset = offsets[index]
+        row = None
         try:
-            if value is None:
-                raise _RecordDecodeError("no_value", "tombstone or empty record")
-            record = decode(value)
-            if type(record["capture_time"]) is not int:
-                _times_to_micros(record)
-            row = build(record, kafka_partition=partition, kafka_offset=offsets[index],
-                        store_auth_key=store_auth_key)
+            if (fused_header is not None and type(value) is bytes
+                    and len(<bytes>value) > 10
+                    and memcmp(PyBytes_AS_STRING(value), PyBytes_AS_STRING(fused_header),
+                               10) == 0):
+                p = <const uint8_t*>PyBytes_AS_STRING(value)
+                if _read_body(p, len(<bytes>value), &rec) == 0:
+                    row = _fused_row(p, &rec, value, partition, offset, store_auth_key)
+            if row is None:
+                row = _pure_row(value, codec, partition, offset, store_auth_key)
         except _RecordDecodeError as exc:
             failures.append(_RowFailure(index, exc.reason, exc.detail))
             continue
@@ -274,3 +314,501 @@ def build_rows(values, partition, offsets, *, codec, store_auth_key=False, wire_
                 pass
         rows.append(row)
     return rows, failures
+
+
+# -- Fused Avro decode and row build (the common case) --------------------------------
+#
+# `build_rows` reads values written with the newest writer schema straight from their
+# bytes and builds the row of a SIP message that parses, with a UTF-8 payload free of
+# NUL, or of a non-SIP payload: a translation of RecordCodec.decode + build_row for
+# that case. Anything else (an older schema, a malformed body, a varint beyond 63 bits,
+# a payload that is not clean UTF-8, a SIP parse error, a timestamp a datetime cannot
+# hold) goes through the pure functions themselves, which give the same rows and
+# failures by construction.
+
+from cpython.datetime cimport datetime_new
+from libc.stdio cimport snprintf
+from libc.string cimport memchr, memcmp, strlen
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8(object unicode) except NULL
+
+cdef struct _Span:
+    Py_ssize_t off
+    Py_ssize_t size
+    bint present
+
+
+cdef struct _OptInt:
+    int64_t value
+    bint present
+
+
+cdef struct _Rec:
+    Py_ssize_t record_id
+    int64_t hep_version
+    _OptInt ip_family
+    _OptInt ip_proto
+    _Span src_ip
+    _Span dst_ip
+    _OptInt src_port
+    _OptInt dst_port
+    int64_t capture_time
+    _OptInt proto_type
+    _OptInt capture_id
+    _Span auth_key
+    _Span correlation_id
+    _OptInt vlan
+    _Span node_name
+    _Span payload
+    int64_t receive_time
+    _Span transport
+    _Span sender_ip
+    _Span receiver_id
+
+
+# The newest schema's fields as the fused reader expects them: (name, shape).
+_FUSED_FIELDS = (
+    ("record_id", "fixed16"), ("hep_version", "int"), ("ip_family", "null|int"),
+    ("ip_proto", "null|int"), ("src_ip", "null|string"), ("dst_ip", "null|string"),
+    ("src_port", "null|int"), ("dst_port", "null|int"), ("capture_time", "long"),
+    ("capture_time_from_receiver", "boolean"), ("proto_type", "null|int"),
+    ("capture_id", "null|long"), ("keep_alive", "null|int"),
+    ("auth_key_present", "boolean"), ("auth_key", "null|string"),
+    ("correlation_id", "null|string"), ("vlan", "null|int"), ("node_name", "null|string"),
+    ("payload", "bytes"), ("payload_was_compressed", "boolean"),
+    ("extra_chunks", "array<int,int,bytes>"), ("receive_time", "long"),
+    ("transport", "string"), ("sender_ip", "string"), ("sender_port", "int"),
+    ("receiver_id", "string"),
+)
+
+
+def _shape(schema):
+    if isinstance(schema, list):
+        return "|".join(_shape(branch) for branch in schema)
+    if isinstance(schema, str):
+        return schema
+    kind = schema["type"]
+    if kind == "fixed":
+        return f"fixed{schema['size']}"
+    if kind == "array":
+        items = schema["items"]
+        if isinstance(items, dict) and items.get("type") == "record":
+            return "array<" + ",".join(_shape(f["type"]) for f in items["fields"]) + ">"
+        return "array<" + _shape(items) + ">"
+    if kind == "record":
+        return "record"
+    return kind
+
+
+cdef dict _fused_fingerprints = {}   # id(codec) -> fingerprint the fused reader reads
+
+
+cdef object _fused_fingerprint(object codec):
+    """The writer fingerprint whose bodies the fused reader can read, or None."""
+    key = id(codec)
+    found = _fused_fingerprints.get(key, False)
+    if found is not False:
+        return found
+    writer = codec.writer
+    shapes = tuple((f["name"], _shape(f["type"])) for f in writer.parsed["fields"])
+    fingerprint = writer.fingerprint if shapes == _FUSED_FIELDS else None
+    if len(_fused_fingerprints) > 64:
+        _fused_fingerprints.clear()
+    _fused_fingerprints[key] = fingerprint
+    return fingerprint
+
+
+# Each reader returns 0, or 1 when the body is not the common case (read it the pure
+# way instead).
+
+cdef inline int _rd_long(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos,
+                         int64_t* out) noexcept:
+    cdef uint64_t result = 0
+    cdef int shift = 0
+    cdef uint8_t byte
+    while True:
+        if pos[0] >= n or shift > 56:
+            return 1  # truncated, or wider than 63 bits: the pure reader decides
+        byte = p[pos[0]]
+        pos[0] += 1
+        result |= (<uint64_t>(byte & 0x7F)) << shift
+        if not byte & 0x80:
+            out[0] = <int64_t>(result >> 1) ^ -(<int64_t>(result & 1))
+            return 0
+        shift += 7
+
+
+cdef inline int _rd_opt_long(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos,
+                             _OptInt* out) noexcept:
+    cdef int64_t branch
+    if _rd_long(p, n, pos, &branch):
+        return 1
+    if branch == 0:
+        out.present = False
+        return 0
+    if branch != 1:
+        return 1
+    out.present = True
+    return _rd_long(p, n, pos, &out.value)
+
+
+cdef inline int _rd_span(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos,
+                         _Span* out) noexcept:
+    cdef int64_t size
+    if _rd_long(p, n, pos, &size):
+        return 1
+    if size < 0 or size > n - pos[0]:
+        return 1
+    out.off = pos[0]
+    out.size = size
+    out.present = True
+    pos[0] += size
+    return 0
+
+
+cdef inline int _rd_opt_span(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos,
+                             _Span* out) noexcept:
+    cdef int64_t branch
+    if _rd_long(p, n, pos, &branch):
+        return 1
+    if branch == 0:
+        out.present = False
+        return 0
+    if branch != 1:
+        return 1
+    return _rd_span(p, n, pos, out)
+
+
+cdef inline int _rd_bool(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos) noexcept:
+    if pos[0] >= n or p[pos[0]] > 1:
+        return 1
+    pos[0] += 1
+    return 0
+
+
+cdef int _rd_chunks(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos) noexcept:
+    cdef int64_t count, ignored, i
+    cdef _Span value
+    while True:
+        if _rd_long(p, n, pos, &count):
+            return 1
+        if count == 0:
+            return 0
+        if count < 0:
+            count = -count
+            if _rd_long(p, n, pos, &ignored):
+                return 1
+        if count > n:
+            return 1
+        for i in range(count):
+            if (_rd_long(p, n, pos, &ignored) or _rd_long(p, n, pos, &ignored)
+                    or _rd_span(p, n, pos, &value)):
+                return 1
+
+
+cdef int _read_body(const uint8_t* p, Py_ssize_t n, _Rec* r) noexcept:
+    """The fields of a body of the newest schema (see _FUSED_FIELDS), from offset 10."""
+    cdef Py_ssize_t pos = 10
+    cdef _OptInt ignored
+    cdef int64_t sender_port
+    if n - pos < 16:
+        return 1
+    r.record_id = pos
+    pos += 16
+    if (_rd_long(p, n, &pos, &r.hep_version)
+            or _rd_opt_long(p, n, &pos, &r.ip_family)
+            or _rd_opt_long(p, n, &pos, &r.ip_proto)
+            or _rd_opt_span(p, n, &pos, &r.src_ip)
+            or _rd_opt_span(p, n, &pos, &r.dst_ip)
+            or _rd_opt_long(p, n, &pos, &r.src_port)
+            or _rd_opt_long(p, n, &pos, &r.dst_port)
+            or _rd_long(p, n, &pos, &r.capture_time)
+            or _rd_bool(p, n, &pos)
+            or _rd_opt_long(p, n, &pos, &r.proto_type)
+            or _rd_opt_long(p, n, &pos, &r.capture_id)
+            or _rd_opt_long(p, n, &pos, &ignored)
+            or _rd_bool(p, n, &pos)
+            or _rd_opt_span(p, n, &pos, &r.auth_key)
+            or _rd_opt_span(p, n, &pos, &r.correlation_id)
+            or _rd_opt_long(p, n, &pos, &r.vlan)
+            or _rd_opt_span(p, n, &pos, &r.node_name)
+            or _rd_span(p, n, &pos, &r.payload)
+            or _rd_bool(p, n, &pos)
+            or _rd_chunks(p, n, &pos)
+            or _rd_long(p, n, &pos, &r.receive_time)
+            or _rd_span(p, n, &pos, &r.transport)
+            or _rd_span(p, n, &pos, &r.sender_ip)
+            or _rd_long(p, n, &pos, &sender_port)
+            or _rd_span(p, n, &pos, &r.receiver_id)):
+        return 1
+    return 0 if pos == n else 1
+
+
+cdef inline bint _is_ascii_clean(const uint8_t* p, Py_ssize_t n) noexcept:
+    """ASCII without NUL: valid UTF-8 whose text needs no cleaning."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        if p[i] == 0 or p[i] >= 0x80:
+            return False
+    return True
+
+
+cdef object _text(const uint8_t* p, _Span s):
+    """A string field as the pure reader decodes it (UnicodeDecodeError alike)."""
+    if not s.present:
+        return None
+    if _is_ascii_clean(p + s.off, s.size):
+        return PyUnicode_DecodeASCII(<const char*>p + s.off, s.size, NULL)
+    return PyUnicode_DecodeUTF8(<const char*>p + s.off, s.size, NULL)
+
+
+cdef inline object _opt_int(_OptInt v):
+    return v.value if v.present else None
+
+
+cdef inline bint _json_plain(str text) noexcept:
+    """True when encode_basestring_ascii(text) is text in quotes."""
+    cdef Py_ssize_t i, n
+    cdef Py_UCS4 c
+    n = len(text)
+    for i in range(n):
+        c = text[i]
+        if c < 0x20 or c > 0x7E or c == 0x22 or c == 0x5C:
+            return False
+    return True
+
+
+cdef int _put_json_str(Buf* b, object text) except -1:
+    """What `_escape(text)` (json's encode_basestring_ascii) writes."""
+    cdef Py_ssize_t n
+    cdef const char* s
+    if not _json_plain(text):
+        escaped = _escape_json(text)
+        s = PyUnicode_AsUTF8AndSize(escaped, &n)
+        return _put_raw(b, s, n)
+    s = PyUnicode_AsUTF8AndSize(text, &n)
+    _put_byte(b, 34)
+    _put_raw(b, s, n)
+    return _put_byte(b, 34)
+
+
+cdef inline int _put_cstr(Buf* b, const char* s) except -1:
+    return _put_raw(b, s, strlen(s))
+
+
+cdef int _put_decimal(Buf* b, int64_t value) except -1:
+    cdef char digits[24]
+    cdef int k = snprintf(digits, sizeof(digits), "%lld", <long long>value)
+    return _put_raw(b, digits, k)
+
+
+cdef str _buf_text(Buf* b):
+    return PyUnicode_DecodeASCII(b.data, b.size, NULL)
+
+
+cdef str _clean_nul(object text):
+    if text is None or "\x00" not in text:
+        return text
+    return text.replace("\x00", "")
+
+
+# Microseconds since 1970 a datetime can hold (years 1 to 9999).
+DEF _MIN_MICROS = -62135596800000000
+DEF _MAX_MICROS = 253402300799999999
+
+
+cdef object _utc_datetime(int64_t micros):
+    """_EPOCH + timedelta(microseconds=micros), for micros in range."""
+    cdef int64_t days = micros // 86400000000
+    cdef int64_t rest = micros - days * 86400000000
+    cdef int64_t z, era, doe, yoe, y, doy, mp, d, m
+    # Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    z = days + 719468
+    era = (z if z >= 0 else z - 146096) // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    y = yoe + era * 400
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3 if mp < 10 else mp - 9
+    if m <= 2:
+        y += 1
+    return datetime_new(y, m, d, rest // 3600000000, (rest // 60000000) % 60,
+                        (rest // 1000000) % 60, rest % 1000000, _UTC)
+
+
+cdef object _fused_row(const uint8_t* p, _Rec* r, object value, object partition,
+                       object offset, bint store_auth_key):
+    """The CaptureRow of the record at `p`, or None to take the pure path."""
+    cdef Buf h
+    cdef int64_t seconds, useconds, hep_type
+    cdef bint is_sip = not r.proto_type.present or r.proto_type.value == 1
+    cdef const uint8_t* payload_p = p + r.payload.off
+    if not _is_ascii_clean(payload_p, r.payload.size):
+        # Non-ASCII UTF-8 is common enough to take here too; NUL and invalid UTF-8
+        # (raw_bytes) are not.
+        if memchr(payload_p, 0, r.payload.size) != NULL:
+            return None
+        try:
+            raw = PyUnicode_DecodeUTF8(<const char*>payload_p, r.payload.size, NULL)
+        except UnicodeDecodeError:
+            return None
+    else:
+        raw = PyUnicode_DecodeASCII(<const char*>payload_p, r.payload.size, NULL)
+    if not (_MIN_MICROS <= r.capture_time <= _MAX_MICROS
+            and _MIN_MICROS <= r.receive_time <= _MAX_MICROS):
+        return None
+    try:
+        src_ip = _text(p, r.src_ip)
+        dst_ip = _text(p, r.dst_ip)
+        auth_key = _text(p, r.auth_key)
+        correlation_id = _clean_nul(_text(p, r.correlation_id))
+        node_name = _clean_nul(_text(p, r.node_name))
+        transport = _text(p, r.transport)
+        _text(p, r.sender_ip)
+        receiver_id = _text(p, r.receiver_id)
+    except UnicodeDecodeError:
+        return None
+    sip = None
+    if is_sip:
+        payload = PyBytes_FromStringAndSize(<const char*>payload_p, r.payload.size)
+        try:
+            sip = _summarise_sip(payload)
+        except _SipParseError:
+            return None  # the pure path scans the Call-ID and keeps the reason
+
+    h.data = <char*>PyMem_Malloc(512)
+    if h.data == NULL:
+        raise MemoryError()
+    h.size = 0
+    h.cap = 512
+    try:
+        # protocol_header, as rows._protocol_header writes it.
+        _put_cstr(&h, '{"protocolFamily":')
+        _put_decimal(&h, r.ip_family.value if r.ip_family.present else 0)
+        _put_cstr(&h, ',"protocol":')
+        _put_decimal(&h, r.ip_proto.value if r.ip_proto.present else 0)
+        _put_cstr(&h, ',"srcIp":')
+        _put_json_str(&h, src_ip or "")
+        _put_cstr(&h, ',"dstIp":')
+        _put_json_str(&h, dst_ip or "")
+        _put_cstr(&h, ',"srcPort":')
+        _put_decimal(&h, r.src_port.value if r.src_port.present else 0)
+        _put_cstr(&h, ',"dstPort":')
+        _put_decimal(&h, r.dst_port.value if r.dst_port.present else 0)
+        seconds = r.capture_time // 1000000
+        useconds = r.capture_time - seconds * 1000000
+        _put_cstr(&h, ',"timeSeconds":')
+        _put_decimal(&h, seconds)
+        _put_cstr(&h, ',"timeUseconds":')
+        _put_decimal(&h, useconds)
+        _put_cstr(&h, ',"payloadType":')
+        _put_decimal(&h, r.proto_type.value if r.proto_type.present else 1)
+        _put_cstr(&h, ',"captureId":')
+        if r.capture_id.present:
+            _put_byte(&h, 34)
+            _put_decimal(&h, r.capture_id.value)
+            _put_byte(&h, 34)
+        else:
+            _put_cstr(&h, '""')
+        _put_cstr(&h, ',"correlation_id":')
+        _put_json_str(&h, correlation_id or "")
+        _put_cstr(&h, ',"transport":')
+        _put_json_str(&h, transport or "")
+        _put_cstr(&h, ',"receiverId":')
+        _put_json_str(&h, receiver_id or "")
+        if node_name:
+            _put_cstr(&h, ',"nodeName":')
+            _put_json_str(&h, node_name)
+        if store_auth_key and auth_key is not None:
+            _put_cstr(&h, ',"capturePass":')
+            _put_json_str(&h, _clean_nul(auth_key) or "")
+        _put_byte(&h, 125)
+        protocol_header = _buf_text(&h)
+
+        record_id = _UUID_fast(PyBytes_FromStringAndSize(<const char*>p + r.record_id, 16))
+        hep_version = r.hep_version if -32768 <= r.hep_version <= 32767 else None
+        ip_family = r.ip_family.value if r.ip_family.present and -32768 <= r.ip_family.value <= 32767 else None
+        ip_proto = r.ip_proto.value if r.ip_proto.present and -32768 <= r.ip_proto.value <= 32767 else None
+        hep_type = r.proto_type.value if r.proto_type.present else 1
+        hep_type_value = hep_type if -32768 <= hep_type <= 32767 else None
+        create_date = _utc_datetime(r.capture_time)
+        receive_time = _utc_datetime(r.receive_time)
+
+        h.size = 0
+        if sip is not None:
+            (is_request, method, status_code, reason, ruri_user, ruri_domain, call_id,
+             cseq_number, cseq_method, from_user, from_domain, from_tag, to_user, to_domain,
+             to_tag, via_branch, contact_user, contact_host, expires, user_agent, content_type,
+             reason_header, pai_user) = sip
+            if is_request:
+                table = _table_for(r.proto_type.value if r.proto_type.present else None, method)
+                homer_method = method
+            else:
+                table = _table_for(r.proto_type.value if r.proto_type.present else None,
+                                   cseq_method)
+                homer_method = str(status_code)
+                method = None
+            # data_header, as build_row writes it for SIP.
+            _put_cstr(&h, '{"callid":')
+            _put_json_str(&h, call_id)
+            _put_cstr(&h, ',"method":')
+            _put_json_str(&h, homer_method)
+            _put_cstr(&h, ',"cseq":')
+            _put_json_str(&h, f"{cseq_number} {cseq_method}")
+            for key, field in (("ruri_user", ruri_user), ("ruri_domain", ruri_domain),
+                               ("from_user", from_user), ("from_domain", from_domain),
+                               ("from_tag", from_tag), ("to_user", to_user),
+                               ("to_domain", to_domain), ("to_tag", to_tag),
+                               ("contact_user", contact_user),
+                               ("contact_domain", contact_host),
+                               ("user_agent", user_agent), ("pid_user", pai_user),
+                               ("content_type", content_type),
+                               ("reason", reason_header)):
+                _put_cstr(&h, ',"')
+                _put_cstr(&h, PyUnicode_AsUTF8(key))
+                _put_cstr(&h, '":')
+                _put_json_str(&h, field or "")
+            _put_cstr(&h, ',"expires":')
+            _put_json_str(&h, str(expires) if expires is not None else "")
+            _put_byte(&h, 125)
+            data_header = _buf_text(&h)
+            if status_code is not None and not -32768 <= status_code <= 32767:
+                status_code = None
+            if cseq_number is not None and not -9223372036854775808 <= cseq_number <= 9223372036854775807:
+                cseq_number = None
+            if expires is not None and not -2147483648 <= expires <= 2147483647:
+                expires = None
+            values = (
+                call_id if len(call_id) <= 256 else call_id[:256],
+                create_date, protocol_header, data_header, raw, None,
+                record_id, hep_version, hep_type_value, _opt_int(r.capture_id), node_name,
+                correlation_id, ip_family, ip_proto, src_ip, _opt_int(r.src_port), dst_ip,
+                _opt_int(r.dst_port), _opt_int(r.vlan), receive_time,
+                call_id, method, status_code, reason, cseq_number, cseq_method,
+                from_user, from_domain, from_tag, to_user, to_domain, to_tag,
+                ruri_user, ruri_domain, user_agent, via_branch, contact_user, contact_host,
+                expires, None, partition, offset,
+            )
+        else:
+            proto_type = r.proto_type.value
+            table = _table_for(proto_type, None)
+            sid = correlation_id or ""
+            data_header = _dumps({
+                "node": node_name or (str(r.capture_id.value) if r.capture_id.present else ""),
+                "proto": _proto_type_name(proto_type).lower(),
+            })
+            values = (
+                sid if len(sid) <= 256 else sid[:256],
+                create_date, protocol_header, data_header, raw, None,
+                record_id, hep_version, hep_type_value, _opt_int(r.capture_id), node_name,
+                correlation_id, ip_family, ip_proto, src_ip, _opt_int(r.src_port), dst_ip,
+                _opt_int(r.dst_port), _opt_int(r.vlan), receive_time,
+                None, None, None, None, None, None, None, None, None, None, None, None,
+                None, None, None, None, None, None, None, None, partition, offset,
+            )
+    finally:
+        PyMem_Free(h.data)
+    return _CaptureRow(table, values)

@@ -618,9 +618,15 @@ DEF _MIN_MICROS = -62135596800000000
 DEF _MAX_MICROS = 253402300799999999
 
 
+cdef inline int64_t _floor_div(int64_t a, int64_t b) noexcept:
+    """Python's a // b for b > 0 (the module divides the C way: cdivision)."""
+    cdef int64_t q = a // b
+    return q - 1 if (a % b) < 0 else q
+
+
 cdef object _utc_datetime(int64_t micros):
     """_EPOCH + timedelta(microseconds=micros), for micros in range."""
-    cdef int64_t days = micros // 86400000000
+    cdef int64_t days = _floor_div(micros, 86400000000)
     cdef int64_t rest = micros - days * 86400000000
     cdef int64_t z, era, doe, yoe, y, doy, mp, d, m
     # Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
@@ -698,7 +704,7 @@ cdef object _fused_row(const uint8_t* p, _Rec* r, object value, object partition
         _put_decimal(&h, r.src_port.value if r.src_port.present else 0)
         _put_cstr(&h, ',"dstPort":')
         _put_decimal(&h, r.dst_port.value if r.dst_port.present else 0)
-        seconds = r.capture_time // 1000000
+        seconds = _floor_div(r.capture_time, 1000000)
         useconds = r.capture_time - seconds * 1000000
         _put_cstr(&h, ',"timeSeconds":')
         _put_decimal(&h, seconds)

@@ -5,6 +5,9 @@ from collections.abc import Callable, Sequence
 from pipeline.hep.packet import HepPacket
 from pipeline.records.codec import RecordCodec
 from pipeline.records.mapping import ReceiveContext
+from pipeline.storage.batch import RowFailure
+from pipeline.storage.rows import CaptureRow
+from pipeline.storage.wire import WireFormat
 
 def decode_packet(data: bytes | memoryview) -> HepPacket: ...
 def scan_call_id(payload: bytes, limit: int = 4096) -> bytes | None: ...
@@ -32,3 +35,16 @@ def packet_encoder(
     codec: RecordCodec,
 ) -> Callable[[HepPacket, bytes, int, ReceiveContext], bytes] | None: ...
 def datagram_encoder(codec: RecordCodec) -> PacketEncoder | None: ...
+
+# The consumer's per-record path (_speedups_rows.pxi): pipeline.storage.batch.build_rows
+# and pipeline.storage.wire.copy_tuple.
+def build_rows(
+    values: Sequence[bytes | None],
+    partition: int,
+    offsets: Sequence[int],
+    *,
+    codec: RecordCodec,
+    store_auth_key: bool = False,
+    wire_format: WireFormat | None = None,
+) -> tuple[list[CaptureRow], list[RowFailure]]: ...
+def copy_tuple(values: Sequence[object], wire_format: WireFormat | None = None) -> bytes: ...

@@ -5,6 +5,7 @@ from collections.abc import Callable, Sequence
 from pipeline.hep.packet import HepPacket
 from pipeline.records.codec import RecordCodec
 from pipeline.records.mapping import ReceiveContext
+from pipeline.sip import SipSummary
 from pipeline.storage.batch import RowFailure
 from pipeline.storage.rows import CaptureRow
 from pipeline.storage.wire import WireFormat
@@ -48,3 +49,4 @@ def build_rows(
     wire_format: WireFormat | None = None,
 ) -> tuple[list[CaptureRow], list[RowFailure]]: ...
 def copy_tuple(values: Sequence[object], wire_format: WireFormat | None = None) -> bytes: ...
+def summarise_sip(payload: bytes) -> SipSummary: ...

@@ -52,13 +52,25 @@ cdef object _table_for = None
 cdef object _proto_type_name = None
 cdef object _UUID_fast = None
 cdef object _CaptureRow = None
+cdef object _start_line = None
+cdef object _summary_from = None
+cdef object _call_id_cseq = None
+cdef object _party_py = None
+cdef object _via_py = None
+cdef object _contact_py = None
+cdef object _pai_py = None
+cdef object _to_int = None
+cdef object _param = None
+cdef object _SipSummary = None
 
 
 cdef int _rows_init() except -1:
     global _rows_ready, _wire, _build_row, _times_to_micros, _RecordDecodeError
     global _RowFailure, _protocol_header_index, _UTC, _UUID_type, _inet_cache_rows
     global _escape_json, _dumps, _summarise_sip, _SipParseError, _table_for
-    global _proto_type_name, _UUID_fast, _CaptureRow
+    global _proto_type_name, _UUID_fast, _CaptureRow, _start_line, _summary_from
+    global _call_id_cseq, _party_py, _via_py, _contact_py, _pai_py, _to_int, _param
+    global _SipSummary
     if _rows_ready:
         return 0
     from datetime import UTC
@@ -88,6 +100,17 @@ cdef int _rows_init() except -1:
     _escape_json = encode_basestring_ascii
     _dumps = dumps
     _summarise_sip = summarise_sip
+    from pipeline.sip import parser
+    _start_line = parser._start_line
+    _summary_from = parser._summary
+    _call_id_cseq = parser._call_id_cseq
+    _party_py = parser._party
+    _via_py = parser._via
+    _contact_py = parser._contact
+    _pai_py = parser._pai
+    _to_int = parser._to_int
+    _param = parser._param
+    _SipSummary = parser.SipSummary
     _SipParseError = SipParseError
     _table_for = rows.table_for
     _proto_type_name = proto_type_name
@@ -681,7 +704,9 @@ cdef object _fused_row(const uint8_t* p, _Rec* r, object value, object partition
     if is_sip:
         payload = PyBytes_FromStringAndSize(<const char*>payload_p, r.payload.size)
         try:
-            sip = _summarise_sip(payload)
+            sip = _summarise_fast(payload)
+            if sip is None:
+                sip = _summarise_sip(payload)
         except _SipParseError:
             return None  # the pure path scans the Call-ID and keeps the reason
 
@@ -818,3 +843,355 @@ cdef object _fused_row(const uint8_t* p, _Rec* r, object value, object partition
     finally:
         PyMem_Free(h.data)
     return _CaptureRow(table, values)
+
+
+# -- SIP summary (pipeline.sip.parser.summarise_sip) ----------------------------------
+#
+# The head's lines are split and their names recognised in C, for the headers the
+# summary reads; the start line and the header values are then parsed by the parser's
+# own functions (_start_line, _summary and the value caches they use). A head with a
+# byte outside ASCII (str.lower and the UTF-8 decoding with replacement have cases of
+# their own) takes summarise_sip itself.
+
+# Canonical names of the headers _summary reads, and their compact forms.
+_SUMMARY_HEADERS = (
+    "call-id", "from", "to", "via", "contact", "cseq", "expires", "p-asserted-identity",
+    "user-agent", "server", "content-type", "reason",
+)
+DEF _NSUMMARY = 12
+# The same names as C strings (literals: they live as long as the module) and the
+# compact form of each (0: none).
+cdef const char* _summary_names[_NSUMMARY]
+_summary_names[:] = [b"call-id", b"from", b"to", b"via", b"contact", b"cseq", b"expires",
+                     b"p-asserted-identity", b"user-agent", b"server", b"content-type",
+                     b"reason"]
+cdef char _compact_of[_NSUMMARY]
+_compact_of[:] = [b"i"[0], b"f"[0], b"t"[0], b"v"[0], b"m"[0], 0, 0, 0, 0, 0, b"c"[0], 0]
+
+
+cdef inline bint _is_ws(uint8_t c) noexcept:
+    return c == 32 or c == 9
+
+
+cdef int _summary_slot(const uint8_t* p, Py_ssize_t a, Py_ssize_t b) noexcept:
+    """The slot of the header name p[a:b] (stripped, case-insensitive), or -1."""
+    cdef Py_ssize_t n, i
+    cdef int slot
+    cdef const char* name
+    cdef uint8_t c
+    while a < b and _is_ws(p[a]):
+        a += 1
+    while b > a and _is_ws(p[b - 1]):
+        b -= 1
+    n = b - a
+    if n == 1:
+        c = _lower(p[a])
+        for slot in range(_NSUMMARY):
+            if _compact_of[slot] == <char>c:
+                return slot
+    for slot in range(_NSUMMARY):
+        name = _summary_names[slot]
+        if <Py_ssize_t>strlen(name) != n:
+            continue
+        for i in range(n):
+            if _lower(p[a + i]) != <uint8_t>name[i]:
+                break
+        else:
+            return slot
+    return -1
+
+
+cdef inline bint _is_ws_cr(uint8_t c) noexcept:
+    return c == 32 or c == 9 or c == 13
+
+
+cdef object _stripped_text(const uint8_t* p, Py_ssize_t a, Py_ssize_t b):
+    """p[a:b].strip(" \\t\\r") as str (ASCII)."""
+    while a < b and _is_ws_cr(p[a]):
+        a += 1
+    while b > a and _is_ws_cr(p[b - 1]):
+        b -= 1
+    return PyUnicode_DecodeASCII(<const char*>p + a, b - a, NULL)
+
+
+cdef object _summarise_fast(bytes payload):
+    """summarise_sip(payload) for an ASCII head; None to call summarise_sip itself."""
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(payload)
+    cdef Py_ssize_t n = len(payload)
+    cdef Py_ssize_t start = 0, end = -1, i, line_start, line_end, colon
+    cdef int slot, last_slot = -1
+    cdef bint can_fold = False, blank = True
+    cdef list found = [None] * _NSUMMARY
+    # _split_head
+    if n and (p[0] == 13 or p[0] == 10):
+        while start < n and (p[start] == 13 or p[start] == 10):
+            start += 1
+    for i in range(start, n - 2):
+        if p[i] == 10 and p[i + 1] == 13 and p[i + 2] == 10:
+            end = i
+            break
+    for i in range(start, (end if end >= 0 else n) - 1):
+        if p[i] == 10 and p[i + 1] == 10:
+            end = i
+            break
+    if end < 0:
+        end = n
+    for i in range(start, end):
+        if p[i] >= 0x80:
+            return None
+        if not (p[i] == 32 or 9 <= p[i] <= 13):
+            blank = False
+    if blank:
+        return None  # empty: summarise_sip raises
+    line_end = start
+    while line_end < end and p[line_end] != 10:
+        line_end += 1
+    first_line = PyUnicode_DecodeASCII(<const char*>p + start, line_end - start, NULL)
+    parsed_start = _start_line(first_line)
+    # _collect, for the headers _summary reads
+    while line_end < end:
+        line_start = line_end + 1
+        line_end = line_start
+        while line_end < end and p[line_end] != 10:
+            line_end += 1
+        if line_start < line_end and _is_ws(p[line_start]):
+            # A continuation line (folded header value).
+            cont = _stripped_text(p, line_start, line_end)
+            if can_fold and cont and last_slot >= 0:
+                prev = found[last_slot]
+                found[last_slot] = f"{prev} {cont}" if prev else cont
+            continue
+        colon = -1
+        for i in range(line_start, line_end):
+            if p[i] == 58:
+                colon = i
+                break
+        if colon < 0:
+            can_fold = False
+            continue
+        i = line_start
+        while i < colon and _is_ws(p[i]):
+            i += 1
+        if i == colon:  # an empty name: not a header
+            can_fold = False
+            continue
+        slot = _summary_slot(p, line_start, colon)
+        can_fold = True
+        last_slot = -1
+        if slot >= 0 and found[slot] is None:
+            found[slot] = _stripped_text(p, colon + 1, line_end)
+            last_slot = slot
+    first = {}
+    for slot in range(_NSUMMARY):
+        if found[slot] is not None:
+            first[_SUMMARY_HEADERS[slot]] = found[slot]
+    return _summary_of(parsed_start, first)
+
+
+def summarise_sip(payload):
+    """Compiled `pipeline.sip.parser.summarise_sip`."""
+    _rows_init()
+    summary = _summarise_fast(bytes(payload)) if type(payload) is bytes else None
+    return summary if summary is not None else _summarise_sip(payload)
+
+
+# From, To and Via carry values new with every dialog or transaction (tags, branches):
+# the parser's caches miss on them. Their common shapes are read here; any other shape
+# goes to the parser's own function (_party, _via).
+
+cdef inline Py_ssize_t _find_char(const char* s, Py_ssize_t a, Py_ssize_t b, char c) noexcept:
+    cdef Py_ssize_t i
+    for i in range(a, b):
+        if s[i] == c:
+            return i
+    return -1
+
+
+cdef inline Py_ssize_t _find_text(const char* s, Py_ssize_t a, Py_ssize_t b,
+                                  const char* needle, Py_ssize_t k) noexcept:
+    cdef Py_ssize_t i
+    for i in range(a, b - k + 1):
+        if memcmp(s + i, needle, k) == 0:
+            return i
+    return -1
+
+
+cdef object _ws_stripped_or_none(const char* s, Py_ssize_t a, Py_ssize_t b):
+    """s[a:b].strip(" \\t") or None."""
+    while a < b and (s[a] == 32 or s[a] == 9):
+        a += 1
+    while b > a and (s[b - 1] == 32 or s[b - 1] == 9):
+        b -= 1
+    if a == b:
+        return None
+    return PyUnicode_DecodeASCII(s + a, b - a, NULL)
+
+
+cdef bint _plain_ascii(const char* s, Py_ssize_t n) noexcept:
+    """Printable ASCII, spaces and tabs only: str.split() and strip() act on SP/HT."""
+    cdef Py_ssize_t i
+    cdef uint8_t c
+    for i in range(n):
+        c = <uint8_t>s[i]
+        if not (32 <= c <= 126 or c == 9):
+            return False
+    return True
+
+
+cdef object _tag_param(const char* s, Py_ssize_t a, Py_ssize_t b, object params_text):
+    """_param(s[a:b], ";tag=") (params_text builds s[a:b] for the parser's own
+    case-insensitive search when the usual spelling is absent)."""
+    cdef Py_ssize_t at, end
+    if a >= b:
+        return None
+    at = _find_text(s, a, b, ";tag=", 5)
+    if at < 0:
+        return _param(params_text(), ";tag=")
+    at += 5
+    end = _find_char(s, at, b, 59)
+    return _ws_stripped_or_none(s, at, end if end >= 0 else b)
+
+
+cdef object _party_fast(str value):
+    """(user, domain, tag) of _parse_party(value), or None for the parser's _party."""
+    cdef Py_ssize_t n, a, b, lt, gt, close, at, colon, end, uri_a, uri_b
+    cdef const char* s = PyUnicode_AsUTF8AndSize(value, &n)
+    if not _plain_ascii(s, n):
+        return None
+    a = 0
+    b = n
+    while a < b and (s[a] == 32 or s[a] == 9):
+        a += 1
+    while b > a and (s[b - 1] == 32 or s[b - 1] == 9):
+        b -= 1
+    if a < b and s[a] == 34:  # a quoted display name
+        close = _find_char(s, a + 1, b, 34)
+        if close < 0 or _find_char(s, a + 1, close, 92) >= 0:
+            return None
+        lt = _find_char(s, close + 1, b, 60)
+    else:
+        lt = _find_char(s, a, b, 60)
+    if lt < 0:
+        return None  # addr-spec form
+    gt = _find_char(s, lt, b, 62)
+    if gt < 0:
+        return None
+    # The URI: rest[lt + 1:gt].strip(_WS), then _parse_uri on it.
+    uri_a = lt + 1
+    uri_b = gt
+    while uri_a < uri_b and (s[uri_a] == 32 or s[uri_a] == 9):
+        uri_a += 1
+    while uri_b > uri_a and (s[uri_b - 1] == 32 or s[uri_b - 1] == 9):
+        uri_b -= 1
+    if uri_b - uri_a >= 4 and memcmp(s + uri_a, "sip:", 4) == 0:
+        uri_a += 4
+    elif uri_b - uri_a >= 5 and memcmp(s + uri_a, "sips:", 5) == 0:
+        uri_a += 5
+    elif uri_a == uri_b:
+        user = domain = None  # no URI at all: _parse_party leaves both None
+        return (user, domain, _tag_param(s, gt + 1, b, lambda: value[gt + 1:b]))
+    else:
+        return None  # tel:, other schemes and spellings: the parser
+    user = None
+    at = _find_char(s, uri_a, uri_b, 64)
+    if at >= 0:
+        colon = _find_char(s, uri_a, at, 58)
+        end = colon if colon >= 0 else at
+        if end > uri_a:
+            user = PyUnicode_DecodeASCII(s + uri_a, end - uri_a, NULL)
+        uri_a = at + 1
+    # hostport = rest.partition(";")[0], then .partition("?")[0], stripped
+    end = _find_char(s, uri_a, uri_b, 59)
+    if end >= 0:
+        uri_b = end
+    end = _find_char(s, uri_a, uri_b, 63)
+    if end >= 0:
+        uri_b = end
+    while uri_a < uri_b and (s[uri_a] == 32 or s[uri_a] == 9):
+        uri_a += 1
+    while uri_b > uri_a and (s[uri_b - 1] == 32 or s[uri_b - 1] == 9):
+        uri_b -= 1
+    if uri_a < uri_b and s[uri_a] == 91:
+        return None  # [IPv6]: the parser
+    colon = _find_char(s, uri_a, uri_b, 58)
+    if colon >= 0 and _find_char(s, colon + 1, uri_b, 58) >= 0:
+        domain = PyUnicode_DecodeASCII(s + uri_a, uri_b - uri_a, NULL)
+    else:
+        end = colon if colon >= 0 else uri_b
+        domain = PyUnicode_DecodeASCII(s + uri_a, end - uri_a, NULL) if end > uri_a else None
+    return (user, domain, _tag_param(s, gt + 1, b, lambda: value[gt + 1:b]))
+
+
+cdef object _via_branch_fast(str value, object fallback):
+    """_via(value)[3] for a single Via of the usual shape, else fallback(value)[3]."""
+    cdef Py_ssize_t n, a, token_end, slashes, i, semi, at, end
+    cdef const char* s = PyUnicode_AsUTF8AndSize(value, &n)
+    if not _plain_ascii(s, n) or _find_char(s, 0, n, 44) >= 0:
+        return fallback(value)[3]
+    a = 0
+    while a < n and (s[a] == 32 or s[a] == 9):
+        a += 1
+    token_end = a
+    slashes = 0
+    while token_end < n and s[token_end] != 32 and s[token_end] != 9:
+        if s[token_end] == 47:
+            slashes += 1
+        token_end += 1
+    i = token_end
+    while i < n and (s[i] == 32 or s[i] == 9):
+        i += 1
+    if slashes != 2 or i >= n or token_end == a:
+        return fallback(value)[3]
+    semi = _find_char(s, i, n, 59)
+    if semi < 0:
+        return None
+    at = _find_text(s, semi, n, ";branch=", 8)
+    if at < 0:
+        return fallback(value)[3]
+    at += 8
+    end = _find_char(s, at, n, 59)
+    return _ws_stripped_or_none(s, at, end if end >= 0 else n)
+
+
+cdef object _summary_of(object start, dict first):
+    """pipeline.sip.parser._summary, with the fast From/To/Via readers."""
+    is_request, method, status_code, reason, _, ruri_user, ruri_domain = start
+    call_id, cseq_number, cseq_method = _call_id_cseq(first)
+    get = first.get
+    value = get("from")
+    if value:
+        party = _party_fast(value)
+        if party is None:
+            party = _party_py(value)[1:]
+        from_user, from_domain, from_tag = party
+    else:
+        from_user = from_domain = from_tag = None
+    value = get("to")
+    if value:
+        party = _party_fast(value)
+        if party is None:
+            party = _party_py(value)[1:]
+        to_user, to_domain, to_tag = party
+    else:
+        to_user = to_domain = to_tag = None
+    value = get("via")
+    via_branch = _via_branch_fast(value, _via_py) if value else None
+    value = get("contact")
+    if value:
+        contact_user, contact_host, _, contact_expires = _contact_py(value)
+    else:
+        contact_user = contact_host = contact_expires = None
+    value = get("expires")
+    expires = _to_int(value, 10) if value is not None else None
+    if expires is None:
+        expires = contact_expires
+    value = get("p-asserted-identity")
+    return _SipSummary(
+        is_request, method, status_code, reason, ruri_user, ruri_domain, call_id,
+        cseq_number, cseq_method, from_user, from_domain, from_tag, to_user, to_domain,
+        to_tag, via_branch, contact_user, contact_host, expires,
+        get("user-agent") or get("server") or None,
+        get("content-type") or None,
+        get("reason") or None,
+        _pai_py(value) if value else None,
+    )

@@ -499,9 +499,15 @@ def summarise_sip(payload: bytes) -> SipSummary:
     never reads.
     """
     lines = _head_lines(payload)
-    is_request, method, status_code, reason, _, ruri_user, ruri_domain = _start_line(lines[0])
+    start = _start_line(lines[0])
     names, values = _collect(lines)
-    first = dict(zip(reversed(names), reversed(values), strict=True))
+    return _summary(start, dict(zip(reversed(names), reversed(values), strict=True)))
+
+
+def _summary(start: _Start, first: dict[str, str]) -> SipSummary:
+    """The summary of a message from its start line and the first value of each
+    header (canonical names: lower case, compact forms expanded)."""
+    is_request, method, status_code, reason, _, ruri_user, ruri_domain = start
     call_id, cseq_number, cseq_method = _call_id_cseq(first)
     get = first.get
 

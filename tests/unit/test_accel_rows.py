@@ -263,3 +263,59 @@ def test_datetimes_before_the_epochs_and_far_ahead() -> None:
         values: list[Any] = [None] * len(COLUMNS)
         values[COLUMNS.index("create_date")] = when
         assert _speedups.copy_tuple(values) == wire.copy_tuple(values)
+
+
+# -- the SIP summary ----------------------------------------------------------------
+
+_LINE = st.one_of(
+    st.sampled_from([
+        "Call-ID: a@b", "i:x@y", "CALL-id :  spaced  ", "f: <sip:u@d>;tag=1", "From:",
+        "To: \"T\" <sip:t@d>;tag=2", "v: SIP/2.0/TCP h;branch=z9", "Via: SIP / 2.0 / UDP h",
+        "m: <sip:c@h:5>;expires=60", "Contact: *", "CSeq: 1 INVITE", "cseq:2 BYE",
+        "CSeq: x INVITE", "Expires: 30", "Expires: -1", "User-Agent: ua", "Server: srv",
+        "c: application/sdp", "Reason: Q.850;cause=16", "P-Asserted-Identity: <sip:p@q>",
+        "no colon here", ": empty name", " folded continuation", "\tmore", "\r", "",
+        "X-Other: 1", "k: 100rel", " Call-ID: not-a-header", "Call-ID\r: odd",
+        "From: sip:a@b;tag=x", "To: <tel:+123>;tag=9", 'From: "A\\"B" <sip:x@y>;tag=1',
+        "f: <sip:u:pw@h:5060;transport=tcp?x=y>;TAG=up", "t: <sip:[::1]:5060>;tag=6",
+        "From: <sip:a@b:c:d>", "To: <>;tag=e", 'From: "unterminated <sip:a@b>',
+        "v: SIP/2.0/UDP h;BRANCH=x", "Via: SIP/2.0/UDP h , SIP/2.0/TCP g;branch=2",
+        "Via: SIP/2.0/UDP h;branch= ;x", "Via: SIP/2.0/UDP", "From: <sip:@h>;tag=",
+        "To: <sips:u@h>;x=1;tag= t ;y", "From: A <SIP:u@h>;tag=3", "t: <sip:u@h?a=b:c>",
+        "From: <sip:u@h>", "To: x <sip:u@h", "Via: SIP/2.0/UDP\th:1;rport;branch=z;x",
+        "From:\t<sip:u@h>\t;\ttag=w", "Via: SIP /2.0/UDP h;branch=q",
+    ]),
+    st.text(alphabet="abcCI-: \t\r;=<>@\"", max_size=20),
+)
+
+
+@st.composite
+def sip_heads(draw: st.DrawFn) -> bytes:
+    start = draw(st.sampled_from([
+        "INVITE sip:b@h SIP/2.0", "SIP/2.0 200 OK", "SIP/2.0 180", "BAD LINE",
+        "REGISTER sip:h SIP/2.0\r", "SIP/2.0 099 x", "", "  ",
+    ]))
+    lines = draw(st.lists(_LINE, max_size=14))
+    end = draw(st.sampled_from(["\r\n\r\n", "\n\n", "\r\n", "", "\r\n\r\nbody\r\n\r\n"]))
+    lead = draw(st.sampled_from(["", "\r\n", "\n\r\n"]))
+    data = (lead + "\r\n".join([start, *lines]) + end).encode()
+    return data + draw(st.sampled_from([b"", b"\xc3\xa9", b"\xff"]))
+
+
+def _summary_or_error(function: Any, payload: bytes) -> Any:
+    from pipeline.sip import SipParseError
+
+    try:
+        return function(payload)
+    except SipParseError as exc:
+        return ("error", exc.reason, exc.detail)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.one_of(sip_heads(), sip_payloads(), st.binary(max_size=40)))
+def test_sip_summary_is_the_parsers(payload: bytes) -> None:
+    from pipeline.sip import summarise_sip
+
+    assert _summary_or_error(_speedups.summarise_sip, payload) == _summary_or_error(
+        summarise_sip, payload
+    )

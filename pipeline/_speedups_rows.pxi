@@ -1038,22 +1038,25 @@ cdef bint _plain_ascii(const char* s, Py_ssize_t n) noexcept:
     return True
 
 
-cdef object _tag_param(const char* s, Py_ssize_t a, Py_ssize_t b, object params_text):
-    """_param(s[a:b], ";tag=") (params_text builds s[a:b] for the parser's own
-    case-insensitive search when the usual spelling is absent)."""
+cdef object _param_fast(const char* s, Py_ssize_t a, Py_ssize_t b, const char* needle,
+                        str value):
+    """_param(value[a:b], needle) (the parser's own case-insensitive search when the
+    usual spelling is absent)."""
     cdef Py_ssize_t at, end
+    cdef Py_ssize_t k = strlen(needle)
     if a >= b:
         return None
-    at = _find_text(s, a, b, ";tag=", 5)
+    at = _find_text(s, a, b, needle, k)
     if at < 0:
-        return _param(params_text(), ";tag=")
-    at += 5
+        return _param(value[a:b], needle.decode("ascii"))
+    at += k
     end = _find_char(s, at, b, 59)
     return _ws_stripped_or_none(s, at, end if end >= 0 else b)
 
 
-cdef object _party_fast(str value):
-    """(user, domain, tag) of _parse_party(value), or None for the parser's _party."""
+cdef object _addr_fast(str value, bint first_only, const char* needle):
+    """(user, domain, param) of a From/To/Contact value of the usual shape, as
+    _parse_addr + _parse_uri + _param(params, needle) give them; None for the parser."""
     cdef Py_ssize_t n, a, b, lt, gt, close, at, colon, end, uri_a, uri_b
     cdef const char* s = PyUnicode_AsUTF8AndSize(value, &n)
     if not _plain_ascii(s, n):
@@ -1071,11 +1074,20 @@ cdef object _party_fast(str value):
         lt = _find_char(s, close + 1, b, 60)
     else:
         lt = _find_char(s, a, b, 60)
+        if first_only:
+            close = _find_char(s, a, b, 44)
+            if close >= 0 and (lt < 0 or close < lt):
+                return None  # a list whose first element is an addr-spec
     if lt < 0:
         return None  # addr-spec form
     gt = _find_char(s, lt, b, 62)
     if gt < 0:
         return None
+    if first_only:
+        # params = rest[gt + 1:], cut at its first comma
+        end = _find_char(s, gt + 1, b, 44)
+        if end >= 0:
+            b = end
     # The URI: rest[lt + 1:gt].strip(_WS), then _parse_uri on it.
     uri_a = lt + 1
     uri_b = gt
@@ -1088,8 +1100,8 @@ cdef object _party_fast(str value):
     elif uri_b - uri_a >= 5 and memcmp(s + uri_a, "sips:", 5) == 0:
         uri_a += 5
     elif uri_a == uri_b:
-        user = domain = None  # no URI at all: _parse_party leaves both None
-        return (user, domain, _tag_param(s, gt + 1, b, lambda: value[gt + 1:b]))
+        # No URI at all: user and domain stay None.
+        return (None, None, _param_fast(s, gt + 1, b, needle, value))
     else:
         return None  # tel:, other schemes and spellings: the parser
     user = None
@@ -1119,7 +1131,7 @@ cdef object _party_fast(str value):
     else:
         end = colon if colon >= 0 else uri_b
         domain = PyUnicode_DecodeASCII(s + uri_a, end - uri_a, NULL) if end > uri_a else None
-    return (user, domain, _tag_param(s, gt + 1, b, lambda: value[gt + 1:b]))
+    return (user, domain, _param_fast(s, gt + 1, b, needle, value))
 
 
 cdef object _via_branch_fast(str value, object fallback):
@@ -1160,7 +1172,7 @@ cdef object _summary_of(object start, dict first):
     get = first.get
     value = get("from")
     if value:
-        party = _party_fast(value)
+        party = _addr_fast(value, False, ";tag=")
         if party is None:
             party = _party_py(value)[1:]
         from_user, from_domain, from_tag = party
@@ -1168,7 +1180,7 @@ cdef object _summary_of(object start, dict first):
         from_user = from_domain = from_tag = None
     value = get("to")
     if value:
-        party = _party_fast(value)
+        party = _addr_fast(value, False, ";tag=")
         if party is None:
             party = _party_py(value)[1:]
         to_user, to_domain, to_tag = party
@@ -1178,7 +1190,12 @@ cdef object _summary_of(object start, dict first):
     via_branch = _via_branch_fast(value, _via_py) if value else None
     value = get("contact")
     if value:
-        contact_user, contact_host, _, contact_expires = _contact_py(value)
+        contact = _addr_fast(value, True, ";expires=")
+        if contact is None:
+            contact_user, contact_host, _, contact_expires = _contact_py(value)
+        else:
+            contact_user, contact_host, expires_param = contact
+            contact_expires = _to_int(expires_param, 10) if expires_param is not None else None
     else:
         contact_user = contact_host = contact_expires = None
     value = get("expires")

@@ -284,6 +284,10 @@ _LINE = st.one_of(
         "To: <sips:u@h>;x=1;tag= t ;y", "From: A <SIP:u@h>;tag=3", "t: <sip:u@h?a=b:c>",
         "From: <sip:u@h>", "To: x <sip:u@h", "Via: SIP/2.0/UDP\th:1;rport;branch=z;x",
         "From:\t<sip:u@h>\t;\ttag=w", "Via: SIP /2.0/UDP h;branch=q",
+        "Contact: <sip:a@b>;expires=30, <sip:c@d>", "m: <sip:u@h>;Expires=5",
+        'Contact: "Q" <sip:u@h:1>;expires=x1', "Contact: sip:u@h;expires=3",
+        "Contact: <sip:u@h>, x;expires=9", "m: a, <sip:u@h>;expires=1",
+        "Contact: <sip:u@h>;expires=12345678901", "Contact: <sip:u@h>;expires=,7",
     ]),
     st.text(alphabet="abcCI-: \t\r;=<>@\"", max_size=20),
 )

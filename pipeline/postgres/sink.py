@@ -521,14 +521,18 @@ class PostgresSink:
         tuples: list[bytes | memoryview] = [COPY_HEADER]
         add = tuples.append
         staging = table == STAGING_TABLE
+        # Per capture table, the staging tuple's start: field count and capture_table.
+        leads: dict[str, bytes] = {}
         try:
             for row in rows:
                 wire = row.wire
                 if wire is None:
                     wire = copy_tuple(row.values, wire_format)
                 if staging:
-                    add(_STAGING_FIELD_COUNT)
-                    add(text_field(row.table))
+                    lead = leads.get(row.table)
+                    if lead is None:
+                        lead = leads[row.table] = _STAGING_FIELD_COUNT + text_field(row.table)
+                    add(lead)
                     add(memoryview(wire)[2:])
                 else:
                     add(wire)

@@ -62,6 +62,7 @@ cdef object _pai_py = None
 cdef object _to_int = None
 cdef object _param = None
 cdef object _SipSummary = None
+cdef object _uri_py = None
 
 
 cdef int _rows_init() except -1:
@@ -70,7 +71,7 @@ cdef int _rows_init() except -1:
     global _escape_json, _dumps, _summarise_sip, _SipParseError, _table_for
     global _proto_type_name, _UUID_fast, _CaptureRow, _start_line, _summary_from
     global _call_id_cseq, _party_py, _via_py, _contact_py, _pai_py, _to_int, _param
-    global _SipSummary
+    global _SipSummary, _uri_py
     if _rows_ready:
         return 0
     from datetime import UTC
@@ -111,6 +112,7 @@ cdef int _rows_init() except -1:
     _to_int = parser._to_int
     _param = parser._param
     _SipSummary = parser.SipSummary
+    _uri_py = parser._uri
     _SipParseError = SipParseError
     _table_for = rows.table_for
     _proto_type_name = proto_type_name
@@ -947,7 +949,7 @@ cdef object _summarise_fast(bytes payload):
     while line_end < end and p[line_end] != 10:
         line_end += 1
     first_line = PyUnicode_DecodeASCII(<const char*>p + start, line_end - start, NULL)
-    parsed_start = _start_line(first_line)
+    parsed_start = _start_line_fast(first_line)
     # _collect, for the headers _summary reads
     while line_end < end:
         line_start = line_end + 1
@@ -991,8 +993,8 @@ cdef object _summarise_fast(bytes payload):
 def summarise_sip(payload):
     """Compiled `pipeline.sip.parser.summarise_sip`."""
     _rows_init()
-    summary = _summarise_fast(bytes(payload)) if type(payload) is bytes else None
-    return summary if summary is not None else _summarise_sip(payload)
+    summary = _summarise_fast(payload) if type(payload) is bytes else None
+    return _SipSummary._make(summary) if summary is not None else _summarise_sip(payload)
 
 
 # From, To and Via carry values new with every dialog or transaction (tags, branches):
@@ -1165,10 +1167,11 @@ cdef object _via_branch_fast(str value, object fallback):
     return _ws_stripped_or_none(s, at, end if end >= 0 else n)
 
 
-cdef object _summary_of(object start, dict first):
-    """pipeline.sip.parser._summary, with the fast From/To/Via readers."""
+cdef tuple _summary_of(object start, dict first):
+    """pipeline.sip.parser._summary, with the fast From/To/Via readers; a plain tuple
+    (the row builder unpacks it at once), a SipSummary for summarise_sip."""
     is_request, method, status_code, reason, _, ruri_user, ruri_domain = start
-    call_id, cseq_number, cseq_method = _call_id_cseq(first)
+    call_id, cseq_number, cseq_method = _call_id_cseq_fast(first)
     get = first.get
     value = get("from")
     if value:
@@ -1203,7 +1206,7 @@ cdef object _summary_of(object start, dict first):
     if expires is None:
         expires = contact_expires
     value = get("p-asserted-identity")
-    return _SipSummary(
+    return (
         is_request, method, status_code, reason, ruri_user, ruri_domain, call_id,
         cseq_number, cseq_method, from_user, from_domain, from_tag, to_user, to_domain,
         to_tag, via_branch, contact_user, contact_host, expires,
@@ -1212,3 +1215,117 @@ cdef object _summary_of(object start, dict first):
         get("reason") or None,
         _pai_py(value) if value else None,
     )
+
+
+# The start line and CSeq of the usual spelling; other spellings go to the parser's
+# own _start_line and _call_id_cseq.
+
+cdef inline bint _is_token_char(uint8_t c) noexcept:
+    # parser._is_token: [A-Za-z0-9.!%*_+`'~-]
+    return (48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122 or c == 46 or c == 33
+            or c == 37 or c == 42 or c == 95 or c == 43 or c == 96 or c == 39 or c == 126
+            or c == 45)
+
+
+cdef inline bint _is_blank(uint8_t c) noexcept:
+    return c == 32 or c == 9
+
+
+cdef object _start_line_fast(str line):
+    """parser._start_line(line) for a plain ASCII line (a final CR allowed)."""
+    cdef Py_ssize_t n, i, k, t0, t1, u0, u1, v0, v1
+    cdef const char* s = PyUnicode_AsUTF8AndSize(line, &n)
+    cdef uint8_t c
+    if n and s[n - 1] == 13:
+        n -= 1
+    if not _plain_ascii(s, n):
+        return _start_line(line)
+    i = 0
+    while i < n and _is_blank(s[i]):
+        i += 1
+    t0 = i
+    while i < n and not _is_blank(s[i]):
+        i += 1
+    t1 = i
+    while i < n and _is_blank(s[i]):
+        i += 1
+    u0 = i
+    while i < n and not _is_blank(s[i]):
+        i += 1
+    u1 = i
+    while i < n and _is_blank(s[i]):
+        i += 1
+    if t0 != 0:
+        return _start_line(line)  # start[:4] is not the first word's
+    if n >= 4 and s[0] == 83 and s[1] == 73 and s[2] == 80 and s[3] == 47:  # "SIP/"
+        # A status line: the code is the second word, the reason the rest.
+        if t1 - t0 != 7 or memcmp(s, "SIP/2.0", 7) != 0 or u1 - u0 != 3:
+            return _start_line(line)
+        for k in range(u0, u1):
+            c = <uint8_t>s[k]
+            if not 48 <= c <= 57:
+                return _start_line(line)
+        if s[u0] == 48 or s[u0] == 55 or s[u0] == 56 or s[u0] == 57:
+            return _start_line(line)
+        v1 = n
+        while v1 > i and _is_blank(s[v1 - 1]):
+            v1 -= 1
+        reason = PyUnicode_DecodeASCII(s + i, v1 - i, NULL) if v1 > i else None
+        code = (s[u0] - 48) * 100 + (s[u0 + 1] - 48) * 10 + (s[u0 + 2] - 48)
+        return (False, None, code, reason, None, None, None)
+    # A request line: method, URI and SIP/2.0, nothing more.
+    v0 = i
+    while i < n and not _is_blank(s[i]):
+        i += 1
+    v1 = i
+    while i < n and _is_blank(s[i]):
+        i += 1
+    if (i != n or t1 == t0 or v1 - v0 != 7 or memcmp(s + v0, "SIP/2.0", 7) != 0
+            or _find_char(s, u0, u1, 58) < 0):
+        return _start_line(line)
+    for k in range(t0, t1):
+        if not _is_token_char(<uint8_t>s[k]):
+            return _start_line(line)
+    method = PyUnicode_DecodeASCII(s + t0, t1 - t0, NULL)
+    request_uri = PyUnicode_DecodeASCII(s + u0, u1 - u0, NULL)
+    ruri_user, ruri_domain, _ = _uri_py(request_uri)
+    return (True, method, None, None, request_uri, ruri_user, ruri_domain)
+
+
+cdef object _call_id_cseq_fast(dict first):
+    """parser._call_id_cseq(first) for a CSeq of the usual spelling."""
+    cdef Py_ssize_t n, i, a0, a1, b0, b1, k
+    cdef const char* s
+    cdef int64_t number = 0
+    call_id = first.get("call-id")
+    cseq = first.get("cseq")
+    if not call_id or cseq is None:
+        return _call_id_cseq(first)
+    s = PyUnicode_AsUTF8AndSize(cseq, &n)
+    if not _plain_ascii(s, n):
+        return _call_id_cseq(first)
+    i = 0
+    while i < n and _is_blank(s[i]):
+        i += 1
+    a0 = i
+    while i < n and not _is_blank(s[i]):
+        i += 1
+    a1 = i
+    while i < n and _is_blank(s[i]):
+        i += 1
+    b0 = i
+    while i < n and not _is_blank(s[i]):
+        i += 1
+    b1 = i
+    while i < n and _is_blank(s[i]):
+        i += 1
+    if i != n or b1 == b0 or not 0 < a1 - a0 <= 10:
+        return _call_id_cseq(first)
+    for k in range(a0, a1):
+        if not 48 <= <uint8_t>s[k] <= 57:
+            return _call_id_cseq(first)
+        number = number * 10 + (s[k] - 48)
+    for k in range(b0, b1):
+        if not _is_token_char(<uint8_t>s[k]):
+            return _call_id_cseq(first)
+    return call_id, number, PyUnicode_DecodeASCII(s + b0, b1 - b0, NULL)

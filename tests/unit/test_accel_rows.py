@@ -288,6 +288,8 @@ _LINE = st.one_of(
         'Contact: "Q" <sip:u@h:1>;expires=x1', "Contact: sip:u@h;expires=3",
         "Contact: <sip:u@h>, x;expires=9", "m: a, <sip:u@h>;expires=1",
         "Contact: <sip:u@h>;expires=12345678901", "Contact: <sip:u@h>;expires=,7",
+        "CSeq: 12345678901 INVITE", "CSeq:  7\tACK  ", "CSeq: 1 INV(TE", "CSeq: 1",
+        "CSeq: 1 INVITE x", "CSeq: -1 BYE", "CSeq: 0007 BYE", "CSeq:", "Call-ID:",
     ]),
     st.text(alphabet="abcCI-: \t\r;=<>@\"", max_size=20),
 )
@@ -297,7 +299,12 @@ _LINE = st.one_of(
 def sip_heads(draw: st.DrawFn) -> bytes:
     start = draw(st.sampled_from([
         "INVITE sip:b@h SIP/2.0", "SIP/2.0 200 OK", "SIP/2.0 180", "BAD LINE",
-        "REGISTER sip:h SIP/2.0\r", "SIP/2.0 099 x", "", "  ",
+        "REGISTER sip:h SIP/2.0\r", "SIP/2.0 099 x", "", "  ", "sip/2.0 200 ok",
+        "SIP/2.0 486 Busy Here \t\r", "SIP/2.0  200\tOK", " INVITE sip:b@h SIP/2.0",
+        "INVITE sip:b@h sip/2.0", "INVITE  sip:b@h\tSIP/2.0 \r", "INV(TE sip:b@h SIP/2.0",
+        "INVITE b@h SIP/2.0", "INVITE sip:b@h SIP/2.0 extra", "SIP/2.0 2000 x",
+        "SIP/2.0 20a x", "SIP/2.1 200 OK", "Sip/2.0 200 OK", "INVITE sip:b@h",
+        "SIP/2.0 200 O\rK\r", "OPTIONS tel:+1 SIP/2.0",
     ]))
     lines = draw(st.lists(_LINE, max_size=14))
     end = draw(st.sampled_from(["\r\n\r\n", "\n\n", "\r\n", "", "\r\n\r\nbody\r\n\r\n"]))

@@ -14,6 +14,16 @@ idempotent sink) and prints rows/s from its first fetch to the last row committe
 With --workers N the consumer is instead the real `hep-ingest consume --workers N`
 process (a supervisor and N worker processes in one group); rows/s is read from the
 workers' /metrics and CPU from /proc (Linux). Use --partitions >= N.
+
+    .venv/bin/python bench/consumer_bench.py --records 200000 --features all
+    .venv/bin/python bench/consumer_bench.py --feature-cost [--rows 50000]
+
+--features turns on the optional row features for the in-process run: `filters`
+(discard by method, address ranges and HEP type, none of which match the load, so
+every row is checked and stored), `censor` (every row's body censored), `kpi` (SIP
+KPIs), `all`. --feature-cost needs no servers: it builds rows from the realistic
+call flows of tests/flows.py (distinct Call-IDs per copy) and prints the CPU each
+feature adds per row, next to what building the row costs.
 """
 
 from __future__ import annotations
@@ -39,7 +49,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.consumer import ConsumerSettings, run_consumer  # noqa: E402
+from pipeline.consumer.filters import (  # noqa: E402
+    CaptureFilter,
+    Screen,
+    parse_networks,
+)
+from pipeline.consumer.kpi_rows import observe_rows  # noqa: E402
 from pipeline.embedded import EmbeddedKafka, EmbeddedPostgres, free_tcp_port  # noqa: E402
+from pipeline.sip.kpi import KpiLimits, SipKpi  # noqa: E402
 from tests.conftest import create_topic  # noqa: E402
 from tests.integration.consume_support import generated_sip, publish  # noqa: E402
 
@@ -96,7 +113,10 @@ async def bench(args: argparse.Namespace, bootstrap: str, dsn: str) -> None:
     if args.workers:
         await asyncio.to_thread(bench_processes, args, bootstrap, dsn, topic)
         return
+    capture_filter, sip_kpi = FEATURES[args.features]
     settings = ConsumerSettings(
+        capture_filter=capture_filter,
+        sip_kpi=sip_kpi,
         bootstrap_servers=bootstrap,
         topic=topic,
         group=f"bench-{topic}",
@@ -122,7 +142,7 @@ async def bench(args: argparse.Namespace, bootstrap: str, dsn: str) -> None:
             cpu_started = time.process_time()
             gc_timer.active = True
         written = metric_total(registry, "hep_ingest_rows_written")
-        if written >= args.records:
+        if written + metric_total(registry, "hep_ingest_records_discarded") >= args.records:
             break
         if task.done():
             task.result()
@@ -139,7 +159,8 @@ async def bench(args: argparse.Namespace, bootstrap: str, dsn: str) -> None:
     await task
     print(
         f"consumed and stored {int(written)} rows in {elapsed:.2f}s: "
-        f"{written / elapsed:,.0f} rows/s (batch {args.batch_size}, idempotent sink); "
+        f"{written / elapsed:,.0f} rows/s (batch {args.batch_size}, idempotent sink, "
+        f"features {args.features}); "
         f"consumer process CPU {cpu:.1f}s = {cpu / elapsed:.0%} of one core, "
         f"{cpu / written * 1e6:.1f} us/row"
     )
@@ -226,6 +247,111 @@ def bench_processes(args: argparse.Namespace, bootstrap: str, dsn: str, topic: s
     )
 
 
+_NO_MATCH_FILTER = CaptureFilter(
+    discard_methods=frozenset({"OPTIONS", "NOTIFY"}),
+    discard_hep_types=frozenset({5, 100}),
+    # Documentation ranges the generated load does not use.
+    discard_sources=parse_networks("203.0.113.0/24, 2001:db8::/32"),
+    discard_destinations=parse_networks("203.0.113.0/24"),
+)
+_CENSOR_ALL = CaptureFilter(censor_methods=frozenset({
+    "INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "MESSAGE",
+}))
+FEATURES: dict[str, tuple[CaptureFilter, KpiLimits | None]] = {
+    "off": (CaptureFilter(), None),
+    "filters": (_NO_MATCH_FILTER, None),
+    "censor": (_CENSOR_ALL, None),
+    "kpi": (CaptureFilter(), KpiLimits()),
+    "all": (CaptureFilter(
+        discard_methods=_NO_MATCH_FILTER.discard_methods,
+        discard_hep_types=_NO_MATCH_FILTER.discard_hep_types,
+        discard_sources=_NO_MATCH_FILTER.discard_sources,
+        discard_destinations=_NO_MATCH_FILTER.discard_destinations,
+        censor_methods=_CENSOR_ALL.censor_methods,
+    ), KpiLimits()),
+}
+
+
+def flow_rows(n: int) -> list[object]:
+    """At least `n` rows of tests/flows.py's call flows, each copy with its own
+    Call-IDs, in capture order (one partition), built as the consumer builds them."""
+    import re
+
+    from pipeline.hep import decode_packet, encode_hep3
+    from pipeline.records import ReceiveContext, RecordIdGenerator, packet_to_record
+    from pipeline.storage import build_row
+    from tests import flows
+
+    context = ReceiveContext(transport="udp", sender_ip="127.0.0.1", sender_port=9,
+                             receiver_id="bench")
+    ids = RecordIdGenerator()
+    base = flows.all_flows(1_700_000_000_000_000)
+    span = base[-1].time_us - base[0].time_us + 1_000_000
+    rows: list[object] = []
+    copy = 0
+    while len(rows) < n:
+        for capture in base:
+            payload = re.sub(rb"(Call-ID: [^\r]+)", rb"\1-%d" % copy, capture.payload)
+            packet = capture.to_packet()
+            packet.payload = payload
+            packet.ts_sec, packet.ts_usec = divmod(capture.time_us + copy * span, 1_000_000)
+            record = packet_to_record(decode_packet(encode_hep3(packet)), record_id=ids.next(),
+                                      receive_time_us=time.time_ns() // 1000, context=context)
+            rows.append(build_row(record, kafka_partition=0, kafka_offset=len(rows)))
+        copy += 1
+    return rows
+
+
+def feature_cost(args: argparse.Namespace) -> None:
+    """CPU per row of each optional feature, on built rows (best of --repeat)."""
+    from pipeline.storage import CaptureRow, build_row
+
+    rows: list[CaptureRow] = flow_rows(args.rows)  # type: ignore[assignment]
+
+    def best(run: object) -> float:
+        times = []
+        for _ in range(args.repeat):
+            gc.collect()
+            started = time.perf_counter()
+            run()  # type: ignore[operator]
+            times.append(time.perf_counter() - started)
+        return min(times) / len(rows) * 1e6
+
+    # The baseline: building the same rows again (decode excluded).
+    from pipeline.hep import decode_packet, encode_hep3
+    from pipeline.records import ReceiveContext, RecordIdGenerator, packet_to_record
+    from tests import flows
+
+    context = ReceiveContext(transport="udp", sender_ip="127.0.0.1", sender_port=9,
+                             receiver_id="bench")
+    ids = RecordIdGenerator()
+    sample = [
+        packet_to_record(decode_packet(encode_hep3(c.to_packet())), record_id=ids.next(),
+                         receive_time_us=0, context=context)
+        for c in flows.all_flows(1_700_000_000_000_000)
+    ]
+    reps = len(rows) // len(sample) + 1
+    build_us = best(lambda: [build_row(r, kafka_partition=0, kafka_offset=0)
+                             for _ in range(reps) for r in sample]) * reps * len(sample) / len(rows)
+
+    def screen(capture_filter: CaptureFilter) -> object:
+        return lambda: Screen(capture_filter).screen(rows)
+
+    filters_us = best(screen(_NO_MATCH_FILTER))
+    discard_us = best(screen(CaptureFilter(discard_methods=frozenset({"OPTIONS"}))))
+    censor_us = best(screen(_CENSOR_ALL))
+    kpi_us = best(lambda: observe_rows(SipKpi(), rows))
+    all_us = best(lambda: (Screen(FEATURES["all"][0]).screen(rows), observe_rows(SipKpi(), rows)))
+    load = os.getloadavg()[0]
+    print(f"{len(rows)} rows of call flows, best of {args.repeat}, load average {load:.2f}")
+    print(f"  build_row (the baseline)          {build_us:6.2f} us/row")
+    print(f"  discard by method only            {discard_us:6.2f} us/row")
+    print(f"  filters (method, type, 2 ranges)  {filters_us:6.2f} us/row")
+    print(f"  censor every row                  {censor_us:6.2f} us/row")
+    print(f"  SIP KPIs                          {kpi_us:6.2f} us/row")
+    print(f"  all of them                       {all_us:6.2f} us/row")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=500_000)
@@ -239,7 +365,16 @@ def main() -> None:
         "--workers", type=int, default=0,
         help="run `hep-ingest consume --workers N` as a process instead of in-process",
     )
+    parser.add_argument("--features", choices=sorted(FEATURES), default="off",
+                        help="optional row features of the in-process consumer")
+    parser.add_argument("--feature-cost", action="store_true",
+                        help="only print each feature's CPU per row (no servers)")
+    parser.add_argument("--rows", type=int, default=50_000, help="rows for --feature-cost")
+    parser.add_argument("--repeat", type=int, default=5, help="runs for --feature-cost")
     args = parser.parse_args()
+    if args.feature_cost:
+        feature_cost(args)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         kafka = None if args.bootstrap_servers else EmbeddedKafka(log_path=Path(tmp) / "k.log")

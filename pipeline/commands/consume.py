@@ -140,6 +140,40 @@ def consume(
             help="Store the HEP capture password in protocol_header (it is a credential).",
         ),
     ] = False,
+    dedup_window_ms: Annotated[
+        int,
+        typer.Option(
+            envvar="HEP_INGEST_DEDUP_WINDOW_MS", min=0, max=60_000,
+            help="Store a SIP message captured by several agents once: a copy with the same "
+            "payload whose capture time is less than this many ms from the first is a "
+            "duplicate (retransmissions come a SIP T1 of 500 ms or more later and are "
+            "kept). 0: off.",
+            show_default=True,
+        ),
+    ] = 0,
+    dedup_match_capture_id: Annotated[
+        bool,
+        typer.Option(
+            envvar="HEP_INGEST_DEDUP_MATCH_CAPTURE_ID",
+            help="Only copies from the same capture id (agent) are duplicates.",
+        ),
+    ] = False,
+    dedup_keep: Annotated[
+        bool,
+        typer.Option(
+            envvar="HEP_INGEST_DEDUP_KEEP",
+            help="Store duplicates in hep_capture_duplicates instead of dropping them.",
+        ),
+    ] = False,
+    dedup_max_entries: Annotated[
+        int,
+        typer.Option(
+            envvar="HEP_INGEST_DEDUP_MAX_ENTRIES", min=1, max=100_000_000,
+            help="Messages the duplicate check remembers per partition (bounds its memory; "
+            "what it forgets early is counted in hep_ingest_dedup_evicted_total).",
+            show_default=True,
+        ),
+    ] = 100_000,
     log_level: LogLevelOption = LogLevel.info,
     log_format: LogFormatOption = LogFormat.json,
     workers: Annotated[
@@ -164,16 +198,101 @@ def consume(
         ),
     ] = 0,
     metrics_file: MetricsFileOption = None,
+    discard_methods: Annotated[
+        str,
+        typer.Option(
+            envvar="HEP_INGEST_DISCARD_METHODS",
+            show_default="none",
+            help="Comma-separated SIP methods whose messages are not stored, matched on "
+            "the CSeq method so their responses go too (heplify-server's DiscardMethod), "
+            "e.g. OPTIONS,NOTIFY. Counted in hep_ingest_records_discarded_total.",
+        ),
+    ] = "",
+    discard_sources: Annotated[
+        str,
+        typer.Option(
+            envvar="HEP_INGEST_DISCARD_SOURCES",
+            show_default="none",
+            help="Comma-separated addresses or networks (CIDR): messages sent from one "
+            "of them are not stored.",
+        ),
+    ] = "",
+    discard_destinations: Annotated[
+        str,
+        typer.Option(
+            envvar="HEP_INGEST_DISCARD_DESTINATIONS",
+            show_default="none",
+            help="Comma-separated addresses or networks (CIDR): messages sent to one of "
+            "them are not stored.",
+        ),
+    ] = "",
+    discard_hep_types: Annotated[
+        str,
+        typer.Option(
+            envvar="HEP_INGEST_DISCARD_HEP_TYPES",
+            show_default="none",
+            help="Comma-separated HEP protocol types (0-255) not stored, e.g. 5 (RTCP).",
+        ),
+    ] = "",
+    censor_methods: Annotated[
+        str,
+        typer.Option(
+            envvar="HEP_INGEST_CENSOR_METHODS",
+            show_default="none",
+            help="Comma-separated SIP methods (CSeq) whose body is stored as x's of the "
+            "same length (heplify-server's CensorMethod), e.g. MESSAGE.",
+        ),
+    ] = "",
+    sip_kpi: Annotated[
+        bool,
+        typer.Option(
+            "--sip-kpi/--no-sip-kpi",
+            envvar="HEP_INGEST_SIP_KPI",
+            help="Export SIP KPIs of the stored messages on /metrics: counts by node, "
+            "method and code, registration and call setup outcomes, session and "
+            "registration request delay histograms.",
+        ),
+    ] = False,
+    sip_kpi_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="HEP_INGEST_SIP_KPI_TIMEOUT", min=1, max=86_400,
+            help="Seconds (capture time) a transaction waits for its final response "
+            "before it counts as no_final_response.",
+        ),
+    ] = 300.0,
+    sip_kpi_max_pending: Annotated[
+        int,
+        typer.Option(
+            envvar="HEP_INGEST_SIP_KPI_MAX_PENDING", min=1, max=10_000_000,
+            help="Transactions awaiting a response kept per partition; beyond, the "
+            "oldest is dropped (hep_ingest_sip_kpi_expired_total{reason=\"capacity\"}).",
+        ),
+    ] = 20_000,
+    sip_kpi_max_nodes: Annotated[
+        int,
+        typer.Option(
+            envvar="HEP_INGEST_SIP_KPI_MAX_NODES", min=1, max=100_000,
+            help="Nodes (HEP node name, else capture id) with a label of their own; "
+            "further nodes share node=\"other\".",
+        ),
+    ] = 100,
 ) -> None:
     from prometheus_client import CollectorRegistry
 
+    from pipeline.consumer.dedup import DedupSettings
     from pipeline.consumer.service import run_consumer
     from pipeline.consumer.settings import ConsumerSettings
     from pipeline.observability import configure_logging, get_logger, serve_metrics
     from pipeline.observability.metrics import parse_host_port
     from pipeline.priority import set_nice
+    from pipeline.sip.kpi import KpiLimits
 
     check_workers(workers, worker_index)
+    capture_filter = _capture_filter(
+        discard_methods, discard_sources, discard_destinations, discard_hep_types,
+        censor_methods,
+    )
     metrics_address = None
     if metrics:
         try:
@@ -213,6 +332,17 @@ def consume(
         dead_letter_topic=dead_letter_topic or None,
         migrate=migrate,
         store_auth_key=store_auth_key,
+        capture_filter=capture_filter,
+        sip_kpi=KpiLimits(
+            timeout=sip_kpi_timeout, max_pending=sip_kpi_max_pending,
+            max_nodes=sip_kpi_max_nodes,
+        ) if sip_kpi else None,
+        dedup=DedupSettings(
+            window_ms=dedup_window_ms,
+            match_capture_id=dedup_match_capture_id,
+            keep=dedup_keep,
+            max_entries=dedup_max_entries,
+        ),
         **worker_client,
     )
     registry = CollectorRegistry()
@@ -245,6 +375,33 @@ def consume(
         log.error("consumer_failed", error=repr(exc), exc_info=True)
         print(f"hep-ingest consume: {exc}", file=sys.stderr)
         raise typer.Exit(1) from exc
+
+
+def _capture_filter(
+    discard_methods: str, discard_sources: str, discard_destinations: str,
+    discard_hep_types: str, censor_methods: str,
+) -> Any:
+    """The CaptureFilter of the options; a bad entry is a usage error (exit 2)."""
+    from pipeline.consumer import filters
+
+    parsers: list[tuple[str, str, Any]] = [
+        ("--discard-methods", discard_methods, filters.parse_methods),
+        ("--discard-sources", discard_sources, filters.parse_networks),
+        ("--discard-destinations", discard_destinations, filters.parse_networks),
+        ("--discard-hep-types", discard_hep_types, filters.parse_hep_types),
+        ("--censor-methods", censor_methods, filters.parse_methods),
+    ]
+    parsed = []
+    for option, text, parse in parsers:
+        try:
+            parsed.append(parse(text))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint=option) from exc
+    methods, sources, destinations, hep_types, censor = parsed
+    return filters.CaptureFilter(
+        discard_methods=methods, discard_hep_types=hep_types, discard_sources=sources,
+        discard_destinations=destinations, censor_methods=censor,
+    )
 
 
 async def _run_writing_metrics(

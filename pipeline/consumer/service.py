@@ -141,6 +141,7 @@ async def run_consumer(
             batch_size=settings.batch_size,
             flush_interval=settings.flush_interval,
             implementation=IMPLEMENTATION,
+            **_row_features(settings),
         )
         if settings.tune_gc:
             tune_gc()
@@ -182,3 +183,24 @@ async def _start_consumer(
     ):
         with attempt:
             await consumer.start()
+
+
+def _row_features(settings: ConsumerSettings) -> dict[str, object]:
+    """The capture filters and KPI bounds in force, for the start-up event."""
+    f = settings.capture_filter
+    features: dict[str, object] = {}
+    if f.active:
+        features["capture_filter"] = {
+            "discard_methods": sorted(f.discard_methods),
+            "discard_hep_types": sorted(f.discard_hep_types),
+            "discard_sources": [str(n) for n in f.discard_sources],
+            "discard_destinations": [str(n) for n in f.discard_destinations],
+            "censor_methods": sorted(f.censor_methods),
+        }
+    if settings.sip_kpi is not None:
+        features["sip_kpi"] = {
+            "timeout": settings.sip_kpi.timeout,
+            "max_pending": settings.sip_kpi.max_pending,
+            "max_nodes": settings.sip_kpi.max_nodes,
+        }
+    return features

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pipeline.consumer.dedup import DedupSettings
+from pipeline.consumer.filters import CaptureFilter
+from pipeline.sip.kpi import KpiLimits
+
 SinkName = Literal["postgres", "stdout"]
 
 
@@ -48,9 +52,14 @@ class ConsumerSettings:
     # One offset-commit attempt; a timed-out attempt is retried like any transient error.
     commit_timeout: float = 10.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    dedup: DedupSettings = field(default_factory=DedupSettings)
     # Freeze the start-up heap and raise the generation-0 GC threshold once started
     # (process-wide; see service.tune_gc).
     tune_gc: bool = True
+    # What is dropped or censored before storage (empty: everything stored as is).
+    capture_filter: CaptureFilter = field(default_factory=CaptureFilter)
+    # SIP KPIs from the stored rows, within these bounds; None: not computed.
+    sip_kpi: KpiLimits | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -41,13 +41,17 @@ from tenacity import (
 
 from pipeline.accel import build_rows
 from pipeline.consumer.dead_letter import DeadLetter, DeadLetterPublisher
+from pipeline.consumer.dedup import DuplicateFilter
+from pipeline.consumer.filters import Screen
+from pipeline.consumer.kpi_rows import observe_rows
 from pipeline.consumer.metrics import ConsumerMetrics
 from pipeline.consumer.retry import backoff, is_transient, sleep_unless_stopped
 from pipeline.consumer.settings import ConsumerSettings
 from pipeline.consumer.sink import Sink
 from pipeline.observability import get_logger
 from pipeline.records import RecordCodec
-from pipeline.storage.rows import UNKNOWN_TYPE_TABLE, CaptureRow
+from pipeline.sip.kpi import SipKpi
+from pipeline.storage.rows import DUPLICATES_TABLE, UNKNOWN_TYPE_TABLE, CaptureRow
 
 log = get_logger("pipeline.consumer")
 
@@ -85,7 +89,20 @@ class _PartitionChunk:
     keys: list[bytes | None] = field(default_factory=list)
     values: list[bytes] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
+    # Records read but deliberately not stored (duplicate captures): their offsets
+    # advance with the rest.
+    discarded: int = 0
     next_offset: int = -1
+
+    def keep_only(self, kept: Sequence[int]) -> None:
+        """Keep the rows at positions `kept` (ascending) with their sources. The others
+        were read but are not stored (filtered out, duplicates): a decision, not a loss,
+        so their offsets advance with the chunk's next_offset."""
+        self.discarded += len(self.rows) - len(kept)
+        self.rows = [self.rows[i] for i in kept]
+        self.offsets = [self.offsets[i] for i in kept]
+        self.keys = [self.keys[i] for i in kept]
+        self.values = [self.values[i] for i in kept]
 
 
 @dataclass(slots=True)
@@ -99,7 +116,7 @@ class _Batch:
         for tp in partitions:
             chunk = self.parts.pop(tp, None)
             if chunk is not None:
-                dropped += len(chunk.rows) + len(chunk.dead)
+                dropped += len(chunk.rows) + len(chunk.dead) + chunk.discarded
         self.records -= dropped
         return dropped
 
@@ -158,6 +175,11 @@ class ConsumerWorker:
         # what is stored when no write of it has completed yet.
         self._fetch_start: dict[TopicPartition, int] = {}
         self._lag_total = 0
+        # Optional row features, applied to built rows (so any row builder gets them).
+        capture_filter = settings.capture_filter
+        self._screen = Screen(capture_filter) if capture_filter.active else None
+        self._kpi = SipKpi(settings.sip_kpi) if settings.sip_kpi is not None else None
+        self._dedup = DuplicateFilter(settings.dedup) if settings.dedup.enabled else None
 
     # -- rebalance -----------------------------------------------------------------
 
@@ -178,7 +200,11 @@ class ConsumerWorker:
                 self._committed.pop(tp, None)
                 self._fetch_start.pop(tp, None)
                 self._assigned.discard(tp)
+                if self._kpi is not None:
+                    self._kpi.forget(tp.partition)
                 self._forget_lag(tp)
+                if self._dedup is not None:
+                    self._dedup.forget(tp.partition)
             self._metrics.assigned_partitions.set(len(self._assigned))
             if revoked:
                 log.info(
@@ -309,6 +335,7 @@ class ConsumerWorker:
             if chunk is None:
                 chunk = batch.parts[tp] = _PartitionChunk()
                 self._fetch_start.setdefault(tp, messages[0].offset)
+            first_new = len(chunk.rows)
             values = [message.value for message in messages]
             offsets = [message.offset for message in messages]
             rows, failures = build_rows(
@@ -335,6 +362,8 @@ class ConsumerWorker:
             chunk.keys.extend(keys)
             # Every None value is a failure ("no_value"), dropped above.
             chunk.values.extend(cast(list[bytes], values))
+            if self._dedup is not None:
+                self._handle_duplicates(tp.partition, chunk, first_new)
             chunk.next_offset = messages[-1].offset + 1
             added += len(messages)
         if added:
@@ -346,9 +375,30 @@ class ConsumerWorker:
         if unknown_type:
             self._metrics.rows_unknown_type.inc(unknown_type)
 
+    def _handle_duplicates(self, partition: int, chunk: _PartitionChunk, start: int) -> None:
+        """Drop the duplicate captures among the chunk's rows from `start` on, or route
+        them to the duplicates table (--dedup-keep)."""
+        assert self._dedup is not None
+        evicted_before = self._dedup.evicted_early
+        found = self._dedup.duplicates(partition, chunk.rows[start:], chunk.offsets[start:])
+        if self._dedup.evicted_early > evicted_before:
+            self._metrics.dedup_evicted.inc(self._dedup.evicted_early - evicted_before)
+        if not found:
+            return
+        if self._dedup.settings.keep:
+            for position in found:
+                chunk.rows[start + position].table = DUPLICATES_TABLE
+            self._metrics.duplicates.labels(action="kept").inc(len(found))
+        else:
+            duplicate = {start + position for position in found}
+            chunk.keep_only([i for i in range(len(chunk.rows)) if i not in duplicate])
+            self._metrics.duplicates.labels(action="dropped").inc(len(found))
+
     # -- write and commit ----------------------------------------------------------
 
     async def _write(self, batch: _Batch) -> _WriteResult:
+        if self._screen is not None:
+            self._apply_filters(batch)
         rows: list[CaptureRow] = []
         spans: list[tuple[int, TopicPartition, _PartitionChunk]] = []  # (first row, ...)
         dead: list[DeadLetter] = []
@@ -375,6 +425,8 @@ class ConsumerWorker:
             if publish is not None and not publish.done():
                 publish.cancel()
             raise
+        if self._kpi is not None:
+            self._observe_kpi(rows, rejected)
         for letter in dead:
             self._metrics.dead_letters.labels(reason=letter.reason).inc()
         if dead:
@@ -387,6 +439,26 @@ class ConsumerWorker:
                 sample_source=f"{dead[0].topic}/{dead[0].partition}/{dead[0].offset}",
             )
         return _WriteResult(batch.offsets(), len(rows) - len(rejected), len(dead))
+
+    def _apply_filters(self, batch: _Batch) -> None:
+        """Capture filters: drop and censor built rows before they are written. A
+        dropped record's offset still advances with its chunk's next_offset."""
+        assert self._screen is not None
+        screen = self._screen.screen
+        for chunk in batch.parts.values():
+            result = screen(chunk.rows)
+            if len(result.kept) != len(chunk.rows):
+                chunk.keep_only(result.kept)
+            self._metrics.record_screen(result)
+
+    def _observe_kpi(self, rows: list[CaptureRow], rejected: Sequence[Any]) -> None:
+        """SIP KPIs of the rows just committed (not of those PostgreSQL refused)."""
+        assert self._kpi is not None
+        stored: Iterable[CaptureRow] = rows
+        if rejected:
+            refused = {id(item.row) for item in rejected}
+            stored = [row for row in rows if id(row) not in refused]
+        self._metrics.record_kpi(observe_rows(self._kpi, stored), self._kpi.pending())
 
     async def _settle_in_flight(self) -> None:
         """Wait for the write in flight (if any) and mark its offsets durable."""

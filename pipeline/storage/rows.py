@@ -102,6 +102,8 @@ CALL_TABLE: Final = "hep_proto_1_call"
 REGISTRATION_TABLE: Final = "hep_proto_1_registration"
 SIP_DEFAULT_TABLE: Final = "hep_proto_1_default"
 UNKNOWN_TYPE_TABLE: Final = "hep_proto_unknown_default"
+#: Duplicate captures kept aside by the consumer's --dedup-keep (never a routing result).
+DUPLICATES_TABLE: Final = "hep_capture_duplicates"
 
 CALL_METHODS: Final = frozenset(
     {"INVITE", "ACK", "BYE", "CANCEL", "UPDATE", "PRACK", "REFER", "INFO", "NOTIFY"}
@@ -123,7 +125,8 @@ _escape = encode_basestring_ascii
 class CaptureRow:
     """One row for `table`; `values` follow `COLUMNS`. `wire` is the row's binary COPY
     tuple (`pipeline.storage.wire`) when the consumer encoded it as it built the row;
-    a sink encodes the values of a row without it."""
+    a sink encodes the values of a row without it. Whoever replaces `values` sets
+    `wire` to None (the tuple would still hold the old values)."""
 
     table: str
     values: tuple[Any, ...]
@@ -139,10 +142,10 @@ TYPE_TABLES: Final[dict[int, str]] = {
     proto_type: f"hep_proto_{proto_type}_default" for proto_type in PROTO_TYPE_NAMES
     if proto_type != 1
 }
-#: Every table `table_for` can name.
+#: Every table a row can be written to: what `table_for` names, and the duplicates table.
 CAPTURE_TABLES: Final[frozenset[str]] = frozenset(
     {CALL_TABLE, REGISTRATION_TABLE, SIP_DEFAULT_TABLE, UNKNOWN_TYPE_TABLE,
-     *TYPE_TABLES.values()}
+     DUPLICATES_TABLE, *TYPE_TABLES.values()}
 )
 
 

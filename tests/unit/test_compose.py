@@ -122,7 +122,7 @@ def test_compose_has_the_pipeline_services(compose: dict[str, Any]) -> None:
         for volume in svc.get("volumes", [])
         if not volume.startswith((".", "/"))
     }
-    assert used == declared == {"kafka-data", "postgres-data"}
+    assert used == declared == {"kafka-data", "postgres-data", "prometheus-data", "grafana-data"}
 
 
 def test_every_command_option_and_variable_exists_in_the_cli(

@@ -97,3 +97,53 @@ def test_rejected_rows_and_undecodable_values_become_dead_letters_with_their_sou
         assert (letter.topic, letter.key, letter.value) == ("t", key, value)
     assert by_offset[(1, 23)].value == b"not avro" and by_offset[(1, 23)].key == b"k"
     assert by_offset[(1, 24)].reason == "no_value"
+
+
+def _worker(sink: Any, settings: ConsumerSettings, registry: CollectorRegistry) -> ConsumerWorker:
+    return ConsumerWorker(
+        consumer=None,  # type: ignore[arg-type]
+        sink=sink,
+        dead_letters=_Letters(),  # type: ignore[arg-type]
+        codec=load_codec(),
+        settings=settings,
+        metrics=ConsumerMetrics(registry),
+    )
+
+
+def test_filtered_records_advance_offsets_and_kpis_count_only_stored_rows() -> None:
+    from pipeline.consumer.filters import CaptureFilter
+    from pipeline.sip.kpi import KpiLimits
+    from tests import flows
+
+    captures = flows.busy(1_700_000_000_000_000)
+    options = sip_packet("keepalive@x", 1, src_ip="10.9.9.9")
+    options.payload = options.payload.replace(b"INVITE", b"OPTIONS")
+    items = encode_packets([options] + [c.to_packet() for c in captures])
+    tp = TopicPartition("t", 0)
+    data = {tp: [_message(0, 100 + i, key, value) for i, (key, value) in enumerate(items)]}
+    # PostgreSQL refuses the 486: its outcome must not be counted.
+    sink = _RejectingSink({(0, 104)})
+    registry = CollectorRegistry()
+    settings = ConsumerSettings(
+        sink="stdout",
+        capture_filter=CaptureFilter(discard_methods=frozenset({"OPTIONS"})),
+        sip_kpi=KpiLimits(),
+    )
+    worker = _worker(sink, settings, registry)
+    worker.on_partitions_assigned({tp})
+    worker._add(data)
+    result = asyncio.run(worker._write(worker._building))
+
+    assert result.offsets == {tp: 100 + len(items)}  # the dropped OPTIONS included
+    assert [r.value("cseq_method") for r in sink.written] == ["INVITE"] * 4 + ["ACK"]
+    assert registry.get_sample_value(
+        "hep_ingest_records_discarded_total", {"reason": "method"}) == 1
+    assert registry.get_sample_value(
+        "hep_ingest_sip_messages_total",
+        {"node": "2042", "method": "INVITE", "type": "response", "code": "180"}) == 1
+    assert registry.get_sample_value(
+        "hep_ingest_sip_messages_total",
+        {"node": "2042", "method": "INVITE", "type": "response", "code": "486"}) is None
+    assert registry.get_sample_value(
+        "hep_ingest_sip_session_request_delay_seconds_count", {"node": "2042"}) == 1
+    assert registry.get_sample_value("hep_ingest_sip_kpi_pending") == 1

@@ -15,15 +15,23 @@ import os, sys
 from pipeline.observability import configure_logging, get_logger
 from pipeline.priority import set_nice
 configure_logging("info", "json")
-ok = set_nice(int(sys.argv[1]), get_logger("test"))
+log = get_logger("test")
+if len(sys.argv) > 2:
+    # Give up root only now, with everything imported: the interpreter may live where
+    # the unprivileged user cannot read (a pyenv under a private /root).
+    os.setgid(int(sys.argv[2]))
+    os.setuid(int(sys.argv[2]))
+ok = set_nice(int(sys.argv[1]), log)
 print(ok, os.getpriority(os.PRIO_PROCESS, 0))
 """
+NOBODY = 65534
 
 
-def run_set_nice(value: int, user: str | None = None) -> tuple[str, str]:
+def run_set_nice(value: int, uid: int | None = None) -> tuple[str, str]:
+    extra = [] if uid is None else [str(uid)]
     result = subprocess.run(
-        [sys.executable, "-c", CHECK, str(value)], capture_output=True, text=True,
-        timeout=60, user=user,
+        [sys.executable, "-c", CHECK, str(value), *extra], capture_output=True, text=True,
+        timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return result.stdout.strip(), result.stderr
@@ -39,7 +47,7 @@ def test_set_nice_raises_the_niceness_and_zero_leaves_it() -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a child without privilege")
 def test_set_nice_without_the_privilege_warns_once_and_goes_on() -> None:
     base = os.getpriority(os.PRIO_PROCESS, 0)
-    out, err = run_set_nice(-5, user="nobody")
+    out, err = run_set_nice(-5, uid=NOBODY)
     assert out == f"False {base}"
     assert err.count("nice_not_permitted") == 1
 

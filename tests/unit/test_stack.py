@@ -272,3 +272,26 @@ async def test_run_child_raises_when_the_child_exits_on_its_own(tmp_path: Path) 
     with pytest.raises(ChildExited, match="the consumer exited with code 2") as raised:
         await asyncio.wait_for(run_child(command, CollectorRegistry(), asyncio.Event(), ready), 30)
     assert raised.value.exit_code == 2 and not ready.is_set()
+
+
+def test_up_passes_the_capture_filters_and_kpi_settings_to_its_consumer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.stack import consumer_command
+
+    settings = UpSettings(data_dir=tmp_path, bootstrap_servers="127.0.0.1:1",
+                          dsn="postgresql://x")
+    endpoints = Endpoints(
+        udp=(("127.0.0.1", 9060),), tcp=(), bootstrap_servers="127.0.0.1:1",
+        dsn="postgresql://x", topic="hep", embedded_kafka=False, embedded_postgres=False,
+        data_dir=tmp_path,
+    )
+    chosen = {
+        "HEP_INGEST_SIP_KPI": "true",
+        "HEP_INGEST_DISCARD_METHODS": "OPTIONS,NOTIFY",
+        "HEP_INGEST_CENSOR_METHODS": "MESSAGE",
+    }
+    for name, value in chosen.items():
+        monkeypatch.setenv(name, value)
+    env = consumer_command(settings, endpoints).env
+    assert {name: env.get(name) for name in chosen} == chosen

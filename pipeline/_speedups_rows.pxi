@@ -34,6 +34,8 @@ DEF _K_UUID = 8
 DEF _K_BYTEA = 9
 
 cdef int _kinds[_NCOLUMNS]
+# False when the columns changed since this code was written (pure encoder then).
+cdef bint _encoder_ok = False
 cdef Py_ssize_t _protocol_header_index = -1
 cdef bint _rows_ready = False
 cdef object _wire = None          # pipeline.storage.wire
@@ -67,7 +69,7 @@ cdef object _uri_py = None
 
 cdef int _rows_init() except -1:
     global _rows_ready, _wire, _build_row, _times_to_micros, _RecordDecodeError
-    global _RowFailure, _protocol_header_index, _UTC, _UUID_type, _inet_cache_rows
+    global _RowFailure, _encoder_ok, _protocol_header_index, _UTC, _UUID_type, _inet_cache_rows
     global _escape_json, _dumps, _summarise_sip, _SipParseError, _table_for
     global _proto_type_name, _UUID_fast, _CaptureRow, _start_line, _summary_from
     global _call_id_cseq, _party_py, _via_py, _contact_py, _pai_py, _to_int, _param
@@ -81,10 +83,11 @@ cdef int _rows_init() except -1:
     codes = {"text": _K_TEXT, "header": _K_HEADER, "int2": _K_INT2, "int4": _K_INT4,
              "int8": _K_INT8, "timestamptz": _K_TIMESTAMPTZ, "inet": _K_INET,
              "uuid": _K_UUID, "bytea": _K_BYTEA}
-    if len(wire.COLUMN_KINDS) != _NCOLUMNS:
-        raise RuntimeError("pipeline._speedups is out of date: rebuild it")
-    for i, kind in enumerate(wire.COLUMN_KINDS):
-        _kinds[i] = codes[kind]
+    _encoder_ok = (len(wire.COLUMN_KINDS) == _NCOLUMNS
+                   and all(kind in codes for kind in wire.COLUMN_KINDS))
+    if _encoder_ok:
+        for i, kind in enumerate(wire.COLUMN_KINDS):
+            _kinds[i] = codes[kind]
     _wire = wire
     _protocol_header_index = wire._PROTOCOL_HEADER_INDEX
     _build_row = rows.build_row
@@ -263,6 +266,8 @@ cdef int _put_bytea_field(Buf* b, object value) except -1:
 
 cdef bytes _row_tuple(tuple values, bint protocol_jsonb, bint data_jsonb):
     cdef Buf b
+    if not _encoder_ok:
+        return _wire.copy_tuple(values, _wire.WireFormat(protocol_jsonb, data_jsonb))
     b.data = <char*>PyMem_Malloc(1024)
     if b.data == NULL:
         raise MemoryError()
@@ -427,6 +432,7 @@ def _shape(schema):
 
 
 cdef dict _fused_fingerprints = {}   # id(codec) -> fingerprint the fused reader reads
+cdef dict _fused_problems = {}       # id(codec) -> why the fused path is off, or None
 
 
 cdef object _fused_fingerprint(object codec):
@@ -437,11 +443,91 @@ cdef object _fused_fingerprint(object codec):
         return found
     writer = codec.writer
     shapes = tuple((f["name"], _shape(f["type"])) for f in writer.parsed["fields"])
-    fingerprint = writer.fingerprint if shapes == _FUSED_FIELDS else None
+    fingerprint = None
+    if not _encoder_ok:
+        problem = "the capture columns changed: the compiled code predates them"
+    elif shapes != _FUSED_FIELDS:
+        problem = "the newest Avro schema is not the one the fused reader reads"
+    else:
+        fingerprint = writer.fingerprint
+        problem = _self_check(codec, b"\xc3\x01" + fingerprint)
+        if problem is not None:
+            fingerprint = None
+    if problem is not None:
+        from pipeline.observability import get_logger
+        get_logger("pipeline.accel").warning("compiled_row_builder_disabled", reason=problem)
     if len(_fused_fingerprints) > 64:
         _fused_fingerprints.clear()
+        _fused_problems.clear()
     _fused_fingerprints[key] = fingerprint
+    _fused_problems[key] = problem
     return fingerprint
+
+
+_SAMPLE_SIP = (
+    b"INVITE sip:bob@b.example SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\n"
+    b'From: "A" <sip:alice@a.example>;tag=f1\r\nTo: <sip:bob@b.example>\r\n'
+    b"Call-ID: abc@h\r\nCSeq: 7 INVITE\r\nContact: <sip:a@10.0.0.1>;expires=60\r\n"
+    b"User-Agent: ua\r\nContent-Type: application/sdp\r\n\r\nv=0\r\n",
+    b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK2\r\nFrom: <sip:a@r>;tag=1\r\n"
+    b"To: <sip:a@r>;tag=2\r\nCall-ID: reg@h\r\nCSeq: 2 REGISTER\r\nExpires: 300\r\n"
+    b"Reason: SIP;cause=200\r\nP-Asserted-Identity: <sip:pai@h>\r\n\r\n",
+)
+
+
+def _sample_records():
+    """Records covering the fused builder's branches, for its self-check."""
+    base = {
+        "record_id": bytes(range(16)), "hep_version": 3, "ip_family": 2, "ip_proto": 17,
+        "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2", "src_port": 5060, "dst_port": 5070,
+        "capture_time": 1_700_000_000_123_456, "capture_time_from_receiver": False,
+        "proto_type": 1, "capture_id": 2001, "keep_alive": None, "auth_key_present": True,
+        "auth_key": "pw", "correlation_id": None, "vlan": 7, "node_name": None,
+        "payload": _SAMPLE_SIP[0], "payload_was_compressed": False, "extra_chunks": [],
+        "receive_time": 1_700_000_001_000_000, "transport": "udp", "sender_ip": "127.0.0.1",
+        "sender_port": 9, "receiver_id": "r1",
+    }
+    yield base
+    yield {**base, "payload": _SAMPLE_SIP[1], "proto_type": None, "capture_id": None,
+           "node_name": "node-1", "correlation_id": "corr-1", "auth_key": None}
+    yield {**base, "proto_type": 5, "payload": b'{"rtcp": 1}', "capture_id": None,
+           "correlation_id": "abc@h"}
+    yield {**base, "proto_type": 100, "payload": b"log line", "node_name": "n"}
+
+
+cdef object _self_check(object codec, bytes header):
+    """None if the fused builder gives the pure rows for the samples, else why not.
+
+    It is a translation of build_row: if that function changes and this one is not
+    changed alike, the rows would differ; the pure path then does all the work."""
+    cdef const uint8_t* p
+    cdef _Rec rec
+    for number, record in enumerate(_sample_records()):
+        value = codec.encode(record)
+        if value[:10] != header:
+            return f"sample {number}: not written with the newest schema"
+        p = <const uint8_t*>PyBytes_AS_STRING(value)
+        if _read_body(p, len(value), &rec) != 0:
+            return f"sample {number}: the fused reader cannot read it"
+        for store_auth_key in (False, True):
+            mine = _fused_row(p, &rec, value, 3, 42, store_auth_key)
+            theirs = _pure_row(value, codec, 3, 42, store_auth_key)
+            if mine is None:
+                return f"sample {number}: not a fused-path record"
+            if mine.table != theirs.table or mine.values != theirs.values:
+                for column, (a, b) in enumerate(zip(mine.values, theirs.values)):
+                    if a != b:
+                        return f"sample {number}: column {column} {a!r} != {b!r}"
+                return f"sample {number}: rows differ"
+    return None
+
+
+def fused_row_builder_problem(codec):
+    """Why build_rows takes the pure functions for every record of `codec`'s newest
+    schema (None: it reads and builds them in C)."""
+    _rows_init()
+    _fused_fingerprint(codec)
+    return _fused_problems.get(id(codec))
 
 
 # Each reader returns 0, or 1 when the body is not the common case (read it the pure

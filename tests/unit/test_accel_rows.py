@@ -330,3 +330,30 @@ def test_sip_summary_is_the_parsers(payload: bytes) -> None:
     assert _summary_or_error(_speedups.summarise_sip, payload) == _summary_or_error(
         summarise_sip, payload
     )
+
+
+# -- the fused builder's self-check ----------------------------------------------------
+
+
+def test_the_fused_row_builder_is_active() -> None:
+    """Values of the newest schema are read and built in C. If this fails after a
+    change to build_row or the schema, _speedups_rows.pxi needs the same change (the
+    reason says which sample and column differ); until then the pure path runs."""
+    assert _speedups.fused_row_builder_problem(CODEC) is None
+
+
+def test_the_fused_row_builder_turns_itself_off_when_build_row_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+
+    from pipeline.storage import rows
+
+    monkeypatch.setattr(rows, "_dumps", lambda obj: json.dumps(obj, separators=(",", ":")))
+    codec = load_codec()  # a codec the self-check has not seen
+    problem = _speedups.fused_row_builder_problem(codec)
+    assert problem is not None and problem.startswith("sample 2: column 3")
+    offsets = list(range(len(VECTOR_VALUES)))
+    pure = batch.build_rows(VECTOR_VALUES, 0, offsets, codec=codec)
+    compiled = _speedups.build_rows(VECTOR_VALUES, 0, offsets, codec=codec)
+    assert [(r.table, r.values) for r in compiled[0]] == [(r.table, r.values) for r in pure[0]]

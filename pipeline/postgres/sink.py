@@ -5,6 +5,11 @@ temporary staging table, then ``INSERT INTO <table> SELECT ... ON CONFLICT
 (record_id, create_date) DO NOTHING`` moves it into its capture table. When `write`
 returns, every accepted row is committed; replaying a batch never duplicates a row.
 
+Every COPY goes through `_copy`: rows arrive in wire form (`CaptureRow.wire`, the
+binary COPY tuple the consumer encoded as it built the row, `pipeline.storage.wire`)
+and are written as they are; a row without one is encoded there. Whether the header
+columns are json or jsonb is read from the catalog at start (`wire_format`).
+
 Errors, told apart by SQLSTATE class::
 
     data errors (class 22 data exception, 23 integrity constraint, 54 program limit

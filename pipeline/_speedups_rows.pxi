@@ -362,6 +362,7 @@ from libc.string cimport memchr, memcmp, strlen
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8(object unicode) except NULL
+    void PyObject_GC_UnTrack(object op)
 
 cdef struct _Span:
     Py_ssize_t off
@@ -756,10 +757,20 @@ cdef object _utc_datetime(int64_t micros):
                         (rest // 1000000) % 60, rest % 1000000, _UTC)
 
 
+# data_header's keys between "cseq" and "expires" (rows._SIP_DATA_KEYS), each with
+# the comma before it.
+cdef const char* _DATA_KEYS[14]
+_DATA_KEYS[:] = [b',"ruri_user":', b',"ruri_domain":', b',"from_user":', b',"from_domain":',
+                 b',"from_tag":', b',"to_user":', b',"to_domain":', b',"to_tag":',
+                 b',"contact_user":', b',"contact_domain":', b',"user_agent":',
+                 b',"pid_user":', b',"content_type":', b',"reason":']
+
+
 cdef object _fused_row(const uint8_t* p, _Rec* r, object value, object partition,
                        object offset, bint store_auth_key):
     """The CaptureRow of the record at `p`, or None to take the pure path."""
     cdef Buf h
+    cdef int k
     cdef int64_t seconds, useconds, hep_type
     cdef bint is_sip = not r.proto_type.present or r.proto_type.value == 1
     cdef const uint8_t* payload_p = p + r.payload.off
@@ -877,19 +888,12 @@ cdef object _fused_row(const uint8_t* p, _Rec* r, object value, object partition
             _put_json_str(&h, homer_method)
             _put_cstr(&h, ',"cseq":')
             _put_json_str(&h, f"{cseq_number} {cseq_method}")
-            for key, field in (("ruri_user", ruri_user), ("ruri_domain", ruri_domain),
-                               ("from_user", from_user), ("from_domain", from_domain),
-                               ("from_tag", from_tag), ("to_user", to_user),
-                               ("to_domain", to_domain), ("to_tag", to_tag),
-                               ("contact_user", contact_user),
-                               ("contact_domain", contact_host),
-                               ("user_agent", user_agent), ("pid_user", pai_user),
-                               ("content_type", content_type),
-                               ("reason", reason_header)):
-                _put_cstr(&h, ',"')
-                _put_cstr(&h, PyUnicode_AsUTF8(key))
-                _put_cstr(&h, '":')
-                _put_json_str(&h, field or "")
+            fields = (ruri_user, ruri_domain, from_user, from_domain, from_tag, to_user,
+                      to_domain, to_tag, contact_user, contact_host, user_agent, pai_user,
+                      content_type, reason_header)
+            for k in range(14):
+                _put_cstr(&h, _DATA_KEYS[k])
+                _put_json_str(&h, fields[k] or "")
             _put_cstr(&h, ',"expires":')
             _put_json_str(&h, str(expires) if expires is not None else "")
             _put_byte(&h, 125)
@@ -930,6 +934,10 @@ cdef object _fused_row(const uint8_t* p, _Rec* r, object value, object partition
             )
     finally:
         PyMem_Free(h.data)
+    # Strings, numbers, datetimes and a UUID: the tuple cannot be part of a cycle, and
+    # the cyclic GC need not scan the batch's tuples (CPython untracks such tuples
+    # itself, but only once a collection has scanned them).
+    PyObject_GC_UnTrack(values)
     return _CaptureRow(table, values)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import uuid
+from pathlib import Path
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -79,6 +80,24 @@ def test_vectors_give_identical_rows() -> None:
     assert len(VECTOR_VALUES) > 20
     assert_same_rows(VECTOR_VALUES)
     assert_same_rows(VECTOR_VALUES, store_auth_key=True)
+
+
+def test_distinct_call_load_gives_identical_rows() -> None:
+    """bench/load/hep_corpus.bin: the packets of the distinct-Call-ID load (each a u16
+    little-endian length, then the HEP bytes)."""
+    corpus = (Path(__file__).resolve().parents[2] / "bench" / "load" / "hep_corpus.bin")
+    data, packets, offset = corpus.read_bytes(), [], 0
+    while offset + 2 <= len(data):
+        size = int.from_bytes(data[offset:offset + 2], "little")
+        packets.append(data[offset + 2:offset + 2 + size])
+        offset += 2 + size
+    values = []
+    for i, data in enumerate(packets):
+        rec = packet_to_record(decode_packet(data), record_id=i.to_bytes(16, "big"),
+                               receive_time_us=1_800_000_000_000_000, context=CONTEXT)
+        values.append(CODEC.encode(rec))
+    assert len(values) >= 1000
+    assert_same_rows(values)
 
 
 def test_hostile_corpus_gives_identical_rows() -> None:

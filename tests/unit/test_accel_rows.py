@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 import uuid
-from pathlib import Path
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest

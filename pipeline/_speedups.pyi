@@ -7,6 +7,7 @@ from pipeline.records.codec import RecordCodec
 from pipeline.records.mapping import ReceiveContext
 from pipeline.sip import SipSummary
 from pipeline.storage.batch import RowFailure
+from pipeline.storage.headers import HeaderExtraction
 from pipeline.storage.rows import CaptureRow
 from pipeline.storage.wire import WireFormat
 
@@ -46,6 +47,7 @@ def build_rows(
     *,
     codec: RecordCodec,
     store_auth_key: bool = False,
+    headers: HeaderExtraction | None = None,
     wire_format: WireFormat | None = None,
 ) -> tuple[list[CaptureRow], list[RowFailure]]: ...
 def copy_tuple(values: Sequence[object], wire_format: WireFormat | None = None) -> bytes: ...

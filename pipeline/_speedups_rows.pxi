@@ -21,7 +21,7 @@ from cpython.datetime cimport (
 
 import_datetime()
 
-DEF _NCOLUMNS = 42
+DEF _NCOLUMNS = 43
 # Column kinds, from pipeline.storage.wire.COLUMN_KINDS.
 DEF _K_TEXT = 1
 DEF _K_HEADER = 2
@@ -32,6 +32,7 @@ DEF _K_TIMESTAMPTZ = 6
 DEF _K_INET = 7
 DEF _K_UUID = 8
 DEF _K_BYTEA = 9
+DEF _K_JSONB = 10
 
 cdef int _kinds[_NCOLUMNS]
 # False when the columns changed since this code was written (pure encoder then).
@@ -82,7 +83,7 @@ cdef int _rows_init() except -1:
     from pipeline.storage import batch, rows, wire
     codes = {"text": _K_TEXT, "header": _K_HEADER, "int2": _K_INT2, "int4": _K_INT4,
              "int8": _K_INT8, "timestamptz": _K_TIMESTAMPTZ, "inet": _K_INET,
-             "uuid": _K_UUID, "bytea": _K_BYTEA}
+             "uuid": _K_UUID, "bytea": _K_BYTEA, "jsonb": _K_JSONB}
     _encoder_ok = (len(wire.COLUMN_KINDS) == _NCOLUMNS
                    and all(kind in codes for kind in wire.COLUMN_KINDS))
     if _encoder_ok:
@@ -230,6 +231,8 @@ cdef int _put_row(Buf* b, tuple values, bint protocol_jsonb, bint data_jsonb) ex
             _put_text_field(b, value, False)
         elif kind == _K_HEADER:
             _put_text_field(b, value, protocol_jsonb if i == _protocol_header_index else data_jsonb)
+        elif kind == _K_JSONB:
+            _put_text_field(b, value, True)
         elif kind == _K_INT2:
             _put_int_field(b, value, 2)
         elif kind == _K_INT4:
@@ -290,7 +293,7 @@ def copy_tuple(values, wire_format=None):
 
 
 cdef object _pure_row(object value, object codec, object partition, object offset,
-                      bint store_auth_key):
+                      bint store_auth_key, object headers=None):
     """RecordCodec.decode + build_row, as pipeline.storage.batch.build_rows calls them."""
     if value is None:
         raise _RecordDecodeError("no_value", "tombstone or empty record")
@@ -298,10 +301,11 @@ cdef object _pure_row(object value, object codec, object partition, object offse
     if type(record["capture_time"]) is not int:
         _times_to_micros(record)
     return _build_row(record, kafka_partition=partition, kafka_offset=offset,
-                      store_auth_key=store_auth_key)
+                      store_auth_key=store_auth_key, headers=headers)
 
 
-def build_rows(values, partition, offsets, *, codec, store_auth_key=False, wire_format=None):
+def build_rows(values, partition, offsets, *, codec, store_auth_key=False, headers=None,
+               wire_format=None):
     """Compiled `pipeline.storage.batch.build_rows`."""
     cdef Py_ssize_t index, n = len(values)
     cdef bint encode = wire_format is not None
@@ -314,7 +318,8 @@ def build_rows(values, partition, offsets, *, codec, store_auth_key=False, wire_
         data_jsonb = wire_format.data_header_jsonb
     cdef list rows = []
     cdef list failures = []
-    fused = _fused_fingerprint(codec)
+    # Configured custom or A-leg headers: build_row itself (it extracts and counts them).
+    fused = _fused_fingerprint(codec) if headers is None or not headers.wanted else None
     cdef bytes fused_header = b"\xc3\x01" + fused if fused is not None else None
     for index in range(n):
         value = values[index]
@@ -329,7 +334,7 @@ def build_rows(values, partition, offsets, *, codec, store_auth_key=False, wire_
                 if _read_body(p, len(<bytes>value), &rec) == 0:
                     row = _fused_row(p, &rec, value, partition, offset, store_auth_key)
             if row is None:
-                row = _pure_row(value, codec, partition, offset, store_auth_key)
+                row = _pure_row(value, codec, partition, offset, store_auth_key, headers)
         except _RecordDecodeError as exc:
             failures.append(_RowFailure(index, exc.reason, exc.detail))
             continue
@@ -836,15 +841,16 @@ cdef object _fused_row(const uint8_t* p, _Rec* r, object value, object partition
         _put_decimal(&h, useconds)
         _put_cstr(&h, ',"payloadType":')
         _put_decimal(&h, r.proto_type.value if r.proto_type.present else 1)
-        _put_cstr(&h, ',"captureId":')
-        if r.capture_id.present:
-            _put_byte(&h, 34)
-            _put_decimal(&h, r.capture_id.value)
-            _put_byte(&h, 34)
-        else:
-            _put_cstr(&h, '""')
+        # homer-app casts captureId to int: always a decimal string, "0" without one.
+        _put_cstr(&h, ',"captureId":"')
+        _put_decimal(&h, r.capture_id.value if r.capture_id.present else 0)
+        _put_byte(&h, 34)
+        # HOMER's correlation id: the HEP chunk, else (SIP) the Call-ID.
+        homer_correlation = correlation_id
+        if sip is not None and not correlation_id:
+            homer_correlation = sip[6]
         _put_cstr(&h, ',"correlation_id":')
-        _put_json_str(&h, correlation_id or "")
+        _put_json_str(&h, homer_correlation or "")
         _put_cstr(&h, ',"transport":')
         _put_json_str(&h, transport or "")
         _put_cstr(&h, ',"receiverId":')
@@ -913,14 +919,14 @@ cdef object _fused_row(const uint8_t* p, _Rec* r, object value, object partition
                 call_id, method, status_code, reason, cseq_number, cseq_method,
                 from_user, from_domain, from_tag, to_user, to_domain, to_tag,
                 ruri_user, ruri_domain, user_agent, via_branch, contact_user, contact_host,
-                expires, None, partition, offset,
+                expires, None, partition, offset, None,
             )
         else:
             proto_type = r.proto_type.value
             table = _table_for(proto_type, None)
             sid = correlation_id or ""
             data_header = _dumps({
-                "node": node_name or (str(r.capture_id.value) if r.capture_id.present else ""),
+                "node": node_name or str(r.capture_id.value if r.capture_id.present else 0),
                 "proto": _proto_type_name(proto_type).lower(),
             })
             values = (
@@ -930,7 +936,7 @@ cdef object _fused_row(const uint8_t* p, _Rec* r, object value, object partition
                 correlation_id, ip_family, ip_proto, src_ip, _opt_int(r.src_port), dst_ip,
                 _opt_int(r.dst_port), _opt_int(r.vlan), receive_time,
                 None, None, None, None, None, None, None, None, None, None, None, None,
-                None, None, None, None, None, None, None, None, partition, offset,
+                None, None, None, None, None, None, None, None, partition, offset, None,
             )
     finally:
         PyMem_Free(h.data)

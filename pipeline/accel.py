@@ -83,6 +83,7 @@ else:
 if TYPE_CHECKING:
     from pipeline.records import RecordCodec
     from pipeline.storage.batch import RowFailure
+    from pipeline.storage.headers import HeaderExtraction
     from pipeline.storage.rows import CaptureRow
     from pipeline.storage.wire import WireFormat
 
@@ -94,12 +95,13 @@ def build_rows(
     *,
     codec: RecordCodec,
     store_auth_key: bool = False,
+    headers: HeaderExtraction | None = None,
     wire_format: WireFormat | None = None,
 ) -> tuple[list[CaptureRow], list[RowFailure]]:
     """`pipeline.storage.batch.build_rows`, compiled when built."""
     built: tuple[list[CaptureRow], list[RowFailure]] = _consumer_functions()[0](
         values, partition, offsets, codec=codec, store_auth_key=store_auth_key,
-        wire_format=wire_format,
+        headers=headers, wire_format=wire_format,
     )
     return built
 

@@ -84,6 +84,9 @@ class UpSettings:
     # The children log like `up`.
     log_level: str = "warning"
     log_format: str = "text"
+    # The consumer's --custom-header / --a-leg-header rules, passed on as given.
+    custom_headers: tuple[str, ...] = ()
+    a_leg_headers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -508,6 +511,8 @@ def consumer_command(settings: UpSettings, endpoints: Endpoints) -> ChildCommand
             "--group", settings.group,
             "--no-migrate",  # `up` has applied the migrations already
             "--nice", str(settings.storage_nice),
+            *(arg for h in settings.custom_headers for arg in ("--custom-header", h)),
+            *(arg for h in settings.a_leg_headers for arg in ("--a-leg-header", h)),
         ),
         env=_child_env(HEP_INGEST_DSN=endpoints.dsn),
         metrics_file=path,

@@ -7,6 +7,7 @@ the cookbook (docs/sql.md) give the same answers. Time ranges go to
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -145,3 +146,98 @@ async def fetch_stats(
 ) -> list[dict[str, Any]]:
     rows = await conn.fetch(STATS_SQL, since, until, interval, top_failures)
     return [dict(r) for r in rows]
+
+
+#: The SIP capture tables (sip_messages reads the same three).
+SIP_TABLES: Final = ("hep_proto_1_call", "hep_proto_1_registration", "hep_proto_1_default")
+
+#: What a message needs to be written as a packet: where, when, how, and its bytes.
+_PACKET_COLUMNS: Final = (
+    "t.create_date, t.id, t.src_ip, t.src_port, t.dst_ip, t.dst_port, t.ip_proto, "
+    "hep_payload(t.raw, t.raw_bytes) AS payload"
+)
+
+# sip_call_flow finds the messages (the same as `hep-ingest call`); each is read back
+# from its capture table through the (sid, create_date) index for its payload.
+CALL_PACKETS_SQL: Final = """
+SELECT p.*
+  FROM sip_call_flow($1, coalesce($2::timestamptz, '-infinity'),
+                     coalesce($3::timestamptz, 'infinity')) f
+ CROSS JOIN LATERAL (
+""" + "\n     UNION ALL\n".join(
+    f"""    SELECT {_PACKET_COLUMNS} FROM {table} t
+     WHERE f.capture_table = '{table}' AND t.sid = f.leg
+       AND t.create_date = f.create_date AND t.id = f.id"""
+    for table in SIP_TABLES
+) + """
+ ) p
+ ORDER BY f.create_date, f.id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFilter:
+    """Which stored SIP messages `hep-ingest export` writes: a time range, and any of
+    Call-IDs (or correlation ids), users (From, To or R-URI) and addresses (src or dst)."""
+
+    since: datetime
+    until: datetime
+    call_ids: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    ips: tuple[str, ...] = ()
+
+
+def export_query(query: MessageFilter) -> tuple[str, list[Any]]:
+    """SQL and arguments for the messages `query` selects, in capture order.
+
+    Only the filters given appear in the SQL, so each is planned on its index
+    (hep_index_key for text, as the indexes of migrations/0003 want).
+    """
+    args: list[Any] = [query.since, query.until]
+    where = ["t.create_date >= $1", "t.create_date < $2"]
+
+    def param(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    def keys(values: tuple[str, ...]) -> str:
+        return f"ARRAY(SELECT hep_index_key(v) FROM unnest({param(list(values))}::text[]) v)"
+
+    if query.call_ids:
+        ids = keys(query.call_ids)
+        where.append(f"(t.sid = ANY({ids}) OR hep_index_key(t.correlation_id) = ANY({ids}))")
+    if query.users:
+        users = keys(query.users)
+        where.append(f"(hep_index_key(t.from_user) = ANY({users}) "
+                     f"OR hep_index_key(t.to_user) = ANY({users}) "
+                     f"OR hep_index_key(t.ruri_user) = ANY({users}))")
+    if query.ips:
+        ips = param(list(query.ips))
+        where.append(f"(t.src_ip = ANY({ips}::inet[]) OR t.dst_ip = ANY({ips}::inet[]))")
+    condition = "\n   AND ".join(where)
+    branches = "\n UNION ALL\n".join(
+        f"SELECT {_PACKET_COLUMNS} FROM {table} t\n WHERE {condition}" for table in SIP_TABLES
+    )
+    return f"SELECT m.* FROM (\n{branches}\n) m\n ORDER BY m.create_date, m.id", args
+
+
+async def fetch_call_packets(
+    conn: asyncpg.Connection,
+    call_id: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[asyncpg.Record]:
+    """The messages of `call_id` and its correlated legs, with payloads, in capture order."""
+    rows: list[asyncpg.Record] = await conn.fetch(CALL_PACKETS_SQL, call_id, since, until)
+    return rows
+
+
+async def stream_messages(
+    conn: asyncpg.Connection, query: MessageFilter, *, prefetch: int = 500
+) -> AsyncIterator[asyncpg.Record]:
+    """The messages `query` selects, through a server-side cursor: memory stays bounded
+    by `prefetch` rows however many match. Runs in a read-only transaction."""
+    sql, args = export_query(query)
+    async with conn.transaction(readonly=True):
+        async for row in conn.cursor(sql, *args, prefetch=prefetch):
+            yield row

@@ -10,6 +10,8 @@ COMMAND_MODULES = (
     "pipeline.commands.analysis",
     "pipeline.commands.consume",
     "pipeline.commands.database",
+    "pipeline.commands.export",
+    "pipeline.commands.homer_indexes",
     "pipeline.commands.receive",
     "pipeline.commands.up",
 )

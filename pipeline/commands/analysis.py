@@ -12,6 +12,7 @@ import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import asyncpg
@@ -26,9 +27,11 @@ from pipeline.analysis.queries import (
     STATS_COLUMNS,
     CallFilter,
     fetch_call_flow,
+    fetch_call_packets,
     fetch_calls,
     fetch_stats,
 )
+from pipeline.commands.binary_output import binary_output
 from pipeline.commands.dsn import database
 
 T = TypeVar("T")
@@ -49,6 +52,7 @@ class CallState(StrEnum):
 class FlowFormat(StrEnum):
     table = "table"
     json = "json"
+    pcap = "pcap"
 
 
 def parse_duration(text: str) -> timedelta:
@@ -173,13 +177,24 @@ def call(
     fmt: Annotated[
         FlowFormat,
         typer.Option("--format", envvar="HEP_INGEST_CALL_FORMAT",
-                     help="table: a ladder diagram; json: the messages."),
+                     help="table: a ladder diagram; json: the messages; pcap: a capture "
+                     "file of the messages for Wireshark, tshark or sngrep."),
     ] = FlowFormat.table,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", envvar="HEP_INGEST_CALL_OUTPUT", dir_okay=False,
+                     help="pcap: write to this file (default: stdout, when not a terminal)."),
+    ] = None,
 ) -> None:
     """One call's message flow as a ladder diagram, with legs tied by correlation id."""
     now = datetime.now(UTC)
     start = parse_time(since, now) if since else None
     end = parse_time(until, now) if until else None
+    if fmt is FlowFormat.pcap:
+        _call_pcap(dsn, call_id, start, end, output)
+        return
+    if output is not None:
+        raise typer.BadParameter("only with --format pcap", param_hint="--output")
     rows = _run(dsn, lambda conn: fetch_call_flow(conn, call_id, start, end))
     if not rows:
         typer.echo(f"no messages with Call-ID {call_id!r}", err=True)
@@ -190,6 +205,31 @@ def call(
         return
     typer.echo(f"Call-ID {call_id}: {len(rows)} messages")
     typer.echo(render_ladder(ladder_messages(rows)), nl=False)
+
+
+def _call_pcap(dsn: str | None, call_id: str, start: datetime | None,
+               end: datetime | None, output: Path | None) -> None:
+    from pipeline.analysis.pcap import PcapEncoder, file_header, message_from_row
+
+    with binary_output(output) as out:
+        rows = _run(dsn, lambda conn: fetch_call_packets(conn, call_id, start, end))
+        if not rows:
+            typer.echo(f"no messages with Call-ID {call_id!r}", err=True)
+            raise typer.Exit(1)
+        encoder = PcapEncoder()
+        messages = [message_from_row(row) for row in rows]
+        out.write(file_header() + b"".join(encoder.encode(m) for m in messages if m))
+    report_pcap(len(rows), messages.count(None), encoder.truncated)
+
+
+def report_pcap(found: int, unaddressed: int, truncated: int) -> None:
+    """Tell on stderr what a pcap export could not write as it was stored."""
+    if unaddressed:
+        typer.echo(f"warning: {unaddressed} of {found} messages have no IP address and "
+                   "are not in the file", err=True)
+    if truncated:
+        typer.echo(f"warning: {truncated} UDP payloads longer than one IP packet holds "
+                   "were cut to fit", err=True)
 
 
 def stats(

@@ -13,6 +13,8 @@ from typing import Annotated, Any
 import typer
 
 from pipeline.commands.options import (
+    ALegHeaderOption,
+    CustomHeaderOption,
     LogFormat,
     LogFormatOption,
     LogLevel,
@@ -23,6 +25,7 @@ from pipeline.commands.options import (
     WorkerIndexOption,
     check_worker_ports,
     check_workers,
+    header_rules,
 )
 
 HELP = """Consume HEP records from Kafka and store them in PostgreSQL.
@@ -140,6 +143,8 @@ def consume(
             help="Store the HEP capture password in protocol_header (it is a credential).",
         ),
     ] = False,
+    custom_header: CustomHeaderOption = None,
+    a_leg_header: ALegHeaderOption = None,
     dedup_window_ms: Annotated[
         int,
         typer.Option(
@@ -289,6 +294,7 @@ def consume(
     from pipeline.sip.kpi import KpiLimits
 
     check_workers(workers, worker_index)
+    headers = header_rules(custom_header, a_leg_header)
     capture_filter = _capture_filter(
         discard_methods, discard_sources, discard_destinations, discard_hep_types,
         censor_methods,
@@ -332,6 +338,7 @@ def consume(
         dead_letter_topic=dead_letter_topic or None,
         migrate=migrate,
         store_auth_key=store_auth_key,
+        headers=headers,
         capture_filter=capture_filter,
         sip_kpi=KpiLimits(
             timeout=sip_kpi_timeout, max_pending=sip_kpi_max_pending,

@@ -19,11 +19,14 @@ import sys
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 from typer.core import TyperCommand, TyperGroup, TyperOption
+
+if TYPE_CHECKING:
+    from pipeline.storage.headers import HeaderExtraction
 
 
 class LogLevel(StrEnum):
@@ -73,6 +76,43 @@ WorkerIndexOption = Annotated[
     int | None,
     typer.Option(hidden=True, min=0, help="Set by the --workers supervisor in each worker."),
 ]
+
+
+CustomHeaderOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--custom-header",
+        envvar="HEP_INGEST_CUSTOM_HEADERS",
+        help="SIP header whose value is stored in data_header under this name (as "
+        "heplify-server's CustomHeader, for homer-app) and in the custom_headers "
+        "column: NAME or NAME,REGEX (the regex's first group, else its match, is "
+        "stored). Case-insensitive, compact forms known; repeatable (env: "
+        "space-separated). Default: none.",
+    ),
+]
+ALegHeaderOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--a-leg-header",
+        envvar="HEP_INGEST_A_LEG_HEADERS",
+        help="SIP header naming the A-leg Call-ID (X-CID and the like), NAME or "
+        "NAME,REGEX as heplify-server's AlegIDs: without a HEP correlation id, the "
+        "first one found gives protocol_header.correlation_id, which homer-app "
+        "correlates legs by (else the Call-ID does). Repeatable (env: "
+        "space-separated). Default: none.",
+    ),
+]
+
+
+def header_rules(custom: list[str] | None, a_leg: list[str] | None) -> HeaderExtraction:
+    """The consumer's header rules from --custom-header / --a-leg-header (usage error
+    when one is bad)."""
+    from pipeline.storage.headers import header_extraction
+
+    try:
+        return header_extraction(tuple(custom or ()), tuple(a_leg or ()))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--custom-header/--a-leg-header") from exc
 
 
 def check_workers(workers: int, worker_index: int | None) -> None:

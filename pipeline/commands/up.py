@@ -11,12 +11,15 @@ from typing import Annotated
 import typer
 
 from pipeline.commands.options import (
+    ALegHeaderOption,
+    CustomHeaderOption,
     LogFormat,
     LogFormatOption,
     LogLevel,
     LogLevelOption,
     MetricsOption,
     TopicOption,
+    header_rules,
 )
 
 HELP = (
@@ -145,6 +148,8 @@ def up(
             "Needs root or CAP_SYS_NICE; without it the receiver logs a warning and runs on.",
         ),
     ] = 0,
+    custom_header: CustomHeaderOption = None,
+    a_leg_header: ALegHeaderOption = None,
     metrics: MetricsOption = None,
     log_level: LogLevelOption = LogLevel.warning,
     log_format: LogFormatOption = LogFormat.text,
@@ -175,6 +180,7 @@ def up(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
 
+    header_rules(custom_header, a_leg_header)  # a bad rule is a usage error, before starting
     configure_logging(log_level, log_format)
     settings = UpSettings(
         data_dir=resolve_data_dir(data_dir),
@@ -191,6 +197,8 @@ def up(
         receiver_priority=receiver_priority,
         log_level=log_level.value,
         log_format=log_format.value,
+        custom_headers=tuple(custom_header or ()),
+        a_leg_headers=tuple(a_leg_header or ()),
     )
     registry = CollectorRegistry()
     status = StatusLine(sys.stdout)

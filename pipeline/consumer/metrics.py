@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from pipeline.consumer.filters import DISCARD_REASONS, ScreenResult
 from pipeline.observability.metrics import register_build_info
 from pipeline.sip.kpi import EXPIRED_REASONS, Observations
+from pipeline.storage.headers import HeaderExtraction
 
 
 class ConsumerMetrics:
@@ -159,3 +164,32 @@ class ConsumerMetrics:
         for reason, count in observations.expired.items():
             self.sip_kpi_expired.labels(reason=reason).inc(count)
         self.sip_kpi_pending.set(pending)
+
+
+class _HeaderCounts(Collector):
+    """What the configured SIP headers did, read from the row builder's counts at scrape
+    time (the row builder is pure and counts in a plain dict)."""
+
+    def __init__(self, headers: HeaderExtraction) -> None:
+        self._headers = headers
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "hep_ingest_sip_headers",
+            "Configured SIP headers found in stored messages, by use (custom: kept in "
+            "data_header and custom_headers; a_leg: HOMER's correlation_id), header and "
+            "outcome (extracted, or regex_miss: present but its regex did not match).",
+            labels=["use", "header", "outcome"],
+        )
+        for rule_use, rules in (("custom", self._headers.custom), ("a_leg", self._headers.a_leg)):
+            for rule in rules:
+                for outcome in ("extracted", "regex_miss"):
+                    count = self._headers.counts.get((rule_use, rule.key, outcome), 0)
+                    family.add_metric([rule_use, rule.key, outcome], count)
+        yield family
+
+
+def register_header_metrics(registry: CollectorRegistry, headers: HeaderExtraction) -> None:
+    """hep_ingest_sip_headers_total for the configured headers (none when none are)."""
+    if headers.custom or headers.a_leg:
+        registry.register(_HeaderCounts(headers))

@@ -17,7 +17,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from pipeline.accel import IMPLEMENTATION
 from pipeline.consumer.dead_letter import DeadLetterPublisher
-from pipeline.consumer.metrics import ConsumerMetrics
+from pipeline.consumer.metrics import ConsumerMetrics, register_header_metrics
 from pipeline.consumer.retry import StopRequested, backoff, is_transient, unless_stopped
 from pipeline.consumer.settings import ConsumerSettings
 from pipeline.consumer.sink import Sink
@@ -81,6 +81,7 @@ async def run_consumer(
 ) -> None:
     """Consume `settings.topic` into the sink until `stop` is set."""
     metrics = ConsumerMetrics(registry)
+    register_header_metrics(registry, settings.headers)
     client_id = f"{settings.client_id}-{socket.gethostname()}"
     async with AsyncExitStack() as stack:
         sink = await build_sink(settings, registry)

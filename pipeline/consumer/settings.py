@@ -8,6 +8,7 @@ from typing import Literal
 from pipeline.consumer.dedup import DedupSettings
 from pipeline.consumer.filters import CaptureFilter
 from pipeline.sip.kpi import KpiLimits
+from pipeline.storage.headers import HeaderExtraction
 
 SinkName = Literal["postgres", "stdout"]
 
@@ -43,6 +44,8 @@ class ConsumerSettings:
     dead_letter_topic: str | None = None
     migrate: bool = True
     store_auth_key: bool = False
+    # Custom and A-leg SIP headers (--custom-header, --a-leg-header): what build_row keeps.
+    headers: HeaderExtraction = field(default_factory=HeaderExtraction)
     client_id: str = "hep-ingest-consumer"
     maintain_interval: float = 3600.0
     progress_interval: float = 10.0

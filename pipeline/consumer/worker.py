@@ -321,6 +321,7 @@ class ConsumerWorker:
         batch = self._building
         codec = self._codec
         store_auth_key = self._settings.store_auth_key
+        headers = self._settings.headers
         # The sink's binary COPY form, read once it started (None: it wants none).
         wire_format = self._sink.wire_format
         added = 0
@@ -340,7 +341,7 @@ class ConsumerWorker:
             offsets = [message.offset for message in messages]
             rows, failures = build_rows(
                 values, tp.partition, offsets, codec=codec, store_auth_key=store_auth_key,
-                wire_format=wire_format,
+                headers=headers, wire_format=wire_format,
             )
             keys = [message.key for message in messages]
             if failures:

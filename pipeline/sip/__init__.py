@@ -3,7 +3,7 @@
 from .callid import scan_call_id
 from .errors import REASONS, SipParseError
 from .message import SipMessage, SipSummary
-from .parser import COMPACT_HEADERS, parse_sip, summarise_sip
+from .parser import COMPACT_HEADERS, parse_sip, summarise_sip, summarise_sip_headers
 
 __all__ = [
     "COMPACT_HEADERS",
@@ -14,4 +14,5 @@ __all__ = [
     "parse_sip",
     "scan_call_id",
     "summarise_sip",
+    "summarise_sip_headers",
 ]

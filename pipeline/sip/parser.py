@@ -22,7 +22,7 @@ from .errors import (
 )
 from .message import SipMessage, SipSummary, _SipMessageBuilder
 
-__all__ = ["COMPACT_HEADERS", "parse_sip", "summarise_sip"]
+__all__ = ["COMPACT_HEADERS", "parse_sip", "summarise_sip", "summarise_sip_headers"]
 
 #: Compact header forms (RFC 3261 7.3.3 plus the ones extensions registered).
 COMPACT_HEADERS: Final[dict[str, str]] = {
@@ -504,9 +504,19 @@ def summarise_sip(payload: bytes) -> SipSummary:
     return _summary(start, dict(zip(reversed(names), reversed(values), strict=True)))
 
 
+def summarise_sip_headers(
+    payload: bytes, wanted: frozenset[str]
+) -> tuple[SipSummary, dict[str, str]]:
+    """`summarise_sip`, and the first value of each header named in `wanted` (names as
+    the parser gives them: lower case, compact forms expanded) that the message has."""
+    lines = _head_lines(payload)
+    start = _start_line(lines[0])
+    names, values = _collect(lines)
+    first = dict(zip(reversed(names), reversed(values), strict=True))
+    return _summary(start, first), {name: first[name] for name in wanted if name in first}
+
+
 def _summary(start: _Start, first: dict[str, str]) -> SipSummary:
-    """The summary of a message from its start line and the first value of each
-    header (canonical names: lower case, compact forms expanded)."""
     is_request, method, status_code, reason, _, ruri_user, ruri_domain = start
     call_id, cseq_number, cseq_method = _call_id_cseq(first)
     get = first.get

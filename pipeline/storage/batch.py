@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple
 
 from pipeline.records import RecordCodec, RecordDecodeError
+from pipeline.storage.headers import HeaderExtraction
 from pipeline.storage.rows import CaptureRow, build_row
 from pipeline.storage.wire import WireFormat, copy_tuple
 
@@ -53,10 +54,12 @@ def build_rows(
     *,
     codec: RecordCodec,
     store_auth_key: bool = False,
+    headers: HeaderExtraction | None = None,
     wire_format: WireFormat | None = None,
 ) -> tuple[list[CaptureRow], list[RowFailure]]:
     """The rows of `values` (Kafka values of `partition` at `offsets`), in order, and
-    the failures; with `wire_format` every row also carries its COPY tuple."""
+    the failures; with `wire_format` every row also carries its COPY tuple. `headers`
+    is build_row's (configured custom and A-leg headers)."""
     rows: list[CaptureRow] = []
     failures: list[RowFailure] = []
     decode = codec.decode
@@ -72,6 +75,7 @@ def build_rows(
                 kafka_partition=partition,
                 kafka_offset=offsets[index],
                 store_auth_key=store_auth_key,
+                headers=headers,
             )
         except RecordDecodeError as exc:
             failures.append(RowFailure(index, exc.reason, exc.detail))

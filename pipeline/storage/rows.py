@@ -40,7 +40,8 @@ from typing import Any, Final, cast
 
 from pipeline.accel import scan_call_id
 from pipeline.hep.chunks import PROTO_TYPE_NAMES, proto_type_name
-from pipeline.sip import SipParseError, SipSummary, summarise_sip
+from pipeline.sip import SipParseError, SipSummary, summarise_sip, summarise_sip_headers
+from pipeline.storage.headers import HeaderExtraction
 
 try:
     # asyncpg's own UUID: a uuid.UUID subclass (equal, hashable, str() alike) built
@@ -96,6 +97,7 @@ COLUMNS: Final[tuple[str, ...]] = (
     "parse_error",
     "kafka_partition",
     "kafka_offset",
+    "custom_headers",
 )
 
 CALL_TABLE: Final = "hep_proto_1_call"
@@ -194,7 +196,7 @@ def _payload_text(payload: bytes) -> tuple[str, bytes | None]:
 
 _PROTOCOL_HEADER: Final = (
     '{"protocolFamily":%d,"protocol":%d,"srcIp":%s,"dstIp":%s,"srcPort":%d,"dstPort":%d,'
-    '"timeSeconds":%d,"timeUseconds":%d,"payloadType":%d,"captureId":%s,"correlation_id":%s,'
+    '"timeSeconds":%d,"timeUseconds":%d,"payloadType":%d,"captureId":"%d","correlation_id":%s,'
     '"transport":%s,"receiverId":%s'
 )
 _SIP_DATA_KEYS: Final = (
@@ -204,7 +206,6 @@ _SIP_DATA_KEYS: Final = (
     "user_agent", "pid_user", "content_type", "reason", "expires",
 )
 _SIP_DATA_HEADER: Final = "{" + ",".join(f'"{key}":%s' for key in _SIP_DATA_KEYS) + "}"
-_EMPTY_JSON_STRING: Final = '""'
 
 
 
@@ -212,7 +213,13 @@ _EMPTY_JSON_STRING: Final = '""'
 def _protocol_header(record: dict[str, Any], proto_type: int | None,
                      correlation_id: str | None, node_name: str | None,
                      store_auth_key: bool) -> str:
-    """HOMER's protocol_header as JSON text (heplify-server's keys and types)."""
+    """HOMER's protocol_header as JSON text (heplify-server's keys and types).
+
+    `correlation_id` is HOMER's: see `build_row`. homer-app casts captureId to int
+    (``(protocol_header->>'captureId')::int``): it is always a decimal string, "0" for
+    a packet without one (heplify-server's node id of such a packet), since one
+    non-numeric value in the time range fails that search for every user.
+    """
     capture_time = record["capture_time"]
     capture_id = record.get("capture_id")
     get = record.get
@@ -227,8 +234,7 @@ def _protocol_header(record: dict[str, Any], proto_type: int | None,
         capture_time // 1_000_000,
         capture_time % 1_000_000,
         proto_type if proto_type is not None else 1,
-        # heplify-server writes the capture id as a string.
-        _escape(str(capture_id)) if capture_id is not None else _EMPTY_JSON_STRING,
+        capture_id or 0,
         _escape(correlation_id or ""),
         _escape(get("transport") or ""),
         _escape(get("receiver_id") or ""),
@@ -250,10 +256,10 @@ def _non_sip_data_header(record: dict[str, Any], proto_type: int | None,
                          node_name: str | None, parse_error: str | None, sid: str) -> str:
     if parse_error is not None:
         return _dumps({"callid": sid, "parse_error": parse_error})
-    capture_id = record.get("capture_id")
     return _dumps({
-        # heplify-server's keys for non-SIP payloads.
-        "node": node_name or (str(capture_id) if capture_id is not None else ""),
+        # heplify-server's keys for non-SIP payloads; its node is the node name, else
+        # the capture id ("0" without one).
+        "node": node_name or str(record.get("capture_id") or 0),
         "proto": proto_type_name(proto_type).lower() if proto_type is not None else "",
     })
 
@@ -264,8 +270,16 @@ def build_row(
     kafka_partition: int | None,
     kafka_offset: int | None,
     store_auth_key: bool = False,
+    headers: HeaderExtraction | None = None,
 ) -> CaptureRow:
-    """The capture-table row of one decoded Avro HEP record."""
+    """The capture-table row of one decoded Avro HEP record.
+
+    protocol_header's ``correlation_id`` is HOMER's, as heplify-server derives it (its
+    decoder/sip.go): the HEP correlation chunk, else (SIP) the first configured A-leg
+    header of `headers`, else the Call-ID; the ``correlation_id`` column keeps the
+    chunk alone. `headers` also names the custom headers kept in data_header and in
+    ``custom_headers`` (see pipeline.storage.headers); it counts what it did.
+    """
     proto_type = record.get("proto_type")
     payload = record["payload"]
     raw_bytes: bytes | None = None
@@ -282,17 +296,34 @@ def build_row(
     node_name = record.get("node_name")
     if node_name is not None and "\x00" in node_name:
         node_name = node_name.replace("\x00", "")
-    protocol_header = _protocol_header(
-        record, proto_type, correlation_id, node_name, store_auth_key
-    )
 
     sip: SipSummary | None = None
     parse_error: str | None = None
+    found: dict[str, str] | None = None
+    if headers is not None and not headers.wanted:
+        headers = None
     if proto_type is None or proto_type == 1:
         try:
-            sip = summarise_sip(payload)
+            if headers is None:
+                sip = summarise_sip(payload)
+            else:
+                sip, found = summarise_sip_headers(payload, headers.wanted)
+                if raw_bytes is not None:
+                    # jsonb rejects even an escaped \u0000.
+                    found = {k: v.replace("\x00", "") for k, v in found.items()}
         except SipParseError as exc:
             parse_error = exc.reason
+    homer_correlation = correlation_id
+    if sip is not None and not correlation_id:
+        if found:
+            homer_correlation = cast(HeaderExtraction, headers).a_leg_id(found)
+        if not homer_correlation:
+            homer_correlation = sip.call_id
+            if raw_bytes is not None:
+                homer_correlation = homer_correlation.replace("\x00", "")
+    protocol_header = _protocol_header(
+        record, proto_type, homer_correlation, node_name, store_auth_key
+    )
 
     rid = record["record_id"]
     record_id = _UUID(rid if type(rid) is bytes else bytes(rid))
@@ -362,6 +393,13 @@ def build_row(
             # The parser saw the payload's NUL bytes; jsonb rejects even an escaped \u0000.
             header_values = tuple([v.replace("\x00", "") for v in header_values])
         data_header = _SIP_DATA_HEADER % tuple(map(_escape, header_values))
+        custom = cast(HeaderExtraction, headers).custom_values(found) if found else None
+        custom_headers = None
+        if custom:
+            # heplify-server's CustomHeader: more keys of data_header.
+            extra = "".join([f",{_escape(k)}:{_escape(v)}" for k, v in custom.items()])
+            data_header = data_header[:-1] + extra + "}"
+            custom_headers = "{" + extra[1:] + "}"
         if status_code is not None and not -32768 <= status_code <= _SMALLINT_MAX:
             status_code = None
         if cseq_number is not None and not -_BIGINT_MAX - 1 <= cseq_number <= _BIGINT_MAX:
@@ -398,6 +436,7 @@ def build_row(
             None,
             kafka_partition,
             kafka_offset,
+            custom_headers,
         )
     else:
         table = table_for(proto_type)
@@ -418,6 +457,7 @@ def build_row(
             parse_error,
             kafka_partition,
             kafka_offset,
+            None,
         )
     if raw_bytes is not None:
         # The SIP parser saw the same bytes: its strings may carry NUL too.

@@ -11,7 +11,7 @@ PostgreSQL's binary send format:
     uuid                          the 16 bytes
     text                          UTF-8
     bytea                         the bytes
-    jsonb                         version byte 1, then the JSON text
+    jsonb                         version byte 1, then the JSON text (custom_headers)
     json                          the JSON text
 
 The consumer encodes each row once, where it builds it (`pipeline.storage.batch`,
@@ -39,7 +39,8 @@ COPY_HEADER: Final = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\
 #: The field count -1 that ends a binary COPY stream.
 COPY_TRAILER: Final = b"\xff\xff"
 
-# The PostgreSQL type of each column that is not text ("header" is json or jsonb).
+# The PostgreSQL type of each column that is not text ("header": json or jsonb, as the
+# catalog says).
 _NOT_TEXT: Final[dict[str, str]] = {
     "create_date": "timestamptz",
     "protocol_header": "header",
@@ -62,6 +63,7 @@ _NOT_TEXT: Final[dict[str, str]] = {
     "expires": "int4",
     "kafka_partition": "int4",
     "kafka_offset": "int8",
+    "custom_headers": "jsonb",
 }
 #: The kind of each column's binary value, in COLUMNS order.
 COLUMN_KINDS: Final[tuple[str, ...]] = tuple(_NOT_TEXT.get(c, "text") for c in COLUMNS)
@@ -134,11 +136,11 @@ def _timestamp_micros(value: datetime) -> int:
 def _field(kind: str, value: Any, jsonb: bool) -> bytes:
     if value is None:
         return _NULL
-    if kind == "text" or kind == "header":
+    if kind == "text" or kind == "header" or kind == "jsonb":
         if not isinstance(value, str):
             raise TypeError(f"expected str, got {type(value).__name__}")
         data = value.encode("utf-8")
-        if kind == "header" and jsonb:
+        if kind == "jsonb" or (kind == "header" and jsonb):
             data = b"\x01" + data
     elif kind in _INT_FORMATS:
         fmt = _INT_FORMATS[kind]

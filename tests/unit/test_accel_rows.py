@@ -219,6 +219,27 @@ def test_mutated_values_give_identical_rows_and_failures(
     assert_same_rows([mutated, mutated[:cut], mutated + b"\x00", None, b"", b"\xc3\x01"])
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(records(), min_size=1, max_size=4))
+def test_configured_headers_give_identical_rows_and_counts(
+    items: list[dict[str, Any]],
+) -> None:
+    """With custom or A-leg headers configured, build_rows gives build_row's rows
+    (custom_headers, data_header keys, HOMER correlation id) and counts alike."""
+    from pipeline.storage.headers import header_extraction
+
+    values = [CODEC.encode(item) for item in items]
+    offsets = list(range(len(values)))
+    results = []
+    for build in (batch.build_rows, _speedups.build_rows):
+        headers = header_extraction(("User-Agent", "X-Other"), ("i,(.*)@", "From"))
+        rows, failures = build(values, 1, offsets, codec=CODEC, headers=headers,
+                               wire_format=wire.WireFormat())
+        results.append(([(r.table, r.values, r.wire) for r in rows], failures,
+                        dict(headers.counts)))
+    assert results[0] == results[1]
+
+
 # -- the tuple encoder alone --------------------------------------------------------
 
 _VALUE = st.one_of(

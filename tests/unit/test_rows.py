@@ -68,7 +68,7 @@ OTHER = ("OPTIONS", "MESSAGE", "SUBSCRIBE", "PUBLISH")
 
 def test_columns_are_the_tables_columns_but_id() -> None:
     assert "id" not in COLUMNS
-    assert len(COLUMNS) == len(set(COLUMNS)) == 42
+    assert len(COLUMNS) == len(set(COLUMNS)) == 43
     assert len(row_of(request("INVITE")).values) == len(COLUMNS)
 
 
@@ -161,7 +161,7 @@ def test_protocol_header_has_homer_keys() -> None:
     assert header == {
         "protocolFamily": 2, "protocol": 17, "srcIp": "10.0.0.1", "dstIp": "10.0.0.2",
         "srcPort": 5060, "dstPort": 5070, "timeSeconds": 1_700_000_000,
-        "timeUseconds": 123_456, "payloadType": 1, "captureId": "2001", "correlation_id": "",
+        "timeUseconds": 123_456, "payloadType": 1, "captureId": "2001", "correlation_id": "abc@h",
         "transport": "udp", "receiverId": "r1",
     }
 

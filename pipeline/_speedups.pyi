@@ -7,6 +7,11 @@ from typing import Any
 from pipeline.hep.packet import HepPacket
 from pipeline.records.codec import RecordCodec
 from pipeline.records.mapping import ReceiveContext
+from pipeline.sip import SipSummary
+from pipeline.storage.batch import RowFailure
+from pipeline.storage.headers import HeaderExtraction
+from pipeline.storage.rows import CaptureRow
+from pipeline.storage.wire import WireFormat
 
 def decode_packet(data: bytes | memoryview) -> HepPacket: ...
 def scan_call_id(payload: bytes, limit: int = 4096) -> bytes | None: ...
@@ -46,3 +51,19 @@ def record_batch(
     compress: Callable[[bytes], bytes] | None = None,
 ) -> tuple[int, bytes]: ...
 def murmur2(data: bytes) -> int: ...
+
+# The consumer's per-record path (_speedups_rows.pxi): pipeline.storage.batch.build_rows
+# and pipeline.storage.wire.copy_tuple.
+def build_rows(
+    values: Sequence[bytes | None],
+    partition: int,
+    offsets: Sequence[int],
+    *,
+    codec: RecordCodec,
+    store_auth_key: bool = False,
+    headers: HeaderExtraction | None = None,
+    wire_format: WireFormat | None = None,
+) -> tuple[list[CaptureRow], list[RowFailure]]: ...
+def copy_tuple(values: Sequence[object], wire_format: WireFormat | None = None) -> bytes: ...
+def summarise_sip(payload: bytes) -> SipSummary: ...
+def fused_row_builder_problem(codec: RecordCodec) -> str | None: ...

@@ -1270,3 +1270,4 @@ def murmur2(data):
         return h ^ (h >> 15)
     finally:
         PyBuffer_Release(&view)
+include "_speedups_rows.pxi"

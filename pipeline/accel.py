@@ -17,17 +17,26 @@ the extension is not even imported). Every hot-path caller imports these names f
     pipeline.datagram_read.receive_datagrams  _speedups.receive_datagrams
     pipeline.kafka_batch.record_batch         _speedups.record_batch
     pipeline.kafka_batch.murmur2              _speedups.murmur2
+    pipeline.storage.batch.build_rows         _speedups.build_rows
+    pipeline.storage.wire.copy_tuple          _speedups.copy_tuple
+
+The consumer's functions are looked up on first use (`build_rows`, `copy_tuple`): the
+pure ones import the storage modules, which import this one.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "IMPLEMENTATION",
     "PURE_ENV",
     "DatagramEncoder",
+    "build_rows",
+    "copy_tuple",
     "datagram_encoder",
     "decode_packet",
     "murmur2",
@@ -80,3 +89,51 @@ else:
     from pipeline.records.mapping import record_key
     from pipeline.records.packetwrite import packet_encoder
     from pipeline.sip.callid import scan_call_id
+
+
+if TYPE_CHECKING:
+    from pipeline.records import RecordCodec
+    from pipeline.storage.batch import RowFailure
+    from pipeline.storage.headers import HeaderExtraction
+    from pipeline.storage.rows import CaptureRow
+    from pipeline.storage.wire import WireFormat
+
+
+def build_rows(
+    values: Sequence[bytes | None],
+    partition: int,
+    offsets: Sequence[int],
+    *,
+    codec: RecordCodec,
+    store_auth_key: bool = False,
+    headers: HeaderExtraction | None = None,
+    wire_format: WireFormat | None = None,
+) -> tuple[list[CaptureRow], list[RowFailure]]:
+    """`pipeline.storage.batch.build_rows`, compiled when built."""
+    built: tuple[list[CaptureRow], list[RowFailure]] = _consumer_functions()[0](
+        values, partition, offsets, codec=codec, store_auth_key=store_auth_key,
+        headers=headers, wire_format=wire_format,
+    )
+    return built
+
+
+def copy_tuple(values: Sequence[Any], wire_format: WireFormat | None = None) -> bytes:
+    """`pipeline.storage.wire.copy_tuple`, compiled when built."""
+    encoded: bytes = _consumer_functions()[1](values, wire_format)
+    return encoded
+
+
+_consumer: tuple[Callable[..., Any], Callable[..., Any]] | None = None
+
+
+def _consumer_functions() -> tuple[Callable[..., Any], Callable[..., Any]]:
+    global _consumer
+    if _consumer is None:
+        if _compiled is not None:
+            _consumer = (_compiled.build_rows, _compiled.copy_tuple)
+        else:
+            from pipeline.storage.batch import build_rows as pure_build_rows
+            from pipeline.storage.wire import copy_tuple as pure_copy_tuple
+
+            _consumer = (pure_build_rows, pure_copy_tuple)
+    return _consumer

@@ -225,6 +225,9 @@ class Screen:
                 method = values[_CSEQ_METHOD]
                 if method in censor:
                     row.values = censor_values(values)
+                    # Its COPY tuple holds the values before censoring: the sink
+                    # encodes the censored ones instead.
+                    row.wire = None
                     censored[method] = censored.get(method, 0) + 1
             kept.append(i)
         return result

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from pipeline.storage.offsets import BatchOffsets, BatchOutcome
 from pipeline.storage.rows import CaptureRow
+from pipeline.storage.wire import WireFormat
 
 
 class Rejected(Protocol):
@@ -39,6 +40,11 @@ class Sink(Protocol):
         """partition -> stored next_offset; a sink that stores none returns {} (the
         consumer then starts at Kafka's committed offsets)."""
         ...
+
+    # The binary COPY form the sink writes rows in, once started (None: it uses only the
+    # rows' values); the worker encodes each row as it builds it.
+    @property
+    def wire_format(self) -> WireFormat | None: ...
 
     async def maintain(self, now: datetime) -> object: ...
 

@@ -42,6 +42,10 @@ class StdoutSink:
     async def start(self) -> None:
         return None
 
+    @property
+    def wire_format(self) -> None:
+        return None  # it prints the rows' values
+
     async def write(self, rows: Sequence[CaptureRow]) -> list[Any]:
         stream = self._stream or sys.stdout
         if rows:

@@ -39,7 +39,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import ConsumerStoppedError, IllegalStateError, KafkaError
@@ -50,6 +50,7 @@ from tenacity import (
     stop_after_attempt,
 )
 
+from pipeline.accel import build_rows
 from pipeline.consumer.dead_letter import DeadLetter, DeadLetterPublisher
 from pipeline.consumer.dedup import DuplicateFilter
 from pipeline.consumer.filters import Screen
@@ -59,10 +60,10 @@ from pipeline.consumer.retry import backoff, is_transient, sleep_unless_stopped
 from pipeline.consumer.settings import ConsumerSettings
 from pipeline.consumer.sink import Sink
 from pipeline.observability import get_logger
-from pipeline.records import RecordCodec, RecordDecodeError
+from pipeline.records import RecordCodec
 from pipeline.sip.kpi import SipKpi
 from pipeline.storage.offsets import BatchOffsets, BatchOutcome, OffsetClaim
-from pipeline.storage.rows import DUPLICATES_TABLE, UNKNOWN_TYPE_TABLE, CaptureRow, build_row
+from pipeline.storage.rows import DUPLICATES_TABLE, UNKNOWN_TYPE_TABLE, CaptureRow
 
 log = get_logger("pipeline.consumer")
 
@@ -386,10 +387,11 @@ class ConsumerWorker:
         if not data:
             return
         batch = self._building
-        decode = self._codec.decode
-        build = build_row
+        codec = self._codec
         store_auth_key = self._settings.store_auth_key
         headers = self._settings.headers
+        # The sink's binary COPY form, read once it started (None: it wants none).
+        wire_format = self._sink.wire_format
         added = 0
         unknown_type = 0
         for tp, messages in data.items():
@@ -408,44 +410,35 @@ class ConsumerWorker:
             if chunk is None:
                 chunk = batch.parts[tp] = _PartitionChunk()
                 self._fetch_start.setdefault(tp, messages[0].offset)
-            add_row = chunk.rows.append
-            add_offset = chunk.offsets.append
-            add_key = chunk.keys.append
-            add_value = chunk.values.append
-            partition = tp.partition
             first_new = len(chunk.rows)
-            for message in messages:
-                value = message.value
-                offset = message.offset
-                try:
-                    if value is None:
-                        raise RecordDecodeError("no_value", "tombstone or empty record")
-                    record = decode(value)
-                    if type(record["capture_time"]) is not int:
-                        _times_to_micros(record)
-                    row = build(
-                        record,
-                        kafka_partition=partition,
-                        kafka_offset=offset,
-                        store_auth_key=store_auth_key,
-                        headers=headers,
-                    )
-                except RecordDecodeError as exc:
-                    chunk.dead.append(_dead_letter(message, exc.reason, exc.detail))
-                    continue
-                except Exception as exc:  # a record we decoded but cannot map: keep it aside
+            values = [message.value for message in messages]
+            offsets = [message.offset for message in messages]
+            rows, failures = build_rows(
+                values, tp.partition, offsets, codec=codec, store_auth_key=store_auth_key,
+                headers=headers, wire_format=wire_format,
+            )
+            keys = [message.key for message in messages]
+            if failures:
+                failed = set()
+                for failure in failures:
+                    failed.add(failure.position)
                     chunk.dead.append(
-                        _dead_letter(message, "row_build_error", f"{type(exc).__name__}: {exc}")
+                        _dead_letter(messages[failure.position], failure.reason, failure.detail)
                     )
-                    continue
+                kept = [i for i in range(len(messages)) if i not in failed]
+                values = [values[i] for i in kept]
+                offsets = [offsets[i] for i in kept]
+                keys = [keys[i] for i in kept]
+            for row in rows:
                 if row.table == UNKNOWN_TYPE_TABLE:
                     unknown_type += 1
-                add_row(row)
-                add_offset(offset)
-                add_key(message.key)
-                add_value(value)
+            chunk.rows.extend(rows)
+            chunk.offsets.extend(offsets)
+            chunk.keys.extend(keys)
+            # Every None value is a failure ("no_value"), dropped above.
+            chunk.values.extend(cast(list[bytes], values))
             if self._dedup is not None:
-                self._handle_duplicates(partition, chunk, first_new)
+                self._handle_duplicates(tp.partition, chunk, first_new)
             chunk.next_offset = messages[-1].offset + 1
             added += len(messages)
         if added:
@@ -833,20 +826,6 @@ def _retry_fetch(exc: BaseException) -> bool:
     if isinstance(exc, ConsumerStoppedError | IllegalStateError):
         return False
     return isinstance(exc, KafkaError | OSError)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _times_to_micros(record: dict[str, Any]) -> None:
-    """fastavro reads timestamp-micros as datetime; build_row takes epoch microseconds."""
-    for name in ("capture_time", "receive_time"):
-        value = record.get(name)
-        if isinstance(value, datetime):
-            if value.tzinfo is None:
-                value = value.replace(tzinfo=UTC)
-            delta = value - _EPOCH
-            record[name] = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _dead_letter(message: ConsumerRecord[bytes, bytes], reason: str, detail: str) -> DeadLetter:

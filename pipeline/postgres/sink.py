@@ -13,6 +13,11 @@ violation (or any data error) fails the transaction, which runs again through a
 temporary staging twin of each capture table and ``INSERT ... SELECT ... ON CONFLICT
 (record_id, create_date) DO NOTHING``. The common case pays nothing for it.
 
+Every COPY goes through `_copy`: rows arrive in wire form (`CaptureRow.wire`, the
+binary COPY tuple the consumer encoded as it built the row, `pipeline.storage.wire`)
+and are written as they are; a row without one is encoded there. Whether the header
+columns are json or jsonb is read from the catalog at start (`wire_format`).
+
 Errors, told apart by SQLSTATE class::
 
     data errors (class 22 data exception, 23 integrity constraint, 54 program limit
@@ -61,6 +66,7 @@ from tenacity import (
     wait_random,
 )
 
+from pipeline.accel import copy_tuple
 from pipeline.observability import get_logger
 from pipeline.postgres.errors import describe_database_error, is_configuration_error, redact_dsn
 from pipeline.postgres.migrate import apply_migrations
@@ -73,11 +79,19 @@ from pipeline.postgres.partitions import (
 )
 from pipeline.storage.offsets import BatchOffsets, BatchOutcome
 from pipeline.storage.rows import CAPTURE_TABLES, COLUMNS, CaptureRow
+from pipeline.storage.wire import (
+    COPY_HEADER,
+    COPY_TRAILER,
+    JSONB_HEADERS,
+    WireFormat,
+    encode_inet,
+)
 
 log = get_logger(__name__)
 
 T = TypeVar("T")
 
+_HEADER_COLUMNS = ("protocol_header", "data_header")
 _COLUMN_LIST = ", ".join(COLUMNS)
 
 _ADVANCE_OFFSETS = """
@@ -270,40 +284,9 @@ class _FencedError(Exception):
         self.stored = stored
 
 
-# Binary inet: asyncpg's own encoder parses every address string with ipaddress
-# (about 2 us per value, two per row). Capture traffic repeats a small set of
-# addresses, so the encoded form is cached per string (bounded: cleared when full).
-_INET_CACHE_MAX = 16_384
-_inet_cache: dict[str, bytes] = {}
-_PGSQL_AF_INET = 2
-_PGSQL_AF_INET6 = 3
-
-
-def _inet_binary(value: Any) -> bytes:
-    """PostgreSQL's binary inet, exactly as asyncpg's own encoder writes it."""
-    try:
-        address = ipaddress.ip_address(value)
-    except ValueError:
-        # A host with a prefix length ("10.0.0.1/24"): PostgreSQL's inet takes it too.
-        interface = ipaddress.ip_interface(value)
-        packed = interface.packed
-        family = _PGSQL_AF_INET if interface.version == 4 else _PGSQL_AF_INET6
-        return bytes((family, interface.network.prefixlen, 1, len(packed))) + packed
-    packed = address.packed
-    family = _PGSQL_AF_INET if address.version == 4 else _PGSQL_AF_INET6
-    return bytes((family, len(packed) * 8, 0, len(packed))) + packed
-
-
-def _encode_inet(value: Any) -> bytes:
-    if type(value) is not str:
-        return _inet_binary(value)
-    encoded = _inet_cache.get(value)
-    if encoded is None:
-        encoded = _inet_binary(value)  # ValueError for a non-address: a data error
-        if len(_inet_cache) >= _INET_CACHE_MAX:
-            _inet_cache.clear()
-        _inet_cache[value] = encoded
-    return encoded
+# The cached binary inet encoder (also the one the row encoder uses), registered as
+# asyncpg's inet codec for the queries the sink sends with addresses as parameters.
+_encode_inet = encode_inet
 
 
 def _decode_inet(data: bytes) -> Any:
@@ -337,6 +320,9 @@ class PostgresSink:
         self._clock = clock
         self._pool: asyncpg.Pool | None = None
         self._stopping = asyncio.Event()
+        #: How rows are encoded for COPY: the header columns' types, read from the
+        #: catalog by `start` (jsonb until then).
+        self.wire_format: WireFormat = JSONB_HEADERS
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -370,6 +356,30 @@ class PostgresSink:
             raise SinkError(
                 f"capture tables missing: {', '.join(absent)} (run `hep-ingest migrate`)"
             )
+        self.wire_format = await self._retrying(self._header_types)
+
+    async def _header_types(self) -> WireFormat:
+        """json or jsonb: the header columns' type in every capture table."""
+        async with self.pool.acquire(timeout=self.settings.acquire_timeout) as conn:
+            rows = await conn.fetch(
+                "SELECT DISTINCT a.attname, format_type(a.atttypid, NULL) AS type "
+                "FROM pg_attribute a WHERE a.attrelid = ANY($1::regclass[]) "
+                "AND a.attname = ANY($2::text[]) AND NOT a.attisdropped",
+                sorted(CAPTURE_TABLES), list(_HEADER_COLUMNS),
+            )
+        types: dict[str, set[str]] = defaultdict(set)
+        for row in rows:
+            types[row["attname"]].add(row["type"])
+        for column in _HEADER_COLUMNS:
+            if len(types[column]) != 1 or not types[column] <= {"json", "jsonb"}:
+                raise SinkError(
+                    f"capture tables disagree on {column}: {sorted(types[column])} "
+                    "(expected json or jsonb in all; run `hep-ingest migrate`)"
+                )
+        return WireFormat(
+            protocol_header_jsonb=types["protocol_header"] == {"jsonb"},
+            data_header_jsonb=types["data_header"] == {"jsonb"},
+        )
 
     async def _create_pool(self) -> asyncpg.Pool:
         s = self.settings
@@ -581,19 +591,6 @@ class PostgresSink:
                 raise _OffsetRowGoneError(f"offset rows deleted meanwhile: {lost}")
             raise _FencedError(stored)
 
-    async def _copy(self, conn: asyncpg.Connection, table: str, rows: Sequence[CaptureRow]) -> None:
-        """COPY `rows` into `table` (a capture table or its staging twin), in COLUMNS
-        order. Every COPY of the sink goes through here."""
-        try:
-            await conn.copy_records_to_table(
-                table, records=[row.values for row in rows], columns=COLUMNS
-            )
-        except (ValueError, TypeError, OverflowError) as exc:
-            if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
-                raise
-            # asyncpg could not encode a value (an inet that is no address, ...).
-            raise _EncodeError(f"{type(exc).__name__}: {exc}") from exc
-
     async def _isolate(
         self,
         conn: asyncpg.Connection,
@@ -646,6 +643,30 @@ class PostgresSink:
             await conn.execute(f'TRUNCATE "{staging}"')
             counts[table] = int(status.rsplit(" ", 1)[-1])
         return counts
+
+    async def _copy(self, conn: asyncpg.Connection, table: str, rows: Sequence[CaptureRow]) -> None:
+        """Binary COPY of `rows` into `table` (a capture table or its staging twin, which
+        has the same columns), in COLUMNS order. Every COPY of the sink goes through here.
+
+        Rows carry their COPY tuple when the consumer encoded them as it built them
+        (with this sink's `wire_format`); the others are encoded here. A value
+        that cannot be encoded raises _EncodeError, a data error: the batch is bisected.
+        """
+        wire_format = self.wire_format
+        tuples: list[bytes] = [COPY_HEADER]
+        add = tuples.append
+        try:
+            for row in rows:
+                wire = row.wire
+                add(copy_tuple(row.values, wire_format) if wire is None else wire)
+        except (ValueError, TypeError, OverflowError) as exc:
+            # A value its column cannot hold (an inet that is no address, ...).
+            raise _EncodeError(f"{type(exc).__name__}: {exc}") from exc
+        add(COPY_TRAILER)
+        # A memoryview: asyncpg would take bytes for a file name.
+        await conn.copy_to_table(
+            table, source=memoryview(b"".join(tuples)), format="binary", columns=COLUMNS
+        )
 
     # -- retries -----------------------------------------------------------------------
 

@@ -125,10 +125,14 @@ _escape = encode_basestring_ascii
 
 @dataclass(slots=True)
 class CaptureRow:
-    """One row for `table`; `values` follow `COLUMNS`."""
+    """One row for `table`; `values` follow `COLUMNS`. `wire` is the row's binary COPY
+    tuple (`pipeline.storage.wire`) when the consumer encoded it as it built the row;
+    a sink encodes the values of a row without it. Whoever replaces `values` sets
+    `wire` to None (the tuple would still hold the old values)."""
 
     table: str
     values: tuple[Any, ...]
+    wire: bytes | None = None
 
     def value(self, column: str) -> Any:
         """A value by column name (for tests and error reports, not the hot path)."""

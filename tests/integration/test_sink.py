@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import json
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -13,12 +15,15 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
+from pipeline.accel import build_rows
 from pipeline.embedded import EmbeddedPostgres
 from pipeline.hep import decode_packet
 from pipeline.postgres.sink import PostgresSink, RetryPolicy, SinkSettings
-from pipeline.records import ReceiveContext, RecordIdGenerator, packet_to_record
-from pipeline.storage import CaptureRow, build_row
+from pipeline.records import ReceiveContext, RecordIdGenerator, load_codec, packet_to_record
+from pipeline.storage import COLUMNS, CaptureRow, build_row
 from pipeline.storage.offsets import BatchOffsets, BatchOutcome, OffsetClaim
+from pipeline.storage.rows import CAPTURE_TABLES
+from pipeline.storage.wire import WireFormat
 from tests.conftest import load_vectors
 
 pytestmark = pytest.mark.integration
@@ -256,6 +261,25 @@ async def stored_offsets(dsn: str, group: str) -> dict[int, int]:
         await conn.close()
 
 
+def wire_rows(records: list[dict[str, Any]], wire_format: WireFormat) -> list[CaptureRow]:
+    """Rows as the consumer builds them: each with its binary COPY tuple."""
+    codec = load_codec()
+    values = [codec.encode(r) for r in records]
+    rows, failures = build_rows(values, 0, list(range(len(values))), codec=codec,
+                                wire_format=wire_format)
+    assert failures == []
+    return rows
+
+
+async def stored_columns(dsn: str, table: str) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(f"SELECT {', '.join(COLUMNS)} FROM {table} ORDER BY kafka_offset")
+        return [dict(r) for r in rows]
+    finally:
+        await conn.close()
+
+
 def claim(partition: int, expected: int | None, next_offset: int) -> BatchOffsets:
     return BatchOffsets("g", "hep", (OffsetClaim(partition, expected, next_offset),))
 
@@ -339,3 +363,61 @@ async def test_a_batch_of_dead_letters_only_advances_the_offsets(
     assert await sink.write_batch([], claim(2, None, 7), before_commit) == BatchOutcome()
     assert published == [[]]
     assert await stored_offsets(database_dsn, "g") == {2: 7}
+def as_stored(row: CaptureRow) -> dict[str, Any]:
+    """A row's values as asyncpg reads them back (jsonb as text, inet as an address)."""
+    out = dict(zip(COLUMNS, row.values, strict=True))
+    for column in ("src_ip", "dst_ip"):
+        if out[column] is not None:
+            out[column] = ipaddress.ip_address(out[column])
+    return out
+
+
+async def test_rows_in_wire_form_store_their_values(sink: PostgresSink, database_dsn: str) -> None:
+    records = vector_records("kamailio_hep3_udp", RecordIdGenerator())
+    records[5] = {**records[5], "src_ip": "not-an-address"}
+    assert sink.wire_format == WireFormat()  # jsonb, as migrated
+    rows = wire_rows(records, sink.wire_format)
+    assert rows[0].wire is not None and rows[5].wire is None  # the sink's path refuses it
+    rejected = await sink.write(rows)
+    assert [(r.row.value("kafka_offset"), r.reason[:7]) for r in rejected] == [(5, "encode:")]
+    for table in SIP_TABLES:
+        expected = [as_stored(r) for r in rows if r.table == table and r is not rows[5]]
+        stored = await stored_columns(database_dsn, table)
+        for got, want in zip(stored, expected, strict=True):
+            for column in ("protocol_header", "data_header"):
+                assert json.loads(got.pop(column)) == json.loads(want.pop(column))
+            assert got == want
+
+
+async def test_json_header_columns_are_read_from_the_catalog(database_dsn: str) -> None:
+    first = make_sink(database_dsn)
+    await first.start(now=datetime(2026, 11, 26, 12, tzinfo=UTC))
+    await first.close(timeout=5)
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        for table in sorted(CAPTURE_TABLES):
+            await conn.execute(f"ALTER TABLE {table} ALTER COLUMN data_header TYPE json, "
+                               "ALTER COLUMN protocol_header TYPE json")
+    finally:
+        await conn.close()
+    sink = make_sink(database_dsn)
+    await sink.start(now=datetime(2026, 11, 26, 12, tzinfo=UTC))
+    try:
+        assert sink.wire_format == WireFormat(False, False)
+        rows = wire_rows(vector_records("hepjs_hep3_udp", RecordIdGenerator()),
+                         sink.wire_format)
+        # Rows without tuples (built by build_row) are encoded by the sink the same way.
+        rows[1] = CaptureRow(rows[1].table, rows[1].values)
+        assert await sink.write(rows) == []
+    finally:
+        await sink.close(timeout=5)
+    stored = []
+    for table in sorted({r.table for r in rows}):
+        stored += await stored_columns(database_dsn, table)
+    assert len(stored) == len(rows)
+    by_offset = {s["kafka_offset"]: s for s in stored}
+    for row in rows:
+        got = by_offset[row.value("kafka_offset")]
+        # json keeps the text as written, byte for byte.
+        assert got["data_header"] == row.value("data_header")
+        assert got["protocol_header"] == row.value("protocol_header")

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.accel import copy_tuple
 from pipeline.consumer.filters import (
     CaptureFilter,
     Screen,
@@ -107,6 +108,18 @@ def test_censor_blanks_the_body_of_the_method_and_keeps_its_length() -> None:
     assert censored == head + "x" * len(body.encode())
     assert rows[1].value("raw").endswith("keep me")
     assert rows[0].value("data_header") and "meet" not in censored
+
+
+def test_censored_rows_lose_their_copy_tuple() -> None:
+    """A row in wire form carries its values encoded: once censored, the sink must
+    encode the censored values, not write the tuple of the original ones."""
+    rows = rows_of([message("MESSAGE", "secret body"), message("INFO", "keep me")])
+    for row in rows:
+        row.wire = copy_tuple(row.values)
+    kept_wire = rows[1].wire
+    Screen(CaptureFilter(censor_methods=frozenset({"MESSAGE"}))).screen(rows)
+    assert rows[0].wire is None and b"secret" not in copy_tuple(rows[0].values)
+    assert rows[1].wire == kept_wire
 
 
 def test_censor_of_exact_bytes_renders_raw_again() -> None:

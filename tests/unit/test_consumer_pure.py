@@ -13,7 +13,7 @@ from pipeline.consumer.dead_letter import DeadLetter
 from pipeline.consumer.metrics import ConsumerMetrics
 from pipeline.consumer.settings import ConsumerSettings
 from pipeline.consumer.stdout_sink import StdoutSink, row_to_json
-from pipeline.consumer.worker import _times_to_micros
+from pipeline.storage.batch import times_to_micros as _times_to_micros
 from pipeline.storage.rows import CaptureRow, build_row
 from tests.integration.consume_support import encode_packets, sip_packet
 

@@ -27,6 +27,8 @@ class _Rejected(NamedTuple):
 class _RejectingSink:
     """Rejects every row whose Kafka offset is in `bad`."""
 
+    wire_format = None
+
     def __init__(self, bad: set[tuple[int, int]]) -> None:
         self.bad = bad
         self.written: list[CaptureRow] = []

@@ -1,4 +1,5 @@
-"""The sink's cached binary inet encoder writes what asyncpg's own encoder writes."""
+"""The cached binary inet encoder of rows in wire form writes what asyncpg's own
+encoder writes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import ipaddress
 import pytest
 
 from pipeline.postgres import sink
+from pipeline.storage import wire
 
 
 @pytest.mark.parametrize(
@@ -19,8 +21,8 @@ from pipeline.postgres import sink
     ],
 )
 def test_encode_inet(value: object, expected: bytes) -> None:
-    assert sink._encode_inet(value) == expected
-    assert sink._encode_inet(value) == expected  # from the cache for strings
+    assert wire.encode_inet(value) == expected
+    assert wire.encode_inet(value) == expected  # from the cache for strings
     decoded = sink._decode_inet(expected)
     assert str(decoded) == str(ipaddress.ip_interface(value) if "/" in str(value)
                                else ipaddress.ip_address(value))
@@ -29,13 +31,13 @@ def test_encode_inet(value: object, expected: bytes) -> None:
 @pytest.mark.parametrize("bad", ["not-an-address", "", "1.2.3.4/33"])
 def test_encode_inet_rejects_non_addresses(bad: str) -> None:
     with pytest.raises(ValueError):
-        sink._encode_inet(bad)
-    assert bad not in sink._inet_cache
+        wire.encode_inet(bad)
+    assert bad not in wire._inet_cache
 
 
 def test_inet_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sink, "_INET_CACHE_MAX", 4)
-    monkeypatch.setattr(sink, "_inet_cache", {})
+    monkeypatch.setattr(wire, "_INET_CACHE_MAX", 4)
+    monkeypatch.setattr(wire, "_inet_cache", {})
     for n in range(10):
-        sink._encode_inet(f"10.0.0.{n}")
-        assert len(sink._inet_cache) <= 4
+        wire.encode_inet(f"10.0.0.{n}")
+        assert len(wire._inet_cache) <= 4

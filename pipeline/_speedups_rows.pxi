@@ -1,0 +1,1431 @@
+# The consumer's per-record work, compiled (included by _speedups.pyx, one module).
+#
+# Twins of the pure reference: pipeline.storage.wire.copy_tuple and
+# pipeline.storage.batch.build_rows, same signatures, outputs and errors
+# (tests/unit/test_accel_rows.py).
+#
+# The pure modules import pipeline.accel, which imports this module: they are
+# imported on first use, not at import time.
+
+from cpython.datetime cimport (
+    PyDateTime_DATE_GET_HOUR,
+    PyDateTime_DATE_GET_MICROSECOND,
+    PyDateTime_DATE_GET_MINUTE,
+    PyDateTime_DATE_GET_SECOND,
+    PyDateTime_GET_DAY,
+    PyDateTime_GET_MONTH,
+    PyDateTime_GET_YEAR,
+    datetime as _datetime_type,
+    import_datetime,
+)
+
+import_datetime()
+
+DEF _NCOLUMNS = 43
+# Column kinds, from pipeline.storage.wire.COLUMN_KINDS.
+DEF _K_TEXT = 1
+DEF _K_HEADER = 2
+DEF _K_INT2 = 3
+DEF _K_INT4 = 4
+DEF _K_INT8 = 5
+DEF _K_TIMESTAMPTZ = 6
+DEF _K_INET = 7
+DEF _K_UUID = 8
+DEF _K_BYTEA = 9
+DEF _K_JSONB = 10
+
+cdef int _kinds[_NCOLUMNS]
+# False when the columns changed since this code was written (pure encoder then).
+cdef bint _encoder_ok = False
+cdef Py_ssize_t _protocol_header_index = -1
+cdef bint _rows_ready = False
+cdef object _wire = None          # pipeline.storage.wire
+cdef object _build_row = None     # pipeline.storage.rows.build_row
+cdef object _times_to_micros = None
+cdef object _RecordDecodeError = None
+cdef object _RowFailure = None
+cdef object _UTC = None
+cdef object _UUID_type = None
+cdef dict _inet_cache_rows = None
+cdef object _escape_json = None
+cdef object _dumps = None
+cdef object _summarise_sip = None
+cdef object _SipParseError = None
+cdef object _table_for = None
+cdef object _proto_type_name = None
+cdef object _UUID_fast = None
+cdef object _CaptureRow = None
+cdef object _start_line = None
+cdef object _summary_from = None
+cdef object _call_id_cseq = None
+cdef object _party_py = None
+cdef object _via_py = None
+cdef object _contact_py = None
+cdef object _pai_py = None
+cdef object _to_int = None
+cdef object _param = None
+cdef object _SipSummary = None
+cdef object _uri_py = None
+
+
+cdef int _rows_init() except -1:
+    global _rows_ready, _wire, _build_row, _times_to_micros, _RecordDecodeError
+    global _RowFailure, _encoder_ok, _protocol_header_index, _UTC, _UUID_type, _inet_cache_rows
+    global _escape_json, _dumps, _summarise_sip, _SipParseError, _table_for
+    global _proto_type_name, _UUID_fast, _CaptureRow, _start_line, _summary_from
+    global _call_id_cseq, _party_py, _via_py, _contact_py, _pai_py, _to_int, _param
+    global _SipSummary, _uri_py
+    if _rows_ready:
+        return 0
+    from datetime import UTC
+    from uuid import UUID
+    from pipeline.records import RecordDecodeError
+    from pipeline.storage import batch, rows, wire
+    codes = {"text": _K_TEXT, "header": _K_HEADER, "int2": _K_INT2, "int4": _K_INT4,
+             "int8": _K_INT8, "timestamptz": _K_TIMESTAMPTZ, "inet": _K_INET,
+             "uuid": _K_UUID, "bytea": _K_BYTEA, "jsonb": _K_JSONB}
+    _encoder_ok = (len(wire.COLUMN_KINDS) == _NCOLUMNS
+                   and all(kind in codes for kind in wire.COLUMN_KINDS))
+    if _encoder_ok:
+        for i, kind in enumerate(wire.COLUMN_KINDS):
+            _kinds[i] = codes[kind]
+    _wire = wire
+    _protocol_header_index = wire._PROTOCOL_HEADER_INDEX
+    _build_row = rows.build_row
+    _times_to_micros = batch.times_to_micros
+    _RecordDecodeError = RecordDecodeError
+    _RowFailure = batch.RowFailure
+    _UTC = UTC
+    _UUID_type = UUID
+    _inet_cache_rows = wire._inet_cache
+    from json import dumps
+    from json.encoder import encode_basestring_ascii
+    from pipeline.hep.chunks import proto_type_name
+    from pipeline.sip import SipParseError, summarise_sip
+    _escape_json = encode_basestring_ascii
+    _dumps = dumps
+    _summarise_sip = summarise_sip
+    from pipeline.sip import parser
+    _start_line = parser._start_line
+    _summary_from = parser._summary
+    _call_id_cseq = parser._call_id_cseq
+    _party_py = parser._party
+    _via_py = parser._via
+    _contact_py = parser._contact
+    _pai_py = parser._pai
+    _to_int = parser._to_int
+    _param = parser._param
+    _SipSummary = parser.SipSummary
+    _uri_py = parser._uri
+    _SipParseError = SipParseError
+    _table_for = rows.table_for
+    _proto_type_name = proto_type_name
+    _UUID_fast = rows._UUID
+    _CaptureRow = rows.CaptureRow
+    _rows_ready = True
+    return 0
+
+
+cdef inline void _put_be(char* out, uint64_t value, int size) noexcept:
+    cdef int i
+    for i in range(size):
+        out[i] = <char>((value >> (8 * (size - 1 - i))) & 0xFF)
+
+
+cdef inline int _put_be_int(Buf* b, uint64_t value, int size) except -1:
+    _reserve(b, size)
+    _put_be(b.data + b.size, value, size)
+    b.size += size
+    return 0
+
+
+cdef inline int _put_null(Buf* b) except -1:
+    return _put_be_int(b, 0xFFFFFFFF, 4)
+
+
+cdef int _put_field_bytes(Buf* b, const char* data, Py_ssize_t n, bint jsonb) except -1:
+    if n + jsonb > 0x7FFFFFFF:
+        raise OverflowError("value too long for a COPY field")
+    _put_be_int(b, <uint64_t>(n + jsonb), 4)
+    if jsonb:
+        _put_byte(b, 1)
+    return _put_raw(b, data, n)
+
+
+cdef int _put_text_field(Buf* b, object value, bint jsonb) except -1:
+    cdef Py_ssize_t n
+    cdef const char* s
+    if not isinstance(value, str):
+        raise TypeError(f"expected str, got {type(value).__name__}")
+    s = PyUnicode_AsUTF8AndSize(value, &n)
+    return _put_field_bytes(b, s, n, jsonb)
+
+
+cdef int _put_int_field(Buf* b, object value, int size) except -1:
+    cdef int64_t v
+    if not isinstance(value, int):
+        raise OverflowError(f"int{size}: required argument is not an integer")
+    try:
+        v = value
+    except OverflowError:
+        raise OverflowError(f"int{size}: value out of range") from None
+    if size == 2 and not -32768 <= v <= 32767:
+        raise OverflowError("int2: value out of range")
+    if size == 4 and not -2147483648 <= v <= 2147483647:
+        raise OverflowError("int4: value out of range")
+    _put_be_int(b, <uint64_t>size, 4)
+    return _put_be_int(b, <uint64_t>v, size)
+
+
+cdef inline int64_t _days_from_civil(int64_t y, int64_t m, int64_t d) noexcept:
+    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm)."""
+    cdef int64_t era, yoe, doy, doe
+    if m <= 2:
+        y -= 1
+    era = (y if y >= 0 else y - 399) // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+# 2000-01-01 is day 10957 after 1970-01-01.
+DEF _PG_EPOCH_DAYS = 10957
+
+
+cdef int _put_timestamp_field(Buf* b, object value) except -1:
+    cdef int64_t micros, days
+    if type(value) is _datetime_type and value.tzinfo is _UTC:
+        days = _days_from_civil(PyDateTime_GET_YEAR(value), PyDateTime_GET_MONTH(value),
+                                PyDateTime_GET_DAY(value)) - _PG_EPOCH_DAYS
+        micros = ((days * 86400 + PyDateTime_DATE_GET_HOUR(value) * 3600
+                   + PyDateTime_DATE_GET_MINUTE(value) * 60
+                   + PyDateTime_DATE_GET_SECOND(value)) * 1000000
+                  + PyDateTime_DATE_GET_MICROSECOND(value))
+    else:
+        micros = _wire._timestamp_micros(value)
+    _put_be_int(b, 8, 4)
+    return _put_be_int(b, <uint64_t>micros, 8)
+
+
+cdef int _put_inet_field(Buf* b, object value) except -1:
+    encoded = _inet_cache_rows.get(value) if type(value) is str else None
+    if encoded is None:
+        encoded = _wire.encode_inet(value)
+    return _put_field_bytes(b, PyBytes_AS_STRING(encoded), len(encoded), False)
+
+
+cdef int _put_row(Buf* b, tuple values, bint protocol_jsonb, bint data_jsonb) except -1:
+    cdef Py_ssize_t i
+    cdef int kind
+    if len(values) != _NCOLUMNS:
+        raise ValueError(f"{len(values)} values for {_NCOLUMNS} columns")
+    _put_be_int(b, _NCOLUMNS, 2)
+    for i in range(_NCOLUMNS):
+        value = values[i]
+        if value is None:
+            _put_null(b)
+            continue
+        kind = _kinds[i]
+        if kind == _K_TEXT:
+            _put_text_field(b, value, False)
+        elif kind == _K_HEADER:
+            _put_text_field(b, value, protocol_jsonb if i == _protocol_header_index else data_jsonb)
+        elif kind == _K_JSONB:
+            _put_text_field(b, value, True)
+        elif kind == _K_INT2:
+            _put_int_field(b, value, 2)
+        elif kind == _K_INT4:
+            _put_int_field(b, value, 4)
+        elif kind == _K_INT8:
+            _put_int_field(b, value, 8)
+        elif kind == _K_TIMESTAMPTZ:
+            _put_timestamp_field(b, value)
+        elif kind == _K_INET:
+            _put_inet_field(b, value)
+        elif kind == _K_UUID:
+            _put_uuid(b, value)
+        else:
+            _put_bytea_field(b, value)
+    return 0
+
+
+cdef int _put_uuid(Buf* b, object value) except -1:
+    if not isinstance(value, _UUID_type):
+        raise TypeError(f"expected a UUID, got {type(value).__name__}")
+    raw = value.bytes
+    return _put_field_bytes(b, PyBytes_AS_STRING(raw), len(raw), False)
+
+
+cdef int _put_bytea_field(Buf* b, object value) except -1:
+    cdef Py_buffer view
+    PyObject_GetBuffer(value, &view, PyBUF_SIMPLE)
+    try:
+        _put_field_bytes(b, <const char*>view.buf, view.len, False)
+    finally:
+        PyBuffer_Release(&view)
+    return 0
+
+
+cdef bytes _row_tuple(tuple values, bint protocol_jsonb, bint data_jsonb):
+    cdef Buf b
+    if not _encoder_ok:
+        return _wire.copy_tuple(values, _wire.WireFormat(protocol_jsonb, data_jsonb))
+    b.data = <char*>PyMem_Malloc(1024)
+    if b.data == NULL:
+        raise MemoryError()
+    b.size = 0
+    b.cap = 1024
+    try:
+        _put_row(&b, values, protocol_jsonb, data_jsonb)
+        return PyBytes_FromStringAndSize(b.data, b.size)
+    finally:
+        PyMem_Free(b.data)
+
+
+def copy_tuple(values, wire_format=None):
+    """Compiled `pipeline.storage.wire.copy_tuple`."""
+    _rows_init()
+    if wire_format is None:
+        wire_format = _wire.JSONB_HEADERS
+    return _row_tuple(tuple(values), wire_format.protocol_header_jsonb,
+                      wire_format.data_header_jsonb)
+
+
+cdef object _pure_row(object value, object codec, object partition, object offset,
+                      bint store_auth_key, object headers=None):
+    """RecordCodec.decode + build_row, as pipeline.storage.batch.build_rows calls them."""
+    if value is None:
+        raise _RecordDecodeError("no_value", "tombstone or empty record")
+    record = codec.decode(value)
+    if type(record["capture_time"]) is not int:
+        _times_to_micros(record)
+    return _build_row(record, kafka_partition=partition, kafka_offset=offset,
+                      store_auth_key=store_auth_key, headers=headers)
+
+
+def build_rows(values, partition, offsets, *, codec, store_auth_key=False, headers=None,
+               wire_format=None):
+    """Compiled `pipeline.storage.batch.build_rows`."""
+    cdef Py_ssize_t index, n = len(values)
+    cdef bint encode = wire_format is not None
+    cdef bint protocol_jsonb = False, data_jsonb = False
+    cdef const uint8_t* p
+    cdef _Rec rec
+    _rows_init()
+    if encode:
+        protocol_jsonb = wire_format.protocol_header_jsonb
+        data_jsonb = wire_format.data_header_jsonb
+    cdef list rows = []
+    cdef list failures = []
+    # Configured custom or A-leg headers: build_row itself (it extracts and counts them).
+    fused = _fused_fingerprint(codec) if headers is None or not headers.wanted else None
+    cdef bytes fused_header = b"\xc3\x01" + fused if fused is not None else None
+    for index in range(n):
+        value = values[index]
+        offset = offsets[index]
+        row = None
+        try:
+            if (fused_header is not None and type(value) is bytes
+                    and len(<bytes>value) > 10
+                    and memcmp(PyBytes_AS_STRING(value), PyBytes_AS_STRING(fused_header),
+                               10) == 0):
+                p = <const uint8_t*>PyBytes_AS_STRING(value)
+                if _read_body(p, len(<bytes>value), &rec) == 0:
+                    row = _fused_row(p, &rec, value, partition, offset, store_auth_key)
+            if row is None:
+                row = _pure_row(value, codec, partition, offset, store_auth_key, headers)
+        except _RecordDecodeError as exc:
+            failures.append(_RowFailure(index, exc.reason, exc.detail))
+            continue
+        except Exception as exc:
+            failures.append(
+                _RowFailure(index, "row_build_error", f"{type(exc).__name__}: {exc}"))
+            continue
+        if encode:
+            try:
+                row.wire = _row_tuple(row.values, protocol_jsonb, data_jsonb)
+            except (ValueError, TypeError, OverflowError):
+                pass
+        rows.append(row)
+    return rows, failures
+
+
+# -- Fused Avro decode and row build (the common case) --------------------------------
+#
+# `build_rows` reads values written with the newest writer schema straight from their
+# bytes and builds the row of a SIP message that parses, with a UTF-8 payload free of
+# NUL, or of a non-SIP payload: a translation of RecordCodec.decode + build_row for
+# that case. Anything else (an older schema, a malformed body, a varint beyond 63 bits,
+# a payload that is not clean UTF-8, a SIP parse error, a timestamp a datetime cannot
+# hold) goes through the pure functions themselves, which give the same rows and
+# failures by construction.
+
+from cpython.datetime cimport datetime_new
+from libc.stdio cimport snprintf
+from libc.string cimport memchr, memcmp, strlen
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8(object unicode) except NULL
+    void PyObject_GC_UnTrack(object op)
+
+cdef struct _Span:
+    Py_ssize_t off
+    Py_ssize_t size
+    bint present
+
+
+cdef struct _OptInt:
+    int64_t value
+    bint present
+
+
+cdef struct _Rec:
+    Py_ssize_t record_id
+    int64_t hep_version
+    _OptInt ip_family
+    _OptInt ip_proto
+    _Span src_ip
+    _Span dst_ip
+    _OptInt src_port
+    _OptInt dst_port
+    int64_t capture_time
+    _OptInt proto_type
+    _OptInt capture_id
+    _Span auth_key
+    _Span correlation_id
+    _OptInt vlan
+    _Span node_name
+    _Span payload
+    int64_t receive_time
+    _Span transport
+    _Span sender_ip
+    _Span receiver_id
+
+
+# The newest schema's fields as the fused reader expects them: (name, shape).
+_FUSED_FIELDS = (
+    ("record_id", "fixed16"), ("hep_version", "int"), ("ip_family", "null|int"),
+    ("ip_proto", "null|int"), ("src_ip", "null|string"), ("dst_ip", "null|string"),
+    ("src_port", "null|int"), ("dst_port", "null|int"), ("capture_time", "long"),
+    ("capture_time_from_receiver", "boolean"), ("proto_type", "null|int"),
+    ("capture_id", "null|long"), ("keep_alive", "null|int"),
+    ("auth_key_present", "boolean"), ("auth_key", "null|string"),
+    ("correlation_id", "null|string"), ("vlan", "null|int"), ("node_name", "null|string"),
+    ("payload", "bytes"), ("payload_was_compressed", "boolean"),
+    ("extra_chunks", "array<int,int,bytes>"), ("receive_time", "long"),
+    ("transport", "string"), ("sender_ip", "string"), ("sender_port", "int"),
+    ("receiver_id", "string"),
+)
+
+
+def _shape(schema):
+    if isinstance(schema, list):
+        return "|".join(_shape(branch) for branch in schema)
+    if isinstance(schema, str):
+        return schema
+    kind = schema["type"]
+    if kind == "fixed":
+        return f"fixed{schema['size']}"
+    if kind == "array":
+        items = schema["items"]
+        if isinstance(items, dict) and items.get("type") == "record":
+            return "array<" + ",".join(_shape(f["type"]) for f in items["fields"]) + ">"
+        return "array<" + _shape(items) + ">"
+    if kind == "record":
+        return "record"
+    return kind
+
+
+cdef dict _fused_fingerprints = {}   # id(codec) -> fingerprint the fused reader reads
+cdef dict _fused_problems = {}       # id(codec) -> why the fused path is off, or None
+
+
+cdef object _fused_fingerprint(object codec):
+    """The writer fingerprint whose bodies the fused reader can read, or None."""
+    key = id(codec)
+    found = _fused_fingerprints.get(key, False)
+    if found is not False:
+        return found
+    writer = codec.writer
+    shapes = tuple((f["name"], _shape(f["type"])) for f in writer.parsed["fields"])
+    fingerprint = None
+    if not _encoder_ok:
+        problem = "the capture columns changed: the compiled code predates them"
+    elif shapes != _FUSED_FIELDS:
+        problem = "the newest Avro schema is not the one the fused reader reads"
+    else:
+        fingerprint = writer.fingerprint
+        problem = _self_check(codec, b"\xc3\x01" + fingerprint)
+        if problem is not None:
+            fingerprint = None
+    if problem is not None:
+        from pipeline.observability import get_logger
+        get_logger("pipeline.accel").warning("compiled_row_builder_disabled", reason=problem)
+    if len(_fused_fingerprints) > 64:
+        _fused_fingerprints.clear()
+        _fused_problems.clear()
+    _fused_fingerprints[key] = fingerprint
+    _fused_problems[key] = problem
+    return fingerprint
+
+
+_SAMPLE_SIP = (
+    b"INVITE sip:bob@b.example SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\n"
+    b'From: "A" <sip:alice@a.example>;tag=f1\r\nTo: <sip:bob@b.example>\r\n'
+    b"Call-ID: abc@h\r\nCSeq: 7 INVITE\r\nContact: <sip:a@10.0.0.1>;expires=60\r\n"
+    b"User-Agent: ua\r\nContent-Type: application/sdp\r\n\r\nv=0\r\n",
+    b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK2\r\nFrom: <sip:a@r>;tag=1\r\n"
+    b"To: <sip:a@r>;tag=2\r\nCall-ID: reg@h\r\nCSeq: 2 REGISTER\r\nExpires: 300\r\n"
+    b"Reason: SIP;cause=200\r\nP-Asserted-Identity: <sip:pai@h>\r\n\r\n",
+)
+
+
+def _sample_records():
+    """Records covering the fused builder's branches, for its self-check."""
+    base = {
+        "record_id": bytes(range(16)), "hep_version": 3, "ip_family": 2, "ip_proto": 17,
+        "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2", "src_port": 5060, "dst_port": 5070,
+        "capture_time": 1_700_000_000_123_456, "capture_time_from_receiver": False,
+        "proto_type": 1, "capture_id": 2001, "keep_alive": None, "auth_key_present": True,
+        "auth_key": "pw", "correlation_id": None, "vlan": 7, "node_name": None,
+        "payload": _SAMPLE_SIP[0], "payload_was_compressed": False, "extra_chunks": [],
+        "receive_time": 1_700_000_001_000_000, "transport": "udp", "sender_ip": "127.0.0.1",
+        "sender_port": 9, "receiver_id": "r1",
+    }
+    yield base
+    yield {**base, "payload": _SAMPLE_SIP[1], "proto_type": None, "capture_id": None,
+           "node_name": "node-1", "correlation_id": "corr-1", "auth_key": None}
+    yield {**base, "proto_type": 5, "payload": b'{"rtcp": 1}', "capture_id": None,
+           "correlation_id": "abc@h"}
+    yield {**base, "proto_type": 100, "payload": b"log line", "node_name": "n"}
+
+
+cdef object _self_check(object codec, bytes header):
+    """None if the fused builder gives the pure rows for the samples, else why not.
+
+    It is a translation of build_row: if that function changes and this one is not
+    changed alike, the rows would differ; the pure path then does all the work."""
+    cdef const uint8_t* p
+    cdef _Rec rec
+    for number, record in enumerate(_sample_records()):
+        value = codec.encode(record)
+        if value[:10] != header:
+            return f"sample {number}: not written with the newest schema"
+        p = <const uint8_t*>PyBytes_AS_STRING(value)
+        if _read_body(p, len(value), &rec) != 0:
+            return f"sample {number}: the fused reader cannot read it"
+        for store_auth_key in (False, True):
+            mine = _fused_row(p, &rec, value, 3, 42, store_auth_key)
+            theirs = _pure_row(value, codec, 3, 42, store_auth_key)
+            if mine is None:
+                return f"sample {number}: not a fused-path record"
+            if mine.table != theirs.table or mine.values != theirs.values:
+                for column, (a, b) in enumerate(zip(mine.values, theirs.values)):
+                    if a != b:
+                        return f"sample {number}: column {column} {a!r} != {b!r}"
+                return f"sample {number}: rows differ"
+    return None
+
+
+def fused_row_builder_problem(codec):
+    """Why build_rows takes the pure functions for every record of `codec`'s newest
+    schema (None: it reads and builds them in C)."""
+    _rows_init()
+    _fused_fingerprint(codec)
+    return _fused_problems.get(id(codec))
+
+
+# Each reader returns 0, or 1 when the body is not the common case (read it the pure
+# way instead).
+
+cdef inline int _rd_long(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos,
+                         int64_t* out) noexcept:
+    cdef uint64_t result = 0
+    cdef int shift = 0
+    cdef uint8_t byte
+    while True:
+        if pos[0] >= n or shift > 56:
+            return 1  # truncated, or wider than 63 bits: the pure reader decides
+        byte = p[pos[0]]
+        pos[0] += 1
+        result |= (<uint64_t>(byte & 0x7F)) << shift
+        if not byte & 0x80:
+            out[0] = <int64_t>(result >> 1) ^ -(<int64_t>(result & 1))
+            return 0
+        shift += 7
+
+
+cdef inline int _rd_opt_long(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos,
+                             _OptInt* out) noexcept:
+    cdef int64_t branch
+    if _rd_long(p, n, pos, &branch):
+        return 1
+    if branch == 0:
+        out.present = False
+        return 0
+    if branch != 1:
+        return 1
+    out.present = True
+    return _rd_long(p, n, pos, &out.value)
+
+
+cdef inline int _rd_span(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos,
+                         _Span* out) noexcept:
+    cdef int64_t size
+    if _rd_long(p, n, pos, &size):
+        return 1
+    if size < 0 or size > n - pos[0]:
+        return 1
+    out.off = pos[0]
+    out.size = size
+    out.present = True
+    pos[0] += size
+    return 0
+
+
+cdef inline int _rd_opt_span(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos,
+                             _Span* out) noexcept:
+    cdef int64_t branch
+    if _rd_long(p, n, pos, &branch):
+        return 1
+    if branch == 0:
+        out.present = False
+        return 0
+    if branch != 1:
+        return 1
+    return _rd_span(p, n, pos, out)
+
+
+cdef inline int _rd_bool(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos) noexcept:
+    if pos[0] >= n or p[pos[0]] > 1:
+        return 1
+    pos[0] += 1
+    return 0
+
+
+cdef int _rd_chunks(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pos) noexcept:
+    cdef int64_t count, ignored, i
+    cdef _Span value
+    while True:
+        if _rd_long(p, n, pos, &count):
+            return 1
+        if count == 0:
+            return 0
+        if count < 0:
+            count = -count
+            if _rd_long(p, n, pos, &ignored):
+                return 1
+        if count > n:
+            return 1
+        for i in range(count):
+            if (_rd_long(p, n, pos, &ignored) or _rd_long(p, n, pos, &ignored)
+                    or _rd_span(p, n, pos, &value)):
+                return 1
+
+
+cdef int _read_body(const uint8_t* p, Py_ssize_t n, _Rec* r) noexcept:
+    """The fields of a body of the newest schema (see _FUSED_FIELDS), from offset 10."""
+    cdef Py_ssize_t pos = 10
+    cdef _OptInt ignored
+    cdef int64_t sender_port
+    if n - pos < 16:
+        return 1
+    r.record_id = pos
+    pos += 16
+    if (_rd_long(p, n, &pos, &r.hep_version)
+            or _rd_opt_long(p, n, &pos, &r.ip_family)
+            or _rd_opt_long(p, n, &pos, &r.ip_proto)
+            or _rd_opt_span(p, n, &pos, &r.src_ip)
+            or _rd_opt_span(p, n, &pos, &r.dst_ip)
+            or _rd_opt_long(p, n, &pos, &r.src_port)
+            or _rd_opt_long(p, n, &pos, &r.dst_port)
+            or _rd_long(p, n, &pos, &r.capture_time)
+            or _rd_bool(p, n, &pos)
+            or _rd_opt_long(p, n, &pos, &r.proto_type)
+            or _rd_opt_long(p, n, &pos, &r.capture_id)
+            or _rd_opt_long(p, n, &pos, &ignored)
+            or _rd_bool(p, n, &pos)
+            or _rd_opt_span(p, n, &pos, &r.auth_key)
+            or _rd_opt_span(p, n, &pos, &r.correlation_id)
+            or _rd_opt_long(p, n, &pos, &r.vlan)
+            or _rd_opt_span(p, n, &pos, &r.node_name)
+            or _rd_span(p, n, &pos, &r.payload)
+            or _rd_bool(p, n, &pos)
+            or _rd_chunks(p, n, &pos)
+            or _rd_long(p, n, &pos, &r.receive_time)
+            or _rd_span(p, n, &pos, &r.transport)
+            or _rd_span(p, n, &pos, &r.sender_ip)
+            or _rd_long(p, n, &pos, &sender_port)
+            or _rd_span(p, n, &pos, &r.receiver_id)):
+        return 1
+    return 0 if pos == n else 1
+
+
+cdef inline bint _is_ascii_clean(const uint8_t* p, Py_ssize_t n) noexcept:
+    """ASCII without NUL: valid UTF-8 whose text needs no cleaning."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        if p[i] == 0 or p[i] >= 0x80:
+            return False
+    return True
+
+
+cdef object _text(const uint8_t* p, _Span s):
+    """A string field as the pure reader decodes it (UnicodeDecodeError alike)."""
+    if not s.present:
+        return None
+    if _is_ascii_clean(p + s.off, s.size):
+        return PyUnicode_DecodeASCII(<const char*>p + s.off, s.size, NULL)
+    return PyUnicode_DecodeUTF8(<const char*>p + s.off, s.size, NULL)
+
+
+cdef inline object _opt_int(_OptInt v):
+    return v.value if v.present else None
+
+
+cdef inline bint _json_plain(str text) noexcept:
+    """True when encode_basestring_ascii(text) is text in quotes."""
+    cdef Py_ssize_t i, n
+    cdef Py_UCS4 c
+    n = len(text)
+    for i in range(n):
+        c = text[i]
+        if c < 0x20 or c > 0x7E or c == 0x22 or c == 0x5C:
+            return False
+    return True
+
+
+cdef int _put_json_str(Buf* b, object text) except -1:
+    """What `_escape(text)` (json's encode_basestring_ascii) writes."""
+    cdef Py_ssize_t n
+    cdef const char* s
+    if not _json_plain(text):
+        escaped = _escape_json(text)
+        s = PyUnicode_AsUTF8AndSize(escaped, &n)
+        return _put_raw(b, s, n)
+    s = PyUnicode_AsUTF8AndSize(text, &n)
+    _put_byte(b, 34)
+    _put_raw(b, s, n)
+    return _put_byte(b, 34)
+
+
+cdef inline int _put_cstr(Buf* b, const char* s) except -1:
+    return _put_raw(b, s, strlen(s))
+
+
+cdef int _put_decimal(Buf* b, int64_t value) except -1:
+    cdef char digits[24]
+    cdef int k = snprintf(digits, sizeof(digits), "%lld", <long long>value)
+    return _put_raw(b, digits, k)
+
+
+cdef str _buf_text(Buf* b):
+    return PyUnicode_DecodeASCII(b.data, b.size, NULL)
+
+
+cdef str _clean_nul(object text):
+    if text is None or "\x00" not in text:
+        return text
+    return text.replace("\x00", "")
+
+
+# Microseconds since 1970 a datetime can hold (years 1 to 9999).
+DEF _MIN_MICROS = -62135596800000000
+DEF _MAX_MICROS = 253402300799999999
+
+
+cdef inline int64_t _floor_div(int64_t a, int64_t b) noexcept:
+    """Python's a // b for b > 0 (the module divides the C way: cdivision)."""
+    cdef int64_t q = a // b
+    return q - 1 if (a % b) < 0 else q
+
+
+cdef object _utc_datetime(int64_t micros):
+    """_EPOCH + timedelta(microseconds=micros), for micros in range."""
+    cdef int64_t days = _floor_div(micros, 86400000000)
+    cdef int64_t rest = micros - days * 86400000000
+    cdef int64_t z, era, doe, yoe, y, doy, mp, d, m
+    # Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    z = days + 719468
+    era = (z if z >= 0 else z - 146096) // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    y = yoe + era * 400
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3 if mp < 10 else mp - 9
+    if m <= 2:
+        y += 1
+    return datetime_new(y, m, d, rest // 3600000000, (rest // 60000000) % 60,
+                        (rest // 1000000) % 60, rest % 1000000, _UTC)
+
+
+# data_header's keys between "cseq" and "expires" (rows._SIP_DATA_KEYS), each with
+# the comma before it.
+cdef const char* _DATA_KEYS[14]
+_DATA_KEYS[:] = [b',"ruri_user":', b',"ruri_domain":', b',"from_user":', b',"from_domain":',
+                 b',"from_tag":', b',"to_user":', b',"to_domain":', b',"to_tag":',
+                 b',"contact_user":', b',"contact_domain":', b',"user_agent":',
+                 b',"pid_user":', b',"content_type":', b',"reason":']
+
+
+cdef object _fused_row(const uint8_t* p, _Rec* r, object value, object partition,
+                       object offset, bint store_auth_key):
+    """The CaptureRow of the record at `p`, or None to take the pure path."""
+    cdef Buf h
+    cdef int k
+    cdef int64_t seconds, useconds, hep_type
+    cdef bint is_sip = not r.proto_type.present or r.proto_type.value == 1
+    cdef const uint8_t* payload_p = p + r.payload.off
+    if not _is_ascii_clean(payload_p, r.payload.size):
+        # Non-ASCII UTF-8 is common enough to take here too; NUL and invalid UTF-8
+        # (raw_bytes) are not.
+        if memchr(payload_p, 0, r.payload.size) != NULL:
+            return None
+        try:
+            raw = PyUnicode_DecodeUTF8(<const char*>payload_p, r.payload.size, NULL)
+        except UnicodeDecodeError:
+            return None
+    else:
+        raw = PyUnicode_DecodeASCII(<const char*>payload_p, r.payload.size, NULL)
+    if not (_MIN_MICROS <= r.capture_time <= _MAX_MICROS
+            and _MIN_MICROS <= r.receive_time <= _MAX_MICROS):
+        return None
+    try:
+        src_ip = _text(p, r.src_ip)
+        dst_ip = _text(p, r.dst_ip)
+        auth_key = _text(p, r.auth_key)
+        correlation_id = _clean_nul(_text(p, r.correlation_id))
+        node_name = _clean_nul(_text(p, r.node_name))
+        transport = _text(p, r.transport)
+        _text(p, r.sender_ip)
+        receiver_id = _text(p, r.receiver_id)
+    except UnicodeDecodeError:
+        return None
+    sip = None
+    if is_sip:
+        payload = PyBytes_FromStringAndSize(<const char*>payload_p, r.payload.size)
+        try:
+            sip = _summarise_fast(payload)
+            if sip is None:
+                sip = _summarise_sip(payload)
+        except _SipParseError:
+            return None  # the pure path scans the Call-ID and keeps the reason
+
+    h.data = <char*>PyMem_Malloc(512)
+    if h.data == NULL:
+        raise MemoryError()
+    h.size = 0
+    h.cap = 512
+    try:
+        # protocol_header, as rows._protocol_header writes it.
+        _put_cstr(&h, '{"protocolFamily":')
+        _put_decimal(&h, r.ip_family.value if r.ip_family.present else 0)
+        _put_cstr(&h, ',"protocol":')
+        _put_decimal(&h, r.ip_proto.value if r.ip_proto.present else 0)
+        _put_cstr(&h, ',"srcIp":')
+        _put_json_str(&h, src_ip or "")
+        _put_cstr(&h, ',"dstIp":')
+        _put_json_str(&h, dst_ip or "")
+        _put_cstr(&h, ',"srcPort":')
+        _put_decimal(&h, r.src_port.value if r.src_port.present else 0)
+        _put_cstr(&h, ',"dstPort":')
+        _put_decimal(&h, r.dst_port.value if r.dst_port.present else 0)
+        seconds = _floor_div(r.capture_time, 1000000)
+        useconds = r.capture_time - seconds * 1000000
+        _put_cstr(&h, ',"timeSeconds":')
+        _put_decimal(&h, seconds)
+        _put_cstr(&h, ',"timeUseconds":')
+        _put_decimal(&h, useconds)
+        _put_cstr(&h, ',"payloadType":')
+        _put_decimal(&h, r.proto_type.value if r.proto_type.present else 1)
+        # homer-app casts captureId to int: always a decimal string, "0" without one.
+        _put_cstr(&h, ',"captureId":"')
+        _put_decimal(&h, r.capture_id.value if r.capture_id.present else 0)
+        _put_byte(&h, 34)
+        # HOMER's correlation id: the HEP chunk, else (SIP) the Call-ID.
+        homer_correlation = correlation_id
+        if sip is not None and not correlation_id:
+            homer_correlation = sip[6]
+        _put_cstr(&h, ',"correlation_id":')
+        _put_json_str(&h, homer_correlation or "")
+        _put_cstr(&h, ',"transport":')
+        _put_json_str(&h, transport or "")
+        _put_cstr(&h, ',"receiverId":')
+        _put_json_str(&h, receiver_id or "")
+        if node_name:
+            _put_cstr(&h, ',"nodeName":')
+            _put_json_str(&h, node_name)
+        if store_auth_key and auth_key is not None:
+            _put_cstr(&h, ',"capturePass":')
+            _put_json_str(&h, _clean_nul(auth_key) or "")
+        _put_byte(&h, 125)
+        protocol_header = _buf_text(&h)
+
+        record_id = _UUID_fast(PyBytes_FromStringAndSize(<const char*>p + r.record_id, 16))
+        hep_version = r.hep_version if -32768 <= r.hep_version <= 32767 else None
+        ip_family = r.ip_family.value if r.ip_family.present and -32768 <= r.ip_family.value <= 32767 else None
+        ip_proto = r.ip_proto.value if r.ip_proto.present and -32768 <= r.ip_proto.value <= 32767 else None
+        hep_type = r.proto_type.value if r.proto_type.present else 1
+        hep_type_value = hep_type if -32768 <= hep_type <= 32767 else None
+        create_date = _utc_datetime(r.capture_time)
+        receive_time = _utc_datetime(r.receive_time)
+
+        h.size = 0
+        if sip is not None:
+            (is_request, method, status_code, reason, ruri_user, ruri_domain, call_id,
+             cseq_number, cseq_method, from_user, from_domain, from_tag, to_user, to_domain,
+             to_tag, via_branch, contact_user, contact_host, expires, user_agent, content_type,
+             reason_header, pai_user) = sip
+            if is_request:
+                table = _table_for(r.proto_type.value if r.proto_type.present else None, method)
+                homer_method = method
+            else:
+                table = _table_for(r.proto_type.value if r.proto_type.present else None,
+                                   cseq_method)
+                homer_method = str(status_code)
+                method = None
+            # data_header, as build_row writes it for SIP.
+            _put_cstr(&h, '{"callid":')
+            _put_json_str(&h, call_id)
+            _put_cstr(&h, ',"method":')
+            _put_json_str(&h, homer_method)
+            _put_cstr(&h, ',"cseq":')
+            _put_json_str(&h, f"{cseq_number} {cseq_method}")
+            fields = (ruri_user, ruri_domain, from_user, from_domain, from_tag, to_user,
+                      to_domain, to_tag, contact_user, contact_host, user_agent, pai_user,
+                      content_type, reason_header)
+            for k in range(14):
+                _put_cstr(&h, _DATA_KEYS[k])
+                _put_json_str(&h, fields[k] or "")
+            _put_cstr(&h, ',"expires":')
+            _put_json_str(&h, str(expires) if expires is not None else "")
+            _put_byte(&h, 125)
+            data_header = _buf_text(&h)
+            if status_code is not None and not -32768 <= status_code <= 32767:
+                status_code = None
+            if cseq_number is not None and not -9223372036854775808 <= cseq_number <= 9223372036854775807:
+                cseq_number = None
+            if expires is not None and not -2147483648 <= expires <= 2147483647:
+                expires = None
+            values = (
+                call_id if len(call_id) <= 256 else call_id[:256],
+                create_date, protocol_header, data_header, raw, None,
+                record_id, hep_version, hep_type_value, _opt_int(r.capture_id), node_name,
+                correlation_id, ip_family, ip_proto, src_ip, _opt_int(r.src_port), dst_ip,
+                _opt_int(r.dst_port), _opt_int(r.vlan), receive_time,
+                call_id, method, status_code, reason, cseq_number, cseq_method,
+                from_user, from_domain, from_tag, to_user, to_domain, to_tag,
+                ruri_user, ruri_domain, user_agent, via_branch, contact_user, contact_host,
+                expires, None, partition, offset, None,
+            )
+        else:
+            proto_type = r.proto_type.value
+            table = _table_for(proto_type, None)
+            sid = correlation_id or ""
+            data_header = _dumps({
+                "node": node_name or str(r.capture_id.value if r.capture_id.present else 0),
+                "proto": _proto_type_name(proto_type).lower(),
+            })
+            values = (
+                sid if len(sid) <= 256 else sid[:256],
+                create_date, protocol_header, data_header, raw, None,
+                record_id, hep_version, hep_type_value, _opt_int(r.capture_id), node_name,
+                correlation_id, ip_family, ip_proto, src_ip, _opt_int(r.src_port), dst_ip,
+                _opt_int(r.dst_port), _opt_int(r.vlan), receive_time,
+                None, None, None, None, None, None, None, None, None, None, None, None,
+                None, None, None, None, None, None, None, None, partition, offset, None,
+            )
+    finally:
+        PyMem_Free(h.data)
+    # Strings, numbers, datetimes and a UUID: the tuple cannot be part of a cycle, and
+    # the cyclic GC need not scan the batch's tuples (CPython untracks such tuples
+    # itself, but only once a collection has scanned them).
+    PyObject_GC_UnTrack(values)
+    return _CaptureRow(table, values)
+
+
+# -- SIP summary (pipeline.sip.parser.summarise_sip) ----------------------------------
+#
+# The head's lines are split and their names recognised in C, for the headers the
+# summary reads; the start line and the header values are then parsed by the parser's
+# own functions (_start_line, _summary and the value caches they use). A head with a
+# byte outside ASCII (str.lower and the UTF-8 decoding with replacement have cases of
+# their own) takes summarise_sip itself.
+
+# Canonical names of the headers _summary reads, and their compact forms.
+_SUMMARY_HEADERS = (
+    "call-id", "from", "to", "via", "contact", "cseq", "expires", "p-asserted-identity",
+    "user-agent", "server", "content-type", "reason",
+)
+DEF _NSUMMARY = 12
+# The same names as C strings (literals: they live as long as the module) and the
+# compact form of each (0: none).
+cdef const char* _summary_names[_NSUMMARY]
+_summary_names[:] = [b"call-id", b"from", b"to", b"via", b"contact", b"cseq", b"expires",
+                     b"p-asserted-identity", b"user-agent", b"server", b"content-type",
+                     b"reason"]
+cdef char _compact_of[_NSUMMARY]
+_compact_of[:] = [b"i"[0], b"f"[0], b"t"[0], b"v"[0], b"m"[0], 0, 0, 0, 0, 0, b"c"[0], 0]
+
+
+cdef inline bint _is_ws(uint8_t c) noexcept:
+    return c == 32 or c == 9
+
+
+cdef int _summary_slot(const uint8_t* p, Py_ssize_t a, Py_ssize_t b) noexcept:
+    """The slot of the header name p[a:b] (stripped, case-insensitive), or -1."""
+    cdef Py_ssize_t n, i
+    cdef int slot
+    cdef const char* name
+    cdef uint8_t c
+    while a < b and _is_ws(p[a]):
+        a += 1
+    while b > a and _is_ws(p[b - 1]):
+        b -= 1
+    n = b - a
+    if n == 1:
+        c = _lower(p[a])
+        for slot in range(_NSUMMARY):
+            if _compact_of[slot] == <char>c:
+                return slot
+    for slot in range(_NSUMMARY):
+        name = _summary_names[slot]
+        if <Py_ssize_t>strlen(name) != n:
+            continue
+        for i in range(n):
+            if _lower(p[a + i]) != <uint8_t>name[i]:
+                break
+        else:
+            return slot
+    return -1
+
+
+cdef inline bint _is_ws_cr(uint8_t c) noexcept:
+    return c == 32 or c == 9 or c == 13
+
+
+cdef object _stripped_text(const uint8_t* p, Py_ssize_t a, Py_ssize_t b):
+    """p[a:b].strip(" \\t\\r") as str (ASCII)."""
+    while a < b and _is_ws_cr(p[a]):
+        a += 1
+    while b > a and _is_ws_cr(p[b - 1]):
+        b -= 1
+    return PyUnicode_DecodeASCII(<const char*>p + a, b - a, NULL)
+
+
+cdef object _summarise_fast(bytes payload):
+    """summarise_sip(payload) for an ASCII head; None to call summarise_sip itself."""
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(payload)
+    cdef Py_ssize_t n = len(payload)
+    cdef Py_ssize_t start = 0, end = -1, i, line_start, line_end, colon
+    cdef int slot, last_slot = -1
+    cdef bint can_fold = False, blank = True
+    cdef list found = [None] * _NSUMMARY
+    # _split_head
+    if n and (p[0] == 13 or p[0] == 10):
+        while start < n and (p[start] == 13 or p[start] == 10):
+            start += 1
+    for i in range(start, n - 2):
+        if p[i] == 10 and p[i + 1] == 13 and p[i + 2] == 10:
+            end = i
+            break
+    for i in range(start, (end if end >= 0 else n) - 1):
+        if p[i] == 10 and p[i + 1] == 10:
+            end = i
+            break
+    if end < 0:
+        end = n
+    for i in range(start, end):
+        if p[i] >= 0x80:
+            return None
+        if not (p[i] == 32 or 9 <= p[i] <= 13):
+            blank = False
+    if blank:
+        return None  # empty: summarise_sip raises
+    line_end = start
+    while line_end < end and p[line_end] != 10:
+        line_end += 1
+    first_line = PyUnicode_DecodeASCII(<const char*>p + start, line_end - start, NULL)
+    parsed_start = _start_line_fast(first_line)
+    # _collect, for the headers _summary reads
+    while line_end < end:
+        line_start = line_end + 1
+        line_end = line_start
+        while line_end < end and p[line_end] != 10:
+            line_end += 1
+        if line_start < line_end and _is_ws(p[line_start]):
+            # A continuation line (folded header value).
+            cont = _stripped_text(p, line_start, line_end)
+            if can_fold and cont and last_slot >= 0:
+                prev = found[last_slot]
+                found[last_slot] = f"{prev} {cont}" if prev else cont
+            continue
+        colon = -1
+        for i in range(line_start, line_end):
+            if p[i] == 58:
+                colon = i
+                break
+        if colon < 0:
+            can_fold = False
+            continue
+        i = line_start
+        while i < colon and _is_ws(p[i]):
+            i += 1
+        if i == colon:  # an empty name: not a header
+            can_fold = False
+            continue
+        slot = _summary_slot(p, line_start, colon)
+        can_fold = True
+        last_slot = -1
+        if slot >= 0 and found[slot] is None:
+            found[slot] = _stripped_text(p, colon + 1, line_end)
+            last_slot = slot
+    first = {}
+    for slot in range(_NSUMMARY):
+        if found[slot] is not None:
+            first[_SUMMARY_HEADERS[slot]] = found[slot]
+    return _summary_of(parsed_start, first)
+
+
+def summarise_sip(payload):
+    """Compiled `pipeline.sip.parser.summarise_sip`."""
+    _rows_init()
+    summary = _summarise_fast(payload) if type(payload) is bytes else None
+    return _SipSummary._make(summary) if summary is not None else _summarise_sip(payload)
+
+
+# From, To and Via carry values new with every dialog or transaction (tags, branches):
+# the parser's caches miss on them. Their common shapes are read here; any other shape
+# goes to the parser's own function (_party, _via).
+
+cdef inline Py_ssize_t _find_char(const char* s, Py_ssize_t a, Py_ssize_t b, char c) noexcept:
+    cdef Py_ssize_t i
+    for i in range(a, b):
+        if s[i] == c:
+            return i
+    return -1
+
+
+cdef inline Py_ssize_t _find_text(const char* s, Py_ssize_t a, Py_ssize_t b,
+                                  const char* needle, Py_ssize_t k) noexcept:
+    cdef Py_ssize_t i
+    for i in range(a, b - k + 1):
+        if memcmp(s + i, needle, k) == 0:
+            return i
+    return -1
+
+
+cdef object _ws_stripped_or_none(const char* s, Py_ssize_t a, Py_ssize_t b):
+    """s[a:b].strip(" \\t") or None."""
+    while a < b and (s[a] == 32 or s[a] == 9):
+        a += 1
+    while b > a and (s[b - 1] == 32 or s[b - 1] == 9):
+        b -= 1
+    if a == b:
+        return None
+    return PyUnicode_DecodeASCII(s + a, b - a, NULL)
+
+
+cdef bint _plain_ascii(const char* s, Py_ssize_t n) noexcept:
+    """Printable ASCII, spaces and tabs only: str.split() and strip() act on SP/HT."""
+    cdef Py_ssize_t i
+    cdef uint8_t c
+    for i in range(n):
+        c = <uint8_t>s[i]
+        if not (32 <= c <= 126 or c == 9):
+            return False
+    return True
+
+
+cdef object _param_fast(const char* s, Py_ssize_t a, Py_ssize_t b, const char* needle,
+                        str value):
+    """_param(value[a:b], needle) (the parser's own case-insensitive search when the
+    usual spelling is absent)."""
+    cdef Py_ssize_t at, end
+    cdef Py_ssize_t k = strlen(needle)
+    if a >= b:
+        return None
+    at = _find_text(s, a, b, needle, k)
+    if at < 0:
+        return _param(value[a:b], needle.decode("ascii"))
+    at += k
+    end = _find_char(s, at, b, 59)
+    return _ws_stripped_or_none(s, at, end if end >= 0 else b)
+
+
+cdef object _addr_fast(str value, bint first_only, const char* needle):
+    """(user, domain, param) of a From/To/Contact value of the usual shape, as
+    _parse_addr + _parse_uri + _param(params, needle) give them; None for the parser."""
+    cdef Py_ssize_t n, a, b, lt, gt, close, at, colon, end, uri_a, uri_b
+    cdef const char* s = PyUnicode_AsUTF8AndSize(value, &n)
+    if not _plain_ascii(s, n):
+        return None
+    a = 0
+    b = n
+    while a < b and (s[a] == 32 or s[a] == 9):
+        a += 1
+    while b > a and (s[b - 1] == 32 or s[b - 1] == 9):
+        b -= 1
+    if a < b and s[a] == 34:  # a quoted display name
+        close = _find_char(s, a + 1, b, 34)
+        if close < 0 or _find_char(s, a + 1, close, 92) >= 0:
+            return None
+        lt = _find_char(s, close + 1, b, 60)
+    else:
+        lt = _find_char(s, a, b, 60)
+        if first_only:
+            close = _find_char(s, a, b, 44)
+            if close >= 0 and (lt < 0 or close < lt):
+                return None  # a list whose first element is an addr-spec
+    if lt < 0:
+        return None  # addr-spec form
+    gt = _find_char(s, lt, b, 62)
+    if gt < 0:
+        return None
+    if first_only:
+        # params = rest[gt + 1:], cut at its first comma
+        end = _find_char(s, gt + 1, b, 44)
+        if end >= 0:
+            b = end
+    # The URI: rest[lt + 1:gt].strip(_WS), then _parse_uri on it.
+    uri_a = lt + 1
+    uri_b = gt
+    while uri_a < uri_b and (s[uri_a] == 32 or s[uri_a] == 9):
+        uri_a += 1
+    while uri_b > uri_a and (s[uri_b - 1] == 32 or s[uri_b - 1] == 9):
+        uri_b -= 1
+    if uri_b - uri_a >= 4 and memcmp(s + uri_a, "sip:", 4) == 0:
+        uri_a += 4
+    elif uri_b - uri_a >= 5 and memcmp(s + uri_a, "sips:", 5) == 0:
+        uri_a += 5
+    elif uri_a == uri_b:
+        # No URI at all: user and domain stay None.
+        return (None, None, _param_fast(s, gt + 1, b, needle, value))
+    else:
+        return None  # tel:, other schemes and spellings: the parser
+    user = None
+    at = _find_char(s, uri_a, uri_b, 64)
+    if at >= 0:
+        colon = _find_char(s, uri_a, at, 58)
+        end = colon if colon >= 0 else at
+        if end > uri_a:
+            user = PyUnicode_DecodeASCII(s + uri_a, end - uri_a, NULL)
+        uri_a = at + 1
+    # hostport = rest.partition(";")[0], then .partition("?")[0], stripped
+    end = _find_char(s, uri_a, uri_b, 59)
+    if end >= 0:
+        uri_b = end
+    end = _find_char(s, uri_a, uri_b, 63)
+    if end >= 0:
+        uri_b = end
+    while uri_a < uri_b and (s[uri_a] == 32 or s[uri_a] == 9):
+        uri_a += 1
+    while uri_b > uri_a and (s[uri_b - 1] == 32 or s[uri_b - 1] == 9):
+        uri_b -= 1
+    if uri_a < uri_b and s[uri_a] == 91:
+        return None  # [IPv6]: the parser
+    colon = _find_char(s, uri_a, uri_b, 58)
+    if colon >= 0 and _find_char(s, colon + 1, uri_b, 58) >= 0:
+        domain = PyUnicode_DecodeASCII(s + uri_a, uri_b - uri_a, NULL)
+    else:
+        end = colon if colon >= 0 else uri_b
+        domain = PyUnicode_DecodeASCII(s + uri_a, end - uri_a, NULL) if end > uri_a else None
+    return (user, domain, _param_fast(s, gt + 1, b, needle, value))
+
+
+cdef object _via_branch_fast(str value, object fallback):
+    """_via(value)[3] for a single Via of the usual shape, else fallback(value)[3]."""
+    cdef Py_ssize_t n, a, token_end, slashes, i, semi, at, end
+    cdef const char* s = PyUnicode_AsUTF8AndSize(value, &n)
+    if not _plain_ascii(s, n) or _find_char(s, 0, n, 44) >= 0:
+        return fallback(value)[3]
+    a = 0
+    while a < n and (s[a] == 32 or s[a] == 9):
+        a += 1
+    token_end = a
+    slashes = 0
+    while token_end < n and s[token_end] != 32 and s[token_end] != 9:
+        if s[token_end] == 47:
+            slashes += 1
+        token_end += 1
+    i = token_end
+    while i < n and (s[i] == 32 or s[i] == 9):
+        i += 1
+    if slashes != 2 or i >= n or token_end == a:
+        return fallback(value)[3]
+    semi = _find_char(s, i, n, 59)
+    if semi < 0:
+        return None
+    at = _find_text(s, semi, n, ";branch=", 8)
+    if at < 0:
+        return fallback(value)[3]
+    at += 8
+    end = _find_char(s, at, n, 59)
+    return _ws_stripped_or_none(s, at, end if end >= 0 else n)
+
+
+cdef tuple _summary_of(object start, dict first):
+    """pipeline.sip.parser._summary, with the fast From/To/Via readers; a plain tuple
+    (the row builder unpacks it at once), a SipSummary for summarise_sip."""
+    is_request, method, status_code, reason, _, ruri_user, ruri_domain = start
+    call_id, cseq_number, cseq_method = _call_id_cseq_fast(first)
+    get = first.get
+    value = get("from")
+    if value:
+        party = _addr_fast(value, False, ";tag=")
+        if party is None:
+            party = _party_py(value)[1:]
+        from_user, from_domain, from_tag = party
+    else:
+        from_user = from_domain = from_tag = None
+    value = get("to")
+    if value:
+        party = _addr_fast(value, False, ";tag=")
+        if party is None:
+            party = _party_py(value)[1:]
+        to_user, to_domain, to_tag = party
+    else:
+        to_user = to_domain = to_tag = None
+    value = get("via")
+    via_branch = _via_branch_fast(value, _via_py) if value else None
+    value = get("contact")
+    if value:
+        contact = _addr_fast(value, True, ";expires=")
+        if contact is None:
+            contact_user, contact_host, _, contact_expires = _contact_py(value)
+        else:
+            contact_user, contact_host, expires_param = contact
+            contact_expires = _to_int(expires_param, 10) if expires_param is not None else None
+    else:
+        contact_user = contact_host = contact_expires = None
+    value = get("expires")
+    expires = _to_int(value, 10) if value is not None else None
+    if expires is None:
+        expires = contact_expires
+    value = get("p-asserted-identity")
+    return (
+        is_request, method, status_code, reason, ruri_user, ruri_domain, call_id,
+        cseq_number, cseq_method, from_user, from_domain, from_tag, to_user, to_domain,
+        to_tag, via_branch, contact_user, contact_host, expires,
+        get("user-agent") or get("server") or None,
+        get("content-type") or None,
+        get("reason") or None,
+        _pai_py(value) if value else None,
+    )
+
+
+# The start line and CSeq of the usual spelling; other spellings go to the parser's
+# own _start_line and _call_id_cseq.
+
+cdef inline bint _is_token_char(uint8_t c) noexcept:
+    # parser._is_token: [A-Za-z0-9.!%*_+`'~-]
+    return (48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122 or c == 46 or c == 33
+            or c == 37 or c == 42 or c == 95 or c == 43 or c == 96 or c == 39 or c == 126
+            or c == 45)
+
+
+cdef inline bint _is_blank(uint8_t c) noexcept:
+    return c == 32 or c == 9
+
+
+cdef object _start_line_fast(str line):
+    """parser._start_line(line) for a plain ASCII line (a final CR allowed)."""
+    cdef Py_ssize_t n, i, k, t0, t1, u0, u1, v0, v1
+    cdef const char* s = PyUnicode_AsUTF8AndSize(line, &n)
+    cdef uint8_t c
+    if n and s[n - 1] == 13:
+        n -= 1
+    if not _plain_ascii(s, n):
+        return _start_line(line)
+    i = 0
+    while i < n and _is_blank(s[i]):
+        i += 1
+    t0 = i
+    while i < n and not _is_blank(s[i]):
+        i += 1
+    t1 = i
+    while i < n and _is_blank(s[i]):
+        i += 1
+    u0 = i
+    while i < n and not _is_blank(s[i]):
+        i += 1
+    u1 = i
+    while i < n and _is_blank(s[i]):
+        i += 1
+    if t0 != 0:
+        return _start_line(line)  # start[:4] is not the first word's
+    if n >= 4 and s[0] == 83 and s[1] == 73 and s[2] == 80 and s[3] == 47:  # "SIP/"
+        # A status line: the code is the second word, the reason the rest.
+        if t1 - t0 != 7 or memcmp(s, "SIP/2.0", 7) != 0 or u1 - u0 != 3:
+            return _start_line(line)
+        for k in range(u0, u1):
+            c = <uint8_t>s[k]
+            if not 48 <= c <= 57:
+                return _start_line(line)
+        if s[u0] == 48 or s[u0] == 55 or s[u0] == 56 or s[u0] == 57:
+            return _start_line(line)
+        v1 = n
+        while v1 > i and _is_blank(s[v1 - 1]):
+            v1 -= 1
+        reason = PyUnicode_DecodeASCII(s + i, v1 - i, NULL) if v1 > i else None
+        code = (s[u0] - 48) * 100 + (s[u0 + 1] - 48) * 10 + (s[u0 + 2] - 48)
+        return (False, None, code, reason, None, None, None)
+    # A request line: method, URI and SIP/2.0, nothing more.
+    v0 = i
+    while i < n and not _is_blank(s[i]):
+        i += 1
+    v1 = i
+    while i < n and _is_blank(s[i]):
+        i += 1
+    if (i != n or t1 == t0 or v1 - v0 != 7 or memcmp(s + v0, "SIP/2.0", 7) != 0
+            or _find_char(s, u0, u1, 58) < 0):
+        return _start_line(line)
+    for k in range(t0, t1):
+        if not _is_token_char(<uint8_t>s[k]):
+            return _start_line(line)
+    method = PyUnicode_DecodeASCII(s + t0, t1 - t0, NULL)
+    request_uri = PyUnicode_DecodeASCII(s + u0, u1 - u0, NULL)
+    ruri_user, ruri_domain, _ = _uri_py(request_uri)
+    return (True, method, None, None, request_uri, ruri_user, ruri_domain)
+
+
+cdef object _call_id_cseq_fast(dict first):
+    """parser._call_id_cseq(first) for a CSeq of the usual spelling."""
+    cdef Py_ssize_t n, i, a0, a1, b0, b1, k
+    cdef const char* s
+    cdef int64_t number = 0
+    call_id = first.get("call-id")
+    cseq = first.get("cseq")
+    if not call_id or cseq is None:
+        return _call_id_cseq(first)
+    s = PyUnicode_AsUTF8AndSize(cseq, &n)
+    if not _plain_ascii(s, n):
+        return _call_id_cseq(first)
+    i = 0
+    while i < n and _is_blank(s[i]):
+        i += 1
+    a0 = i
+    while i < n and not _is_blank(s[i]):
+        i += 1
+    a1 = i
+    while i < n and _is_blank(s[i]):
+        i += 1
+    b0 = i
+    while i < n and not _is_blank(s[i]):
+        i += 1
+    b1 = i
+    while i < n and _is_blank(s[i]):
+        i += 1
+    if i != n or b1 == b0 or not 0 < a1 - a0 <= 10:
+        return _call_id_cseq(first)
+    for k in range(a0, a1):
+        if not 48 <= <uint8_t>s[k] <= 57:
+            return _call_id_cseq(first)
+        number = number * 10 + (s[k] - 48)
+    for k in range(b0, b1):
+        if not _is_token_char(<uint8_t>s[k]):
+            return _call_id_cseq(first)
+    return call_id, number, PyUnicode_DecodeASCII(s + b0, b1 - b0, NULL)

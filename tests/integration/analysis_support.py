@@ -14,6 +14,7 @@ from pipeline.hep import decode_packet, encode_hep3
 from pipeline.postgres.sink import PostgresSink, RetryPolicy, SinkSettings
 from pipeline.records import ReceiveContext, RecordIdGenerator, packet_to_record
 from pipeline.storage import build_row
+from pipeline.storage.headers import HeaderExtraction
 from pipeline.storage.offsets import BatchOffsets, BatchOutcome, OffsetClaim
 from tests.flows import Capture, all_flows
 
@@ -38,9 +39,12 @@ def generated_packets(start: datetime) -> list[bytes]:
     return encode_captures(all_flows(int(start.timestamp() * 1_000_000)))
 
 
-async def store_packets(dsn: str, packets: Sequence[bytes]) -> int:
+async def store_packets(
+    dsn: str, packets: Sequence[bytes], headers: HeaderExtraction | None = None
+) -> int:
     """Decode and store `packets` (HEP bytes, in capture order) as the consumer stores
-    a batch of partition 0 of topic "hep": with its offsets. Return rows written."""
+    a batch of partition 0 of topic "hep": with its offsets, and the consumer's
+    --custom-header/--a-leg-header rules `headers`. Return rows written."""
     sink = PostgresSink(SinkSettings(dsn=dsn, retry=RetryPolicy.instant()))
     await sink.start()
     try:
@@ -54,7 +58,9 @@ async def store_packets(dsn: str, packets: Sequence[bytes]) -> int:
                 receive_time_us=time.time_ns() // 1000,
                 context=CONTEXT,
             )
-            rows.append(build_row(record, kafka_partition=0, kafka_offset=offset))
+            rows.append(
+                build_row(record, kafka_partition=0, kafka_offset=offset, headers=headers)
+            )
         claim = OffsetClaim(0, first, (first or 0) + len(rows))
         outcome = await sink.write_batch(rows, BatchOffsets(GROUP, "hep", (claim,)))
     finally:

@@ -13,6 +13,7 @@ import pytest
 
 from pipeline.hep import encode_hep3
 from pipeline.hep.packet import HepPacket
+from pipeline.storage.headers import header_extraction
 from tests.integration.analysis_support import flows_start, generated_packets, store_packets
 
 pytestmark = pytest.mark.integration
@@ -135,6 +136,10 @@ def _partitions(rows: Rows) -> None:
     assert sum(r["bytes"] for r in rows if r["table_name"] == "hep_proto_1_call") > 0
 
 
+def _custom_headers(rows: Rows) -> None:
+    assert [(r["a_leg"], r["count"]) for r in rows] == [("cid-77", 2), ("cid-78", 1)]
+
+
 def _offsets(rows: Rows) -> None:
     assert [(r["consumer_group"], r["topic"], r["partition"]) for r in rows] == [
         ("hep-ingest", "hep", 0)
@@ -161,7 +166,31 @@ CHECKS: dict[str, Callable[[Rows], None]] = {
     "Indexes and long values": _by_from_user_key,
     "Tables per HEP type": _unknown_types,
     "Consumer offsets stored with the rows": _offsets,
+    "Custom SIP headers": _custom_headers,
 }
+
+
+def x_cid_packets(start: datetime) -> list[bytes]:
+    """INVITEs of B legs carrying the A leg's id in X-CID (stored with --custom-header),
+    three days before the flows: outside the one-day window of the call queries."""
+    packets = []
+    for i, cid in enumerate(("cid-77", "cid-77", "cid-78")):
+        payload = (
+            f"INVITE sip:bob@192.0.2.20 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKx{i}\r\n"
+            f"From: <sip:alice@192.0.2.1>;tag=x{i}\r\n"
+            f"To: <sip:bob@192.0.2.20>\r\n"
+            f"Call-ID: xcid-{i}@192.0.2.1\r\n"
+            f"CSeq: 1 INVITE\r\n"
+            f"X-CID: {cid}\r\n"
+            f"Content-Length: 0\r\n\r\n"
+        ).encode()
+        packets.append(encode_hep3(HepPacket(
+            version=3, ip_family=2, ip_proto=17, src_ip="192.0.2.1", dst_ip="192.0.2.20",
+            src_port=5060, dst_port=5060, ts_sec=int(start.timestamp()) - 3 * 86_400 + i,
+            proto_type=1, payload=payload,
+        )))
+    return packets
 
 
 def unknown_type_packets(start: datetime) -> list[bytes]:
@@ -184,6 +213,8 @@ def test_cookbook_has_a_check_for_every_query() -> None:
 async def test_cookbook_queries(database_dsn: str) -> None:
     start = flows_start()
     await store_packets(database_dsn, generated_packets(start) + unknown_type_packets(start))
+    await store_packets(database_dsn, x_cid_packets(start),
+                        headers=header_extraction(custom=("X-CID",)))
     conn = await asyncpg.connect(database_dsn)
     try:
         for heading, sql in cookbook_queries().items():

@@ -33,6 +33,7 @@ class _OffsetSink:
         self.stored = dict(stored)
         self.written: list[CaptureRow] = []
         self.claims: list[tuple[OffsetClaim, ...]] = []
+        self.wire_format = None  # rows keep their values only, as for the stdout sink
 
     async def stored_offsets(
         self, group: str, topic: str, partitions: Sequence[int]

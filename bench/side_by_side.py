@@ -109,8 +109,13 @@ def known(value: float) -> float:
 
 
 def hep_ingest(tree: Path, *args: str) -> list[str]:
+    # The tree's own interpreter when it has a venv: children `up` starts with
+    # sys.executable would otherwise import this venv's (editable) pipeline, whatever
+    # PYTHONPATH says.
+    own = tree / ".venv" / "bin" / "python"
+    python = str(own) if own.exists() else sys.executable
     code = f"import sys; sys.path.insert(0, {str(tree)!r}); from pipeline.cli import main; main()"
-    return [sys.executable, "-c", code, *args]
+    return [python, "-c", code, *args]
 
 
 @dataclass
@@ -311,7 +316,9 @@ def run_up(name: str, tree: Path, rate: int, seconds: float, sender: Path, workd
                 "--tcp", f"127.0.0.1:{free_tcp_port()}", "--kafka-port", "0", "--pg-port", "0",
                 "--status-interval", "1",
             ),
-            stdout=out, stderr=subprocess.STDOUT, env=env,
+            # Not from this checkout's directory: `python -m pipeline` children put their
+            # working directory first on sys.path and would import this tree instead.
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir,
         )  # fmt: skip
     try:
         dsn_pattern = re.compile(r"(postgresql://\S+)")

@@ -7,8 +7,10 @@ command and `hep-ingest up` own those and set `stop`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import socket
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
 from aiokafka import AIOKafkaConsumer
@@ -23,6 +25,7 @@ from pipeline.consumer.settings import ConsumerSettings
 from pipeline.consumer.sink import Sink
 from pipeline.consumer.worker import ConsumerWorker
 from pipeline.observability import get_logger
+from pipeline.observability.tasks import pending_task_frames
 from pipeline.records import load_codec
 
 log = get_logger("pipeline.consumer")
@@ -30,6 +33,13 @@ log = get_logger("pipeline.consumer")
 
 # Cyclic-GC generation-0 threshold while consuming (CPython's default is 700).
 GC_THRESHOLD_0 = 50_000
+
+#: How long closing a Kafka client may take at stop. Rows and offsets are committed in
+#: PostgreSQL by then, so what is cut short is only aiokafka's LeaveGroup (the broker
+#: then waits out the session timeout) or a producer with nothing queued; aiokafka's
+#: own bound on such a request is its 40 s request timeout, longer than an
+#: orchestrator's grace period.
+KAFKA_CLOSE_TIMEOUT = 5.0
 
 
 def tune_gc() -> None:
@@ -95,7 +105,7 @@ async def run_consumer(
             client_id=f"{client_id}-dlq",
             stop=stop,
         )
-        stack.push_async_callback(dead_letters.stop)
+        stack.push_async_callback(_bounded_close, "dead_letter_producer", dead_letters.stop)
 
         consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers,
@@ -117,7 +127,9 @@ async def run_consumer(
             metrics=metrics,
         )
         consumer.subscribe([settings.topic], listener=worker.rebalance_listener)
-        stack.push_async_callback(_stop_consumer, consumer)  # also after a failed start
+        stack.push_async_callback(  # also after a failed start
+            _bounded_close, "kafka_consumer", lambda: _stop_consumer(consumer)
+        )
 
         async def start() -> None:
             await sink.start()
@@ -149,7 +161,27 @@ async def run_consumer(
         if ready is not None:
             ready.set()
         await worker.run(stop)
+        log.info("consumer_stopping")
     log.info("consumer_stopped")
+
+
+async def _bounded_close(what: str, close: Callable[[], Awaitable[None]]) -> None:
+    """close(), given up after KAFKA_CLOSE_TIMEOUT with a warning naming what it was
+    still waiting for, so that a broker that does not answer cannot hold the stop."""
+    task = asyncio.ensure_future(close())
+    done, _ = await asyncio.wait({task}, timeout=KAFKA_CLOSE_TIMEOUT)
+    if done:
+        task.result()
+        return
+    log.warning(
+        "kafka_close_timeout",
+        client=what,
+        timeout_s=KAFKA_CLOSE_TIMEOUT,
+        waiting_in=pending_task_frames(),
+    )
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
 
 
 async def _stop_consumer(consumer: AIOKafkaConsumer) -> None:

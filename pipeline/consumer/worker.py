@@ -293,7 +293,9 @@ class ConsumerWorker:
         self._progress.last_log = now
         await self._maintain()
         self._next_maintain = now + settings.maintain_interval
-        lag_reporter = asyncio.create_task(self._report_lag(), name="hep-ingest-lag")
+        lag_reporting = asyncio.Event()
+        lag_reporting.set()
+        lag_reporter = asyncio.create_task(self._report_lag(lag_reporting), name="hep-ingest-lag")
         try:
             while not stop.is_set():
                 batch = self._building
@@ -321,6 +323,11 @@ class ConsumerWorker:
                         self._launch(self._building)
                 await self._periodic()
         finally:
+            # The flag, not only the cancel: Python 3.11's asyncio.wait_for returns the
+            # inner result and drops a cancellation that arrives as the inner await
+            # finishes (fixed in 3.12), so a cancelled lag query could go on reporting
+            # forever and hold the stop (seen in CI: progress lines after SIGTERM).
+            lag_reporting.clear()
             lag_reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lag_reporter
@@ -737,9 +744,10 @@ class ConsumerWorker:
         except Exception as exc:  # rows still land in the DEFAULT partition
             log.warning("maintenance_failed", error=repr(exc))
 
-    async def _report_lag(self) -> None:
-        """Every _LAG_INTERVAL: the lag gauges, and the progress line when it is due."""
-        while True:
+    async def _report_lag(self, reporting: asyncio.Event) -> None:
+        """Every _LAG_INTERVAL while `reporting` is set: the lag gauges, and the progress
+        line when it is due."""
+        while reporting.is_set():
             try:
                 await self._update_lag()
             except Exception as exc:  # a gauge must never stop the consumer

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 END_TO_END = ("tests/integration/test_receive_e2e.py", "tests/integration/test_consume_e2e.py")
 #: Unit test modules whose outcome cannot depend on pipeline.accel's choice.
 SAME_ON_BOTH = (
-    "test_accel",  # compiled == pure, both imported directly
+    "test_accel", "test_accel_rows",  # compiled == pure, both imported directly
     "test_hep_properties", "test_sip_parser",  # the pure modules, or both through `impl`
     "test_cli_settings", "test_readme", "test_compose", "test_typing",  # CLI, docs, mypy
     "test_priority", "test_supervisor", "test_stack", "test_metrics_file",  # processes

@@ -317,6 +317,7 @@ def run_one(
     seq_base: int,
     receive_only: bool,
     transport: str = "udp",
+    dsn_query: str = "",
 ) -> Run:
     topic = f"bench-{name}-{rate}-{seq_base}"
     listen_port = free_udp_port() if transport == "udp" else free_tcp_port()
@@ -349,7 +350,8 @@ def run_one(
             consumer = subprocess.Popen(
                 hep_ingest(
                     tree, "consume", "--bootstrap-servers", kafka.bootstrap_servers,
-                    "--topic", topic, "--group", f"g-{topic}", "--dsn", dsn,
+                    "--topic", topic, "--group", f"g-{topic}",
+                    "--dsn", f"{dsn}?{dsn_query}" if dsn_query else dsn,
                     "--metrics", f"127.0.0.1:{consumer_metrics}", "--log-format", "json",
                 ),
                 stdout=log, stderr=log, env=env,
@@ -537,7 +539,14 @@ def main() -> None:
     parser.add_argument("--receive-only", action="store_true", help="no consumer, no database")
     parser.add_argument("--up", action="store_true", help="each run a whole `hep-ingest up`")
     parser.add_argument("--transport", choices=("udp", "tcp"), default="udp")
+    parser.add_argument(
+        "--dsn-query", action="append", default=[], metavar="NAME=QUERY",
+        help="query string added to tree NAME's consumer DSN (repeatable): asyncpg sends "
+        "unknown parameters as session settings, e.g. new2=synchronous_commit=off "
+        "measures a server setting against the same tree without it",
+    )
     args = parser.parse_args()
+    dsn_queries = dict(q.split("=", 1) for q in args.dsn_query)
     trees = [(n, Path(p).resolve()) for n, p in (t.split("=", 1) for t in args.tree)]
     workdir = Path(tempfile.mkdtemp(prefix="side-by-side-"))
     sender = build_sender(workdir)
@@ -562,6 +571,7 @@ def main() -> None:
                         run = run_one(
                             name, tree, rate, args.seconds, sender, kafka, postgres, workdir,
                             seq_base, args.receive_only, args.transport,
+                            dsn_queries.get(name, ""),
                         )  # fmt: skip
                     seq_base += run.sent + 1
                     runs.append(run)

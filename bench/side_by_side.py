@@ -13,9 +13,9 @@ for a few seconds, and prints per rate and tree:
   run's database (the consumer's connections: its COPY, offsets and lag queries; told
   by their process title "postgres: <user> <database> <host> ...") on their own, and
   `pg-other`, everything else of the server in the same interval (checkpointer,
-  walwriter, background writer, autovacuum, the postmaster and the processes that
-  exited meanwhile, such as this bench's own counting queries), with a per-process
-  breakdown of `pg-other` under each row;
+  walwriter, background writer, io workers, autovacuum of this run's database and of
+  earlier runs' databases, the postmaster, this bench's own counting queries and what
+  exited between two samples), with a per-role breakdown of `pg-other` under each row;
 - packets lost (sent minus distinct Call-IDs stored), and how long storage took to catch
   up after the sender stopped.
 
@@ -121,6 +121,10 @@ def postgres_role(pid: int, database: str) -> str:
     if words and words[0].endswith(":"):  # a cluster_name prefix
         words = words[1:]
     kind = " ".join(words[:2])
+    if kind == "autovacuum worker":
+        # Vacuum and analyze of the rows just written, or of an earlier run's database.
+        mine = len(words) > 2 and words[2] == database
+        return "autovacuum (this database)" if mine else "autovacuum (other databases)"
     for background in ("checkpointer", "walwriter", "background writer", "autovacuum",
                        "logical replication", "io worker", "startup", "archiver"):
         if kind.startswith(background):
@@ -155,10 +159,17 @@ class PostgresSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _children(self) -> list[int]:
+        """The postmaster's children (every server process is one): cheap enough to
+        read every 50 ms, where a walk of all of /proc would load the cores measured."""
+        try:
+            listed = Path(f"/proc/{self.postmaster}/task/{self.postmaster}/children")
+            return [int(pid) for pid in listed.read_text().split()]
+        except OSError:
+            return [pid for pid in descendants(self.postmaster) if pid != self.postmaster]
+
     def _sample(self) -> None:
-        for pid in descendants(self.postmaster):
-            if pid == self.postmaster:
-                continue
+        for pid in self._children():
             if pid in BENCH_BACKENDS:
                 continue  # counted by stored_call_ids
             if pid not in self.roles:
@@ -199,7 +210,7 @@ class PostgresSampler:
             by_role[role] = by_role.get(role, 0.0) + last - self.first.get(pid, 0.0)
         # The postmaster's own CPU plus its reaped children's: what the samples of the
         # processes that exited did not see is left over.
-        alive = set(descendants(self.postmaster))
+        alive = set(self._children())
         exited_seen = sum(
             last - self.first.get(pid, 0.0) for pid, last in self.last.items() if pid not in alive
         )

@@ -12,10 +12,11 @@ for a few seconds, and prints per rate and tree:
 - PostgreSQL split per stored row: `pg-backend`, the client backends connected to the
   run's database (the consumer's connections: its COPY, offsets and lag queries; told
   by their process title "postgres: <user> <database> <host> ...") on their own, and
-  `pg-other`, everything else of the server in the same interval (checkpointer,
+  `pg-other`, the rest of the server's work in the same interval (checkpointer,
   walwriter, background writer, io workers, autovacuum of this run's database and of
   earlier runs' databases, the postmaster, this bench's own counting queries and what
-  exited between two samples), with a per-role breakdown of `pg-other` under each row;
+  exited between two samples), with a per-role breakdown of `pg-other` under each row
+  (the counting queries and earlier runs' autovacuum are shown there, not summed);
 - packets lost (sent minus distinct Call-IDs stored), and how long storage took to catch
   up after the sender stopped.
 
@@ -224,15 +225,21 @@ class PostgresSampler:
         return by_role
 
 
+#: Shown in pg-other's breakdown but not summed into it: work this run did not cause
+#: (this bench's own counting queries; autovacuum of the rows of an earlier run).
+NOT_THIS_RUN = ("bench queries", "autovacuum (other databases)")
+
+
 def postgres_columns(split: dict[str, float], rows: int) -> tuple[float, float, str]:
     """(backend us/row, other us/row, breakdown of other) of a `PostgresSampler.split`."""
     per = {role: seconds / max(rows, 1) * 1e6 for role, seconds in split.items()}
     backend = per.pop("backend", 0.0)
     detail = ", ".join(
-        f"{role} {us:.1f}" for role, us in sorted(per.items(), key=lambda kv: -kv[1])
+        f"{role}{' (not summed)' if role in NOT_THIS_RUN else ''} {us:.1f}"
+        for role, us in sorted(per.items(), key=lambda kv: -kv[1])
         if abs(us) >= 0.05
     )
-    return backend, sum(per.values()), detail
+    return backend, sum(us for role, us in per.items() if role not in NOT_THIS_RUN), detail
 
 
 def metric(port: int, name: str) -> float:

@@ -130,16 +130,29 @@ def postgres_role(pid: int, database: str) -> str:
                        "logical replication", "io worker", "startup", "archiver"):
         if kind.startswith(background):
             return background.split()[0]
+    if words and words[0] == BENCH_ROLE:
+        return "bench queries"
     if len(words) >= 2 and words[1] == database:
         return "backend"
     return "other backends"
 
 
-#: pg_backend_pid() of this bench's own connections (its counting queries), which are
-#: not the consumer's backends, and the CPU seconds they used (read from /proc just
-#: before each closes).
-BENCH_BACKENDS: set[int] = set()
+#: The role this bench's own connections (its counting queries) log in as, so that
+#: their processes are told from the consumer's by title (pids are reused quickly), and
+#: the CPU seconds they used, read from /proc just before each closes.
+BENCH_ROLE = "hep_bench_counter"
 BENCH_QUERY_SECONDS = [0.0]
+
+
+async def create_bench_role(dsn: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", BENCH_ROLE):
+            await conn.execute(f"CREATE ROLE {BENCH_ROLE} LOGIN SUPERUSER")
+    finally:
+        await conn.close()
 
 
 class PostgresSampler:
@@ -171,13 +184,13 @@ class PostgresSampler:
 
     def _sample(self) -> None:
         for pid in self._children():
-            if pid in BENCH_BACKENDS:
-                continue  # counted by stored_call_ids
             if pid not in self.roles:
                 role = postgres_role(pid, self.database)
                 if role == "exited":
                     continue
                 self.roles[pid] = role
+            if self.roles[pid] == "bench queries":
+                continue  # counted by stored_call_ids
             seconds = own_cpu_seconds(pid)
             if seconds:
                 self.last[pid] = seconds
@@ -289,8 +302,7 @@ class Run:
 async def stored_call_ids(dsn: str) -> int:
     import asyncpg
 
-    conn = await asyncpg.connect(dsn)
-    BENCH_BACKENDS.add(conn.get_server_pid())
+    conn = await asyncpg.connect(dsn, user=BENCH_ROLE)
     try:
         tables = [
             r[0] for r in await conn.fetch("SELECT table_name FROM hep_ingest_capture_tables")
@@ -365,6 +377,7 @@ def run_one(
         if not receive_only:
             database = topic.replace("-", "_")
             dsn = asyncio.run(create_database(postgres.dsn, database))
+            asyncio.run(create_bench_role(dsn))
             consumer = subprocess.Popen(
                 hep_ingest(
                     tree, "consume", "--bootstrap-servers", kafka.bootstrap_servers,
@@ -516,6 +529,7 @@ def run_up(name: str, tree: Path, rate: int, seconds: float, sender: Path, workd
             return totals
 
         database = dsn.rsplit("/", 1)[-1].split("?", 1)[0]
+        asyncio.run(create_bench_role(dsn))
         before = cpu()
         pg_sampler = PostgresSampler(postmaster(), database).__enter__()
         result = subprocess.run(

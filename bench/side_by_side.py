@@ -302,7 +302,10 @@ class Run:
 async def stored_call_ids(dsn: str) -> int:
     import asyncpg
 
-    conn = await asyncpg.connect(dsn, user=BENCH_ROLE)
+    # No parallel workers: the whole query's CPU is in this backend, counted below.
+    conn = await asyncpg.connect(
+        dsn, user=BENCH_ROLE, server_settings={"max_parallel_workers_per_gather": "0"}
+    )
     try:
         tables = [
             r[0] for r in await conn.fetch("SELECT table_name FROM hep_ingest_capture_tables")

@@ -32,15 +32,16 @@ KINDS = (
     ("json validation of the headers", r"json|parse_object|parse_scalar|parse_array|utf8"),
     ("COPY parse, input functions", r"Copy|Receive|recv|^pq_|network_|resetStringInfo|"
                                     r"pg_any_to_server|NextCopy"),
-    ("indexes", r"^_bt|^bt|brin|^hash|index_|Index|FormIndexDatum|varstr_cmp|"
-                r"text_substring|hep_index"),
+    ("indexes", r"^_bt|^bt|brin|^_hash|^hashinsert|index_|Index|FormIndexDatum|"
+                r"varstr_cmp|text_substring|hep_index"),
     ("constraints, partition routing, expressions", r"ExecConstraints|ExecFindPartition|"
                                                    r"ExecInterp|FunctionCall|ExecPartition|"
                                                    r"^tts_|slot_"),
     ("WAL records", r"XLog|GetRedoRecPtr|crc32"),
-    ("commit", r"Commit|Transaction|ProcArray|LWLock"),
+    ("commit, locks", r"Commit|Transaction|ProcArray|LWLock"),
     ("heap insert, buffers", r"heap|fill_val|Page|Buf|ResourceOwner|Relation|Extend|"
-                             r"Strategy|Victim|checksum|^File|smgr|^md"),
+                             r"Strategy|Victim|checksum|^File|smgr|^md|hash_search|"
+                             r"hash_bytes"),
 )
 
 

@@ -70,23 +70,26 @@ def main() -> None:
         if subprocess.run(["pgrep", "-f", "hep_send_seq"], capture_output=True).returncode == 0:
             break
         time.sleep(0.25)
-    subprocess.run(
+    perf = subprocess.Popen(
         ["perf", "record", "-q", "-F", "499", "-a", "-o", str(data), "--",
          "sleep", str(max(args.seconds - 1, 1))],
-        check=True, capture_output=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    # The consumer's backends, looked for all along: its pool opens and closes them.
     title = re.compile(rf"postgres: \S+ bench_{re.escape(name)}_{args.rate}_")
-    backends = []
-    for status in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if title.match(status.read_bytes().replace(b"\0", b" ").decode()):
-                backends.append(status.parent.name)
-        except OSError:
-            continue
+    backends: set[str] = set()
+    while perf.poll() is None:
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if title.match(cmdline.read_bytes().replace(b"\0", b" ").decode()):
+                    backends.add(cmdline.parent.name)
+            except OSError:
+                continue
+        time.sleep(0.5)
     output, _ = bench.communicate()
     print("\n".join(output.strip().splitlines()[-2:]), flush=True)  # the run's figures
     report = subprocess.run(
-        ["perf", "report", "-i", str(data), "--no-children", "--pid", ",".join(backends),
+        ["perf", "report", "-i", str(data), "--no-children", "--pid", ",".join(sorted(backends)),
          "--sort", "sym", "--stdio", "-g", "none", "-F", "sample,sym"],
         check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
@@ -100,7 +103,7 @@ def main() -> None:
             by_kind[kind] += samples
             top[kind].append((samples, symbol))
     total = sum(by_kind.values())
-    print(f"{total} samples of the backends {', '.join(backends)}")
+    print(f"{total} samples of the backends {', '.join(sorted(backends))}")
     for kind, samples in sorted(by_kind.items(), key=lambda kv: -kv[1]):
         functions = ", ".join(f"{s} {n}" for n, s in sorted(top[kind], reverse=True)[:5])
         print(f"{samples / max(total, 1) * 100:5.1f} %  {kind}: {functions}")

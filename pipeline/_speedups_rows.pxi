@@ -719,30 +719,40 @@ cdef inline object _opt_int(_OptInt v):
     return v.value if v.present else None
 
 
-cdef inline bint _json_plain(str text) noexcept:
-    """True when encode_basestring_ascii(text) is text in quotes."""
-    cdef Py_ssize_t i, n
-    cdef Py_UCS4 c
-    n = len(text)
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object unicode)
+    void* PyUnicode_DATA(object unicode)
+
+
+cdef inline bint _json_plain(const char* s, Py_ssize_t n) noexcept:
+    """True when encode_basestring_ascii of the ASCII text s[:n] is s[:n] in quotes."""
+    cdef Py_ssize_t i
+    cdef uint8_t c
     for i in range(n):
-        c = text[i]
+        c = <uint8_t>s[i]
         if c < 0x20 or c > 0x7E or c == 0x22 or c == 0x5C:
             return False
     return True
 
 
-cdef int _put_json_str(Buf* b, object text) except -1:
+cdef int _put_json_str(Buf* b, str text) except -1:
     """What `_escape(text)` (json's encode_basestring_ascii) writes."""
     cdef Py_ssize_t n
     cdef const char* s
-    if not _json_plain(text):
-        escaped = _escape_json(text)
-        s = PyUnicode_AsUTF8AndSize(escaped, &n)
-        return _put_raw(b, s, n)
-    s = PyUnicode_AsUTF8AndSize(text, &n)
-    _put_byte(b, 34)
-    _put_raw(b, s, n)
-    return _put_byte(b, 34)
+    if text is None:
+        raise TypeError("expected str, got NoneType")
+    # An ASCII str's characters are its bytes; any other str has a character that
+    # json escapes (and may hold lone surrogates, which UTF-8 cannot encode).
+    if PyUnicode_IS_ASCII(text):
+        s = <const char*>PyUnicode_DATA(text)
+        n = len(text)
+        if _json_plain(s, n):
+            _put_byte(b, 34)
+            _put_raw(b, s, n)
+            return _put_byte(b, 34)
+    escaped = _escape_json(text)
+    s = PyUnicode_AsUTF8AndSize(escaped, &n)
+    return _put_raw(b, s, n)
 
 
 cdef inline int _put_cstr(Buf* b, const char* s) except -1:
@@ -750,9 +760,21 @@ cdef inline int _put_cstr(Buf* b, const char* s) except -1:
 
 
 cdef int _put_decimal(Buf* b, int64_t value) except -1:
+    """str(value) (printf's %lld, without its cost)."""
     cdef char digits[24]
-    cdef int k = snprintf(digits, sizeof(digits), "%lld", <long long>value)
-    return _put_raw(b, digits, k)
+    cdef int k = 24
+    # The magnitude as unsigned: -INT64_MIN does not fit an int64.
+    cdef uint64_t magnitude = <uint64_t>value if value >= 0 else 0 - <uint64_t>value
+    while True:
+        k -= 1
+        digits[k] = <char>(48 + magnitude % 10)
+        magnitude //= 10
+        if magnitude == 0:
+            break
+    if value < 0:
+        k -= 1
+        digits[k] = 45
+    return _put_raw(b, digits + k, 24 - k)
 
 
 cdef str _buf_text(Buf* b):
@@ -1129,11 +1151,16 @@ cdef object _summarise_span(const uint8_t* p, Py_ssize_t n):
         if slot >= 0 and found[slot] is None:
             found[slot] = _stripped_text(p, colon + 1, line_end)
             last_slot = slot
+    return _summary_of(parsed_start, found)
+
+
+cdef dict _first_headers(list found):
+    """The parser's `first` mapping (canonical name -> first value) of `found`."""
     first = {}
     for slot in range(_NSUMMARY):
         if found[slot] is not None:
             first[_SUMMARY_HEADERS[slot]] = found[slot]
-    return _summary_of(parsed_start, first)
+    return first
 
 
 def summarise_sip(payload):
@@ -1313,13 +1340,28 @@ cdef object _via_branch_fast(str value, object fallback):
     return _ws_stripped_or_none(s, at, end if end >= 0 else n)
 
 
-cdef tuple _summary_of(object start, dict first):
-    """pipeline.sip.parser._summary, with the fast From/To/Via readers; a plain tuple
-    (the row builder unpacks it at once), a SipSummary for summarise_sip."""
+# The slots of _SUMMARY_HEADERS.
+DEF _H_CALL_ID = 0
+DEF _H_FROM = 1
+DEF _H_TO = 2
+DEF _H_VIA = 3
+DEF _H_CONTACT = 4
+DEF _H_CSEQ = 5
+DEF _H_EXPIRES = 6
+DEF _H_PAI = 7
+DEF _H_USER_AGENT = 8
+DEF _H_SERVER = 9
+DEF _H_CONTENT_TYPE = 10
+DEF _H_REASON = 11
+
+
+cdef tuple _summary_of(object start, list found):
+    """pipeline.sip.parser._summary of the first values `found` (per _SUMMARY_HEADERS
+    slot, None when absent), with the fast From/To/Via readers; a plain tuple (the row
+    builder unpacks it at once), a SipSummary for summarise_sip."""
     is_request, method, status_code, reason, _, ruri_user, ruri_domain = start
-    call_id, cseq_number, cseq_method = _call_id_cseq_fast(first)
-    get = first.get
-    value = get("from")
+    call_id, cseq_number, cseq_method = _call_id_cseq_fast(found)
+    value = found[_H_FROM]
     if value:
         party = _addr_fast(value, False, ";tag=")
         if party is None:
@@ -1327,7 +1369,7 @@ cdef tuple _summary_of(object start, dict first):
         from_user, from_domain, from_tag = party
     else:
         from_user = from_domain = from_tag = None
-    value = get("to")
+    value = found[_H_TO]
     if value:
         party = _addr_fast(value, False, ";tag=")
         if party is None:
@@ -1335,9 +1377,9 @@ cdef tuple _summary_of(object start, dict first):
         to_user, to_domain, to_tag = party
     else:
         to_user = to_domain = to_tag = None
-    value = get("via")
+    value = found[_H_VIA]
     via_branch = _via_branch_fast(value, _via_py) if value else None
-    value = get("contact")
+    value = found[_H_CONTACT]
     if value:
         contact = _addr_fast(value, True, ";expires=")
         if contact is None:
@@ -1347,18 +1389,18 @@ cdef tuple _summary_of(object start, dict first):
             contact_expires = _to_int(expires_param, 10) if expires_param is not None else None
     else:
         contact_user = contact_host = contact_expires = None
-    value = get("expires")
+    value = found[_H_EXPIRES]
     expires = _to_int(value, 10) if value is not None else None
     if expires is None:
         expires = contact_expires
-    value = get("p-asserted-identity")
+    value = found[_H_PAI]
     return (
         is_request, method, status_code, reason, ruri_user, ruri_domain, call_id,
         cseq_number, cseq_method, from_user, from_domain, from_tag, to_user, to_domain,
         to_tag, via_branch, contact_user, contact_host, expires,
-        get("user-agent") or get("server") or None,
-        get("content-type") or None,
-        get("reason") or None,
+        found[_H_USER_AGENT] or found[_H_SERVER] or None,
+        found[_H_CONTENT_TYPE] or None,
+        found[_H_REASON] or None,
         _pai_py(value) if value else None,
     )
 
@@ -1438,18 +1480,18 @@ cdef object _start_line_fast(str line):
     return (True, method, None, None, request_uri, ruri_user, ruri_domain)
 
 
-cdef object _call_id_cseq_fast(dict first):
-    """parser._call_id_cseq(first) for a CSeq of the usual spelling."""
+cdef object _call_id_cseq_fast(list found):
+    """parser._call_id_cseq of `found` for a CSeq of the usual spelling."""
     cdef Py_ssize_t n, i, a0, a1, b0, b1, k
     cdef const char* s
     cdef int64_t number = 0
-    call_id = first.get("call-id")
-    cseq = first.get("cseq")
+    call_id = found[_H_CALL_ID]
+    cseq = found[_H_CSEQ]
     if not call_id or cseq is None:
-        return _call_id_cseq(first)
+        return _call_id_cseq(_first_headers(found))
     s = PyUnicode_AsUTF8AndSize(cseq, &n)
     if not _plain_ascii(s, n):
-        return _call_id_cseq(first)
+        return _call_id_cseq(_first_headers(found))
     i = 0
     while i < n and _is_blank(s[i]):
         i += 1
@@ -1466,12 +1508,12 @@ cdef object _call_id_cseq_fast(dict first):
     while i < n and _is_blank(s[i]):
         i += 1
     if i != n or b1 == b0 or not 0 < a1 - a0 <= 10:
-        return _call_id_cseq(first)
+        return _call_id_cseq(_first_headers(found))
     for k in range(a0, a1):
         if not 48 <= <uint8_t>s[k] <= 57:
-            return _call_id_cseq(first)
+            return _call_id_cseq(_first_headers(found))
         number = number * 10 + (s[k] - 48)
     for k in range(b0, b1):
         if not _is_token_char(<uint8_t>s[k]):
-            return _call_id_cseq(first)
+            return _call_id_cseq(_first_headers(found))
     return call_id, number, PyUnicode_DecodeASCII(s + b0, b1 - b0, NULL)

@@ -7,8 +7,16 @@ worktree of the commit before a change) against the same tansu and PostgreSQL, f
 them the distinct-call load (`bench/load/`: every packet its own Call-ID) at each rate
 for a few seconds, and prints per rate and tree:
 
-- CPU microseconds per packet sent of the receiver, the consumer, PostgreSQL (its
-  backends, summed) and tansu, all on the same cores as the sender;
+- CPU microseconds per packet sent of the receiver, the consumer, PostgreSQL and tansu,
+  all on the same cores as the sender;
+- PostgreSQL split per stored row: `pg-backend`, the client backends connected to the
+  run's database (the consumer's connections: its COPY, offsets and lag queries; told
+  by their process title "postgres: <user> <database> <host> ...") on their own, and
+  `pg-other`, the rest of the server's work in the same interval (checkpointer,
+  walwriter, background writer, io workers, autovacuum of this run's database and of
+  earlier runs' databases, the postmaster, this bench's own counting queries and what
+  exited between two samples), with a per-role breakdown of `pg-other` under each row
+  (the counting queries and earlier runs' autovacuum are shown there, not summed);
 - packets lost (sent minus distinct Call-IDs stored), and how long storage took to catch
   up after the sender stopped.
 
@@ -35,6 +43,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -90,6 +99,162 @@ def tree_cpu(pid: int) -> float:
     return sum(cpu_seconds(p) for p in descendants(pid))
 
 
+def own_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of the process alone (not its reaped children)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_role(pid: int, database: str) -> str:
+    """"backend" for a client backend connected to `database`, else the kind of server
+    process, from its title: "postgres: [cluster: ]<user> <database> <host> <state>" for
+    a backend, "postgres: [cluster: ]checkpointer", "... autovacuum worker <database>"."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return "exited"
+    if not title.startswith("postgres: "):
+        return "postmaster"
+    words = title.split()[1:]
+    if words and words[0].endswith(":"):  # a cluster_name prefix
+        words = words[1:]
+    kind = " ".join(words[:2])
+    if kind == "autovacuum worker":
+        # Vacuum and analyze of the rows just written, or of an earlier run's database.
+        mine = len(words) > 2 and words[2] == database
+        return "autovacuum (this database)" if mine else "autovacuum (other databases)"
+    for background in ("checkpointer", "walwriter", "background writer", "autovacuum",
+                       "logical replication", "io worker", "startup", "archiver"):
+        if kind.startswith(background):
+            return background.split()[0]
+    if words and words[0] == BENCH_ROLE:
+        return "bench queries"
+    if len(words) >= 2 and words[1] == database:
+        return "backend"
+    return "other backends"
+
+
+#: The role this bench's own connections (its counting queries) log in as, so that
+#: their processes are told from the consumer's by title (pids are reused quickly), and
+#: the CPU seconds they used, read from /proc just before each closes.
+BENCH_ROLE = "hep_bench_counter"
+BENCH_QUERY_SECONDS = [0.0]
+
+
+async def create_bench_role(dsn: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", BENCH_ROLE):
+            await conn.execute(f"CREATE ROLE {BENCH_ROLE} LOGIN SUPERUSER")
+    finally:
+        await conn.close()
+
+
+class PostgresSampler:
+    """CPU seconds per role of a PostgreSQL server's processes over an interval.
+
+    A thread reads /proc every 50 ms so that a process that exits within the interval (a
+    short-lived connection, an autovacuum worker) is still counted under its role, with
+    the CPU it had at its last sample; what escaped every sample (a process born and gone
+    between two, the last <50 ms of one that exited) is the difference between the
+    postmaster's reaped-children CPU and the sum, shown as "exited unsampled"."""
+
+    def __init__(self, postmaster: int, database: str) -> None:
+        self.postmaster, self.database = postmaster, database
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.roles: dict[int, str] = {}
+        self._started = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _children(self) -> list[int]:
+        """The postmaster's children (every server process is one): cheap enough to
+        read every 50 ms, where a walk of all of /proc would load the cores measured."""
+        try:
+            listed = Path(f"/proc/{self.postmaster}/task/{self.postmaster}/children")
+            return [int(pid) for pid in listed.read_text().split()]
+        except OSError:
+            return [pid for pid in descendants(self.postmaster) if pid != self.postmaster]
+
+    def _sample(self) -> None:
+        for pid in self._children():
+            if pid not in self.roles:
+                role = postgres_role(pid, self.database)
+                if role == "exited":
+                    continue
+                self.roles[pid] = role
+            if self.roles[pid] == "bench queries":
+                continue  # counted by stored_call_ids
+            seconds = own_cpu_seconds(pid)
+            if seconds:
+                self.last[pid] = seconds
+                # Alive at the start: counted from there; born later: all of its CPU.
+                self.first.setdefault(pid, 0.0 if self._started else seconds)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self._sample()
+
+    def __enter__(self) -> PostgresSampler:
+        self._sample()  # before the thread starts: processes alive now count from here
+        self._postmaster_start = cpu_seconds(self.postmaster)
+        self._postmaster_own_start = own_cpu_seconds(self.postmaster)
+        self._bench_start = BENCH_QUERY_SECONDS[0]
+        self._started = True
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        self._postmaster_end = cpu_seconds(self.postmaster)
+        self._postmaster_own_end = own_cpu_seconds(self.postmaster)
+
+    def split(self) -> dict[str, float]:
+        by_role: dict[str, float] = {}
+        for pid, last in self.last.items():
+            role = self.roles[pid]
+            by_role[role] = by_role.get(role, 0.0) + last - self.first.get(pid, 0.0)
+        # The postmaster's own CPU plus its reaped children's: what the samples of the
+        # processes that exited did not see is left over.
+        alive = set(self._children())
+        exited_seen = sum(
+            last - self.first.get(pid, 0.0) for pid, last in self.last.items() if pid not in alive
+        )
+        own = self._postmaster_own_end - self._postmaster_own_start
+        bench = BENCH_QUERY_SECONDS[0] - self._bench_start
+        by_role["postmaster"] = own
+        by_role["bench queries"] = bench
+        by_role["exited unsampled"] = (
+            self._postmaster_end - self._postmaster_start - own - exited_seen - bench
+        )
+        return by_role
+
+
+#: Shown in pg-other's breakdown but not summed into it: work this run did not cause
+#: (this bench's own counting queries; autovacuum of the rows of an earlier run).
+NOT_THIS_RUN = ("bench queries", "autovacuum (other databases)")
+
+
+def postgres_columns(split: dict[str, float], rows: int) -> tuple[float, float, str]:
+    """(backend us/row, other us/row, breakdown of other) of a `PostgresSampler.split`."""
+    per = {role: seconds / max(rows, 1) * 1e6 for role, seconds in split.items()}
+    backend = per.pop("backend", 0.0)
+    detail = ", ".join(
+        f"{role}{' (not summed)' if role in NOT_THIS_RUN else ''} {us:.1f}"
+        for role, us in sorted(per.items(), key=lambda kv: -kv[1])
+        if abs(us) >= 0.05
+    )
+    return backend, sum(us for role, us in per.items() if role not in NOT_THIS_RUN), detail
+
+
 def metric(port: int, name: str) -> float:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
@@ -129,12 +294,18 @@ class Run:
     consumer_us: float
     postgres_us: float
     tansu_us: float
+    pg_backend_us_per_row: float = 0.0
+    pg_other_us_per_row: float = 0.0
+    pg_other_detail: str = ""
 
 
 async def stored_call_ids(dsn: str) -> int:
     import asyncpg
 
-    conn = await asyncpg.connect(dsn)
+    # No parallel workers: the whole query's CPU is in this backend, counted below.
+    conn = await asyncpg.connect(
+        dsn, user=BENCH_ROLE, server_settings={"max_parallel_workers_per_gather": "0"}
+    )
     try:
         tables = [
             r[0] for r in await conn.fetch("SELECT table_name FROM hep_ingest_capture_tables")
@@ -143,6 +314,7 @@ async def stored_call_ids(dsn: str) -> int:
         value = await conn.fetchval(f"SELECT count(DISTINCT call_id) FROM ({union}) r")
         return int(value or 0)
     finally:
+        BENCH_QUERY_SECONDS[0] += own_cpu_seconds(conn.get_server_pid())
         await conn.close()
 
 
@@ -178,6 +350,7 @@ def run_one(
     seq_base: int,
     receive_only: bool,
     transport: str = "udp",
+    dsn_query: str = "",
 ) -> Run:
     topic = f"bench-{name}-{rate}-{seq_base}"
     listen_port = free_udp_port() if transport == "udp" else free_tcp_port()
@@ -203,12 +376,16 @@ def run_one(
         wait_until(lambda: metric(receiver_metrics, "hep_ingest_packets_received_total") == 0, 30)
         consumer = None
         dsn = ""
+        database = ""
         if not receive_only:
-            dsn = asyncio.run(create_database(postgres.dsn, topic.replace("-", "_")))
+            database = topic.replace("-", "_")
+            dsn = asyncio.run(create_database(postgres.dsn, database))
+            asyncio.run(create_bench_role(dsn))
             consumer = subprocess.Popen(
                 hep_ingest(
                     tree, "consume", "--bootstrap-servers", kafka.bootstrap_servers,
-                    "--topic", topic, "--group", f"g-{topic}", "--dsn", dsn,
+                    "--topic", topic, "--group", f"g-{topic}",
+                    "--dsn", f"{dsn}?{dsn_query}" if dsn_query else dsn,
                     "--metrics", f"127.0.0.1:{consumer_metrics}", "--log-format", "json",
                 ),
                 stdout=log, stderr=log, env=env,
@@ -224,6 +401,7 @@ def run_one(
             "postgres": tree_cpu(postgres_pid) if postgres_pid else 0.0,
             "tansu": cpu_seconds(kafka_pid) if kafka_pid else 0.0,
         }
+        pg_sampler = PostgresSampler(postgres_pid, database).__enter__()
         result = subprocess.run(
             [str(sender), str(listen_port), str(rate), str(seconds), str(LOAD / "hep_corpus.bin"),
              str(seq_base), "64", transport],
@@ -252,6 +430,7 @@ def run_one(
             wait_until(lambda: asyncio.run(stored_call_ids(dsn)) >= stored, 120)
             stored = asyncio.run(stored_call_ids(dsn))
         catch_up = time.monotonic() - stopped
+        pg_sampler.__exit__()
         after = {
             "receiver": tree_cpu(receiver.pid),
             "consumer": tree_cpu(consumer.pid) if consumer else 0.0,
@@ -262,6 +441,7 @@ def run_one(
         return Run(
             name, rate, sent, stored, catch_up,
             per["receiver"], per["consumer"], per["postgres"], per["tansu"],
+            *postgres_columns(pg_sampler.split(), stored),
         )  # fmt: skip
     finally:
         for process in processes:
@@ -351,7 +531,10 @@ def run_up(name: str, tree: Path, rate: int, seconds: float, sender: Path, workd
                 totals["postgres"] += tree_cpu(pg)
             return totals
 
+        database = dsn.rsplit("/", 1)[-1].split("?", 1)[0]
+        asyncio.run(create_bench_role(dsn))
         before = cpu()
+        pg_sampler = PostgresSampler(postmaster(), database).__enter__()
         result = subprocess.run(
             [str(sender), str(udp_port), str(rate), str(seconds), str(LOAD / "hep_corpus.bin")],
             capture_output=True, text=True, check=True,
@@ -367,11 +550,13 @@ def run_up(name: str, tree: Path, rate: int, seconds: float, sender: Path, workd
 
         wait_until(caught_up, 180)
         catch_up = time.monotonic() - stopped
+        pg_sampler.__exit__()
         after = cpu()
         per = {k: (after[k] - before[k]) / max(sent, 1) * 1e6 for k in before}
         return Run(
             name, rate, sent, stored, catch_up,
             per["receiver"], per["consumer"], per["postgres"], per["tansu"],
+            *postgres_columns(pg_sampler.split(), stored),
         )  # fmt: skip
     finally:
         up.send_signal(signal.SIGINT)
@@ -389,14 +574,22 @@ def main() -> None:
     parser.add_argument("--receive-only", action="store_true", help="no consumer, no database")
     parser.add_argument("--up", action="store_true", help="each run a whole `hep-ingest up`")
     parser.add_argument("--transport", choices=("udp", "tcp"), default="udp")
+    parser.add_argument(
+        "--dsn-query", action="append", default=[], metavar="NAME=QUERY",
+        help="query string added to tree NAME's consumer DSN (repeatable): asyncpg sends "
+        "unknown parameters as session settings, e.g. new2=synchronous_commit=off "
+        "measures a server setting against the same tree without it",
+    )
     args = parser.parse_args()
+    dsn_queries = dict(q.split("=", 1) for q in args.dsn_query)
     trees = [(n, Path(p).resolve()) for n, p in (t.split("=", 1) for t in args.tree)]
     workdir = Path(tempfile.mkdtemp(prefix="side-by-side-"))
     sender = build_sender(workdir)
     print(f"logs in {workdir}", flush=True)
     print(
         f"{'rate/s':>8} {'tree':>6} {'sent':>8} {'stored':>8} {'lost':>7} {'catch-up':>9} "
-        f"{'receive':>8} {'consume':>8} {'postgres':>8} {'tansu':>7}   (CPU us per packet)",
+        f"{'receive':>8} {'consume':>8} {'postgres':>8} {'tansu':>7}   (CPU us per packet)"
+        f" {'pg-backend':>10} {'pg-other':>8}   (PostgreSQL CPU us per stored row)",
         flush=True,
     )
     seq_base = 0
@@ -413,6 +606,7 @@ def main() -> None:
                         run = run_one(
                             name, tree, rate, args.seconds, sender, kafka, postgres, workdir,
                             seq_base, args.receive_only, args.transport,
+                            dsn_queries.get(name, ""),
                         )  # fmt: skip
                     seq_base += run.sent + 1
                     runs.append(run)
@@ -420,18 +614,34 @@ def main() -> None:
                         f"{rate:>8} {name:>6} {run.sent:>8} {run.stored:>8} "
                         f"{run.sent - run.stored:>7} {run.catch_up_s:>8.1f}s "
                         f"{run.receiver_us:>8.1f} {run.consumer_us:>8.1f} "
-                        f"{run.postgres_us:>8.1f} {run.tansu_us:>7.1f}",
+                        f"{run.postgres_us:>8.1f} {run.tansu_us:>7.1f}"
+                        f"{'':>22} {run.pg_backend_us_per_row:>10.1f} "
+                        f"{run.pg_other_us_per_row:>8.1f}",
                         flush=True,
                     )
+                    if run.pg_other_detail:
+                        print(f"{'':>8} {'':>6}   pg-other: {run.pg_other_detail}", flush=True)
                 base = runs[0]
                 for run in runs[1:]:
                     ratio = run.receiver_us / base.receiver_us if base.receiver_us else 0
                     consume_ratio = (
                         run.consumer_us / base.consumer_us if base.consumer_us else float("nan")
                     )
+                    backend_ratio = (
+                        run.pg_backend_us_per_row / base.pg_backend_us_per_row
+                        if base.pg_backend_us_per_row else float("nan")
+                    )
+                    postgres_ratio = (
+                        (run.pg_backend_us_per_row + run.pg_other_us_per_row)
+                        / (base.pg_backend_us_per_row + base.pg_other_us_per_row)
+                        if base.pg_backend_us_per_row + base.pg_other_us_per_row
+                        else float("nan")
+                    )
                     print(
                         f"{'':>8} {run.tree}/{base.tree}: receive x{ratio:.2f}, "
-                        f"consume x{consume_ratio:.2f}",
+                        f"consume x{consume_ratio:.2f}, "
+                        f"PostgreSQL backend x{backend_ratio:.2f} (all of PostgreSQL "
+                        f"x{postgres_ratio:.2f})",
                         flush=True,
                     )
         finally:

@@ -82,6 +82,20 @@ class HomerField(StrEnum):
             else "data_header"
         return f"({column} ->> '{self.value}')"
 
+    @property
+    def justification(self) -> str:
+        """The homer-app statement the index serves: its COMMENT, as every index on the
+        capture tables has one (migrations/0005)."""
+        where = f"data_header->>'{self.value}'" if self.expression.startswith("(data") \
+            else f"protocol_header->>'{self.value}'"
+        served = (
+            f"homer-app search grid (data/service/search.go buildQuery): create_date "
+            f"between ? and ? AND {where} = ? (IN (...) for several values)"
+        )
+        if self is HomerField.callid:
+            served += f"; homer-app call flow correlation: {where} = ANY(ARRAY[...])"
+        return f"{served}; optional, hep-ingest homer-indexes enable --field {self.value}"
+
     def index_definition(self, table: str) -> str:
         """What follows `CREATE INDEX name ON [ONLY]`."""
         return f"{_quote(table)} USING {self.method} ({self.expression}) " \
@@ -246,6 +260,7 @@ async def _enable_one(conn: asyncpg.Connection, table: str, field: HomerField,
         await _with_lock_timeout(
             conn, f"CREATE INDEX IF NOT EXISTS {_quote(parent)} ON ONLY "
             f"{field.index_definition(table)}", lock_timeout, attempts)
+    await _comment(conn, parent, field, lock_timeout, attempts)
     built = []
     # A partition created meanwhile gets the index when it is attached; one more pass
     # finds any the listing missed.
@@ -267,6 +282,7 @@ async def _enable_one(conn: asyncpg.Connection, table: str, field: HomerField,
                 progress(f"indexing {partition} ({field.value})")
                 await conn.execute(f"CREATE INDEX CONCURRENTLY {_quote(child)} ON "
                                    f"{field.index_definition(partition)}")
+                await _comment(conn, child, field, lock_timeout, attempts)
                 built.append(child)
             await _with_lock_timeout(
                 conn, f"ALTER INDEX {_quote(parent)} ATTACH PARTITION {_quote(child)}",
@@ -274,6 +290,15 @@ async def _enable_one(conn: asyncpg.Connection, table: str, field: HomerField,
     log.info("homer_index_enabled", table=table, field=field.value, index=parent,
              partitions_built=len(built))
     return built
+
+
+async def _comment(conn: asyncpg.Connection, index: str, field: HomerField,
+                   lock_timeout: timedelta, attempts: int) -> None:
+    """Say on the index which homer-app statement justifies it (also on an index an
+    earlier version created without a comment: `enable` again adds it)."""
+    literal = "'" + field.justification.replace("'", "''") + "'"
+    await _with_lock_timeout(conn, f"COMMENT ON INDEX {_quote(index)} IS {literal}",
+                             lock_timeout, attempts)
 
 
 async def disable_homer_indexes(

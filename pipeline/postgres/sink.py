@@ -547,12 +547,12 @@ class PostgresSink:
             except _FencedError as fenced:
                 return {}, BatchOutcome(fenced=fenced.stored)
             except asyncpg.UndefinedTableError as exc:
-                conn.terminate()
+                _discard(conn)
                 raise SinkError(f"{exc} (run `hep-ingest migrate`)") from exc
             except BaseException:
                 # A connection that failed mid-COPY can be left in a state asyncpg cannot
                 # recover ("another operation is in progress"): never hand it back.
-                conn.terminate()
+                _discard(conn)
                 raise
 
     async def _claim(self, conn: asyncpg.Connection, offsets: BatchOffsets | None) -> None:
@@ -709,3 +709,13 @@ class PostgresSink:
             if self._stopping.is_set() and is_transient(exc):
                 raise SinkStoppedError(f"stopped while retrying: {exc}") from exc
             raise
+
+
+def _discard(conn: asyncpg.Connection) -> None:
+    """Close a connection that must not go back to the pool, keeping the error at hand.
+
+    After the server went away asyncpg may already have detached the connection from
+    its pool proxy, and terminate() then raises InterfaceError ("released back to the
+    pool"), which would replace the error that says why the write failed."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()

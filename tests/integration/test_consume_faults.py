@@ -113,6 +113,39 @@ async def test_postgres_restart_mid_stream(
         assert stop_process(process) == 0, tail(log)
 
 
+async def test_postgres_crash_with_asynchronous_commit_stores_each_packet_once(
+    kafka: EmbeddedKafka, fresh_postgres: EmbeddedPostgres, topic_name: str, tmp_path: Path
+) -> None:
+    """`--dsn ...?synchronous_commit=off` (docs/benchmarks.md, "PostgreSQL CPU per row"):
+    a crash loses the last commits, rows and offsets together; the consumer's next claim
+    finds the stored offsets behind what it wrote, seeks back to them and stores those
+    records again: each once."""
+    dsn = fresh_postgres.dsn
+    admin = await asyncpg.connect(dsn)
+    try:
+        # Commits wait in the WAL buffers for 10 s, not 0.2: the crash surely loses some.
+        await admin.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
+    finally:
+        await admin.close()
+    await asyncio.to_thread(fresh_postgres.restart)
+    await create_topic(kafka.bootstrap_servers, topic_name, partitions=4)
+    await publish(kafka.bootstrap_servers, topic_name, generated_sip(N))
+    log = tmp_path / "consumer.log"
+    process = start_consumer(kafka.bootstrap_servers, topic_name,
+                             f"{dsn}?synchronous_commit=off", log, *FAST)
+    try:
+        await wait_until_rows_at_least(dsn, 3000)
+        await asyncio.to_thread(fresh_postgres.stop, "immediate")  # a crash: no WAL flush
+        await asyncio.to_thread(fresh_postgres.start)
+        assert await wait_for_rows(dsn, N, 90, process) == (N, N), tail(log)
+        assert process.poll() is None
+        rewound = [e for e in log_events(log) if e.get("event") == "offsets_fenced"
+                   and e["stored"] < e["claimed_from"]]
+        assert rewound, "the crash lost no commit: nothing was tested\n" + tail(log)
+    finally:
+        assert stop_process(process) == 0, tail(log)
+
+
 async def test_two_consumers_share_the_partitions(
     kafka: EmbeddedKafka, database_dsn: str, topic_name: str, tmp_path: Path
 ) -> None:

@@ -109,6 +109,32 @@ async def test_enable_indexes_present_and_future_partitions(conn: asyncpg.Connec
     assert left == 0
 
 
+async def test_every_homer_index_names_the_homer_app_statement_it_serves(
+    conn: asyncpg.Connection,
+) -> None:
+    """As every default index on the capture tables (migrations/0005), each optional one
+    says in its COMMENT which homer-app query justifies it, on the parent and on the
+    partitions' indexes `enable` builds; an index created without one gets it when
+    `enable` runs again."""
+    await ensure_partitions(conn, now=datetime.now(UTC))
+    parent = index_name("hep_proto_1_call", HomerField.from_user)
+    await conn.execute(f"CREATE INDEX {parent} ON ONLY "
+                       + HomerField.from_user.index_definition("hep_proto_1_call"))
+    await enable_homer_indexes(conn)
+    rows = await conn.fetch(
+        """SELECT c.relname, obj_description(c.oid, 'pg_class') AS comment
+             FROM pg_class c WHERE c.relkind IN ('i', 'I') AND c.relname LIKE '%homer%'""")
+    built = {index_name(p, f) for f in HomerField for p in await call_partitions(conn)}
+    assert built <= {r["relname"] for r in rows}
+    assert len(rows) > len(SIP_TABLES) * len(HomerField)
+    for row in rows:
+        field = next(f for f in HomerField if f"_homer_{f.value.lower()}_" in row["relname"])
+        assert row["comment"] == field.justification, row["relname"]
+    callid = HomerField.callid.justification
+    assert "data/service/search.go" in callid and "data_header->>'callid' = ?" in callid
+    assert "protocol_header->>'srcIp' = ?" in HomerField.src_ip.justification
+
+
 async def test_interrupted_enable_is_finished_by_running_it_again(
     conn: asyncpg.Connection,
 ) -> None:

@@ -662,12 +662,47 @@ cdef int _read_body(const uint8_t* p, Py_ssize_t n, _Rec* r) noexcept:
     return 0 if pos == n else 1
 
 
+cdef extern from *:
+    """
+    #define HEP_HIGH_BITS 0x8080808080808080ULL
+    #define HEP_LOW_BITS 0x0101010101010101ULL
+    """
+    const uint64_t _HIGH_BITS "HEP_HIGH_BITS"
+    const uint64_t _LOW_BITS "HEP_LOW_BITS"
+
+
 cdef inline bint _is_ascii_clean(const uint8_t* p, Py_ssize_t n) noexcept:
-    """ASCII without NUL: valid UTF-8 whose text needs no cleaning."""
-    cdef Py_ssize_t i
-    for i in range(n):
+    """ASCII without NUL: valid UTF-8 whose text needs no cleaning.
+
+    Eight bytes at a time: payloads are read whole, SDP bodies included."""
+    cdef Py_ssize_t i = 0
+    cdef uint64_t word
+    while i + 8 <= n:
+        memcpy(&word, p + i, 8)
+        # No high bit set, then no zero byte (exact once every high bit is clear).
+        if word & _HIGH_BITS or (word - _LOW_BITS) & ~word & _HIGH_BITS:
+            return False
+        i += 8
+    while i < n:
         if p[i] == 0 or p[i] >= 0x80:
             return False
+        i += 1
+    return True
+
+
+cdef inline bint _is_ascii(const uint8_t* p, Py_ssize_t n) noexcept:
+    """No byte of p[:n] is 0x80 or above."""
+    cdef Py_ssize_t i = 0
+    cdef uint64_t word
+    while i + 8 <= n:
+        memcpy(&word, p + i, 8)
+        if word & _HIGH_BITS:
+            return False
+        i += 8
+    while i < n:
+        if p[i] >= 0x80:
+            return False
+        i += 1
     return True
 
 
@@ -684,30 +719,40 @@ cdef inline object _opt_int(_OptInt v):
     return v.value if v.present else None
 
 
-cdef inline bint _json_plain(str text) noexcept:
-    """True when encode_basestring_ascii(text) is text in quotes."""
-    cdef Py_ssize_t i, n
-    cdef Py_UCS4 c
-    n = len(text)
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object unicode)
+    void* PyUnicode_DATA(object unicode)
+
+
+cdef inline bint _json_plain(const char* s, Py_ssize_t n) noexcept:
+    """True when encode_basestring_ascii of the ASCII text s[:n] is s[:n] in quotes."""
+    cdef Py_ssize_t i
+    cdef uint8_t c
     for i in range(n):
-        c = text[i]
+        c = <uint8_t>s[i]
         if c < 0x20 or c > 0x7E or c == 0x22 or c == 0x5C:
             return False
     return True
 
 
-cdef int _put_json_str(Buf* b, object text) except -1:
+cdef int _put_json_str(Buf* b, str text) except -1:
     """What `_escape(text)` (json's encode_basestring_ascii) writes."""
     cdef Py_ssize_t n
     cdef const char* s
-    if not _json_plain(text):
-        escaped = _escape_json(text)
-        s = PyUnicode_AsUTF8AndSize(escaped, &n)
-        return _put_raw(b, s, n)
-    s = PyUnicode_AsUTF8AndSize(text, &n)
-    _put_byte(b, 34)
-    _put_raw(b, s, n)
-    return _put_byte(b, 34)
+    if text is None:
+        raise TypeError("expected str, got NoneType")
+    # An ASCII str's characters are its bytes; any other str has a character that
+    # json escapes (and may hold lone surrogates, which UTF-8 cannot encode).
+    if PyUnicode_IS_ASCII(text):
+        s = <const char*>PyUnicode_DATA(text)
+        n = len(text)
+        if _json_plain(s, n):
+            _put_byte(b, 34)
+            _put_raw(b, s, n)
+            return _put_byte(b, 34)
+    escaped = _escape_json(text)
+    s = PyUnicode_AsUTF8AndSize(escaped, &n)
+    return _put_raw(b, s, n)
 
 
 cdef inline int _put_cstr(Buf* b, const char* s) except -1:
@@ -715,9 +760,21 @@ cdef inline int _put_cstr(Buf* b, const char* s) except -1:
 
 
 cdef int _put_decimal(Buf* b, int64_t value) except -1:
+    """str(value) (printf's %lld, without its cost)."""
     cdef char digits[24]
-    cdef int k = snprintf(digits, sizeof(digits), "%lld", <long long>value)
-    return _put_raw(b, digits, k)
+    cdef int k = 24
+    # The magnitude as unsigned: -INT64_MIN does not fit an int64.
+    cdef uint64_t magnitude = <uint64_t>value if value >= 0 else 0 - <uint64_t>value
+    while True:
+        k -= 1
+        digits[k] = <char>(48 + magnitude % 10)
+        magnitude //= 10
+        if magnitude == 0:
+            break
+    if value < 0:
+        k -= 1
+        digits[k] = 45
+    return _put_raw(b, digits + k, 24 - k)
 
 
 cdef str _buf_text(Buf* b):
@@ -806,11 +863,11 @@ cdef object _fused_row(const uint8_t* p, _Rec* r, object value, object partition
         return None
     sip = None
     if is_sip:
-        payload = PyBytes_FromStringAndSize(<const char*>payload_p, r.payload.size)
         try:
-            sip = _summarise_fast(payload)
+            sip = _summarise_span(payload_p, r.payload.size)
             if sip is None:
-                sip = _summarise_sip(payload)
+                sip = _summarise_sip(
+                    PyBytes_FromStringAndSize(<const char*>payload_p, r.payload.size))
         except _SipParseError:
             return None  # the pure path scans the Call-ID and keeps the reason
 
@@ -967,6 +1024,9 @@ cdef const char* _summary_names[_NSUMMARY]
 _summary_names[:] = [b"call-id", b"from", b"to", b"via", b"contact", b"cseq", b"expires",
                      b"p-asserted-identity", b"user-agent", b"server", b"content-type",
                      b"reason"]
+cdef Py_ssize_t _summary_name_size[_NSUMMARY]
+for _slot in range(_NSUMMARY):
+    _summary_name_size[_slot] = strlen(_summary_names[_slot])
 cdef char _compact_of[_NSUMMARY]
 _compact_of[:] = [b"i"[0], b"f"[0], b"t"[0], b"v"[0], b"m"[0], 0, 0, 0, 0, 0, b"c"[0], 0]
 
@@ -993,7 +1053,7 @@ cdef int _summary_slot(const uint8_t* p, Py_ssize_t a, Py_ssize_t b) noexcept:
                 return slot
     for slot in range(_NSUMMARY):
         name = _summary_names[slot]
-        if <Py_ssize_t>strlen(name) != n:
+        if _summary_name_size[slot] != n:
             continue
         for i in range(n):
             if _lower(p[a + i]) != <uint8_t>name[i]:
@@ -1018,44 +1078,56 @@ cdef object _stripped_text(const uint8_t* p, Py_ssize_t a, Py_ssize_t b):
 
 cdef object _summarise_fast(bytes payload):
     """summarise_sip(payload) for an ASCII head; None to call summarise_sip itself."""
-    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(payload)
-    cdef Py_ssize_t n = len(payload)
+    return _summarise_span(<const uint8_t*>PyBytes_AS_STRING(payload), len(payload))
+
+
+cdef inline Py_ssize_t _line_end(const uint8_t* p, Py_ssize_t a, Py_ssize_t end) noexcept:
+    """The position of the first LF in p[a:end], else end."""
+    cdef const void* found
+    if a >= end:
+        return end
+    found = memchr(p + a, 10, end - a)
+    return <Py_ssize_t>(<const uint8_t*>found - p) if found != NULL else end
+
+
+cdef object _summarise_span(const uint8_t* p, Py_ssize_t n):
+    """_summarise_fast of the payload p[:n] (no bytes object needed)."""
     cdef Py_ssize_t start = 0, end = -1, i, line_start, line_end, colon
     cdef int slot, last_slot = -1
     cdef bint can_fold = False, blank = True
     cdef list found = [None] * _NSUMMARY
-    # _split_head
+    # _split_head: the head ends at the first "\n\r\n", or at a "\n\n" wholly before
+    # it. Walking the LFs in order finds the earlier of the two; a "\n\n" whose second
+    # LF starts a "\n\r\n" is not wholly before it.
     if n and (p[0] == 13 or p[0] == 10):
         while start < n and (p[start] == 13 or p[start] == 10):
             start += 1
-    for i in range(start, n - 2):
-        if p[i] == 10 and p[i + 1] == 13 and p[i + 2] == 10:
+    i = _line_end(p, start, n)
+    while i < n:
+        if i + 2 < n and p[i + 1] == 13 and p[i + 2] == 10:
             end = i
             break
-    for i in range(start, (end if end >= 0 else n) - 1):
-        if p[i] == 10 and p[i + 1] == 10:
-            end = i
+        if i + 1 < n and p[i + 1] == 10:
+            end = i + 1 if i + 3 < n and p[i + 2] == 13 and p[i + 3] == 10 else i
             break
+        i = _line_end(p, i + 1, n)
     if end < 0:
         end = n
+    if not _is_ascii(p + start, end - start):
+        return None
     for i in range(start, end):
-        if p[i] >= 0x80:
-            return None
         if not (p[i] == 32 or 9 <= p[i] <= 13):
             blank = False
+            break
     if blank:
         return None  # empty: summarise_sip raises
-    line_end = start
-    while line_end < end and p[line_end] != 10:
-        line_end += 1
+    line_end = _line_end(p, start, end)
     first_line = PyUnicode_DecodeASCII(<const char*>p + start, line_end - start, NULL)
     parsed_start = _start_line_fast(first_line)
     # _collect, for the headers _summary reads
     while line_end < end:
         line_start = line_end + 1
-        line_end = line_start
-        while line_end < end and p[line_end] != 10:
-            line_end += 1
+        line_end = _line_end(p, line_start, end)
         if line_start < line_end and _is_ws(p[line_start]):
             # A continuation line (folded header value).
             cont = _stripped_text(p, line_start, line_end)
@@ -1063,11 +1135,7 @@ cdef object _summarise_fast(bytes payload):
                 prev = found[last_slot]
                 found[last_slot] = f"{prev} {cont}" if prev else cont
             continue
-        colon = -1
-        for i in range(line_start, line_end):
-            if p[i] == 58:
-                colon = i
-                break
+        colon = _find_char(<const char*>p, line_start, line_end, 58)
         if colon < 0:
             can_fold = False
             continue
@@ -1083,11 +1151,16 @@ cdef object _summarise_fast(bytes payload):
         if slot >= 0 and found[slot] is None:
             found[slot] = _stripped_text(p, colon + 1, line_end)
             last_slot = slot
+    return _summary_of(parsed_start, found)
+
+
+cdef dict _first_headers(list found):
+    """The parser's `first` mapping (canonical name -> first value) of `found`."""
     first = {}
     for slot in range(_NSUMMARY):
         if found[slot] is not None:
             first[_SUMMARY_HEADERS[slot]] = found[slot]
-    return _summary_of(parsed_start, first)
+    return first
 
 
 def summarise_sip(payload):
@@ -1102,11 +1175,11 @@ def summarise_sip(payload):
 # goes to the parser's own function (_party, _via).
 
 cdef inline Py_ssize_t _find_char(const char* s, Py_ssize_t a, Py_ssize_t b, char c) noexcept:
-    cdef Py_ssize_t i
-    for i in range(a, b):
-        if s[i] == c:
-            return i
-    return -1
+    cdef const void* at
+    if a >= b:
+        return -1
+    at = memchr(s + a, c, b - a)
+    return <Py_ssize_t>(<const char*>at - s) if at != NULL else -1
 
 
 cdef inline Py_ssize_t _find_text(const char* s, Py_ssize_t a, Py_ssize_t b,
@@ -1267,13 +1340,28 @@ cdef object _via_branch_fast(str value, object fallback):
     return _ws_stripped_or_none(s, at, end if end >= 0 else n)
 
 
-cdef tuple _summary_of(object start, dict first):
-    """pipeline.sip.parser._summary, with the fast From/To/Via readers; a plain tuple
-    (the row builder unpacks it at once), a SipSummary for summarise_sip."""
+# The slots of _SUMMARY_HEADERS.
+DEF _H_CALL_ID = 0
+DEF _H_FROM = 1
+DEF _H_TO = 2
+DEF _H_VIA = 3
+DEF _H_CONTACT = 4
+DEF _H_CSEQ = 5
+DEF _H_EXPIRES = 6
+DEF _H_PAI = 7
+DEF _H_USER_AGENT = 8
+DEF _H_SERVER = 9
+DEF _H_CONTENT_TYPE = 10
+DEF _H_REASON = 11
+
+
+cdef tuple _summary_of(object start, list found):
+    """pipeline.sip.parser._summary of the first values `found` (per _SUMMARY_HEADERS
+    slot, None when absent), with the fast From/To/Via readers; a plain tuple (the row
+    builder unpacks it at once), a SipSummary for summarise_sip."""
     is_request, method, status_code, reason, _, ruri_user, ruri_domain = start
-    call_id, cseq_number, cseq_method = _call_id_cseq_fast(first)
-    get = first.get
-    value = get("from")
+    call_id, cseq_number, cseq_method = _call_id_cseq_fast(found)
+    value = found[_H_FROM]
     if value:
         party = _addr_fast(value, False, ";tag=")
         if party is None:
@@ -1281,7 +1369,7 @@ cdef tuple _summary_of(object start, dict first):
         from_user, from_domain, from_tag = party
     else:
         from_user = from_domain = from_tag = None
-    value = get("to")
+    value = found[_H_TO]
     if value:
         party = _addr_fast(value, False, ";tag=")
         if party is None:
@@ -1289,9 +1377,9 @@ cdef tuple _summary_of(object start, dict first):
         to_user, to_domain, to_tag = party
     else:
         to_user = to_domain = to_tag = None
-    value = get("via")
+    value = found[_H_VIA]
     via_branch = _via_branch_fast(value, _via_py) if value else None
-    value = get("contact")
+    value = found[_H_CONTACT]
     if value:
         contact = _addr_fast(value, True, ";expires=")
         if contact is None:
@@ -1301,18 +1389,18 @@ cdef tuple _summary_of(object start, dict first):
             contact_expires = _to_int(expires_param, 10) if expires_param is not None else None
     else:
         contact_user = contact_host = contact_expires = None
-    value = get("expires")
+    value = found[_H_EXPIRES]
     expires = _to_int(value, 10) if value is not None else None
     if expires is None:
         expires = contact_expires
-    value = get("p-asserted-identity")
+    value = found[_H_PAI]
     return (
         is_request, method, status_code, reason, ruri_user, ruri_domain, call_id,
         cseq_number, cseq_method, from_user, from_domain, from_tag, to_user, to_domain,
         to_tag, via_branch, contact_user, contact_host, expires,
-        get("user-agent") or get("server") or None,
-        get("content-type") or None,
-        get("reason") or None,
+        found[_H_USER_AGENT] or found[_H_SERVER] or None,
+        found[_H_CONTENT_TYPE] or None,
+        found[_H_REASON] or None,
         _pai_py(value) if value else None,
     )
 
@@ -1392,18 +1480,18 @@ cdef object _start_line_fast(str line):
     return (True, method, None, None, request_uri, ruri_user, ruri_domain)
 
 
-cdef object _call_id_cseq_fast(dict first):
-    """parser._call_id_cseq(first) for a CSeq of the usual spelling."""
+cdef object _call_id_cseq_fast(list found):
+    """parser._call_id_cseq of `found` for a CSeq of the usual spelling."""
     cdef Py_ssize_t n, i, a0, a1, b0, b1, k
     cdef const char* s
     cdef int64_t number = 0
-    call_id = first.get("call-id")
-    cseq = first.get("cseq")
+    call_id = found[_H_CALL_ID]
+    cseq = found[_H_CSEQ]
     if not call_id or cseq is None:
-        return _call_id_cseq(first)
+        return _call_id_cseq(_first_headers(found))
     s = PyUnicode_AsUTF8AndSize(cseq, &n)
     if not _plain_ascii(s, n):
-        return _call_id_cseq(first)
+        return _call_id_cseq(_first_headers(found))
     i = 0
     while i < n and _is_blank(s[i]):
         i += 1
@@ -1420,12 +1508,12 @@ cdef object _call_id_cseq_fast(dict first):
     while i < n and _is_blank(s[i]):
         i += 1
     if i != n or b1 == b0 or not 0 < a1 - a0 <= 10:
-        return _call_id_cseq(first)
+        return _call_id_cseq(_first_headers(found))
     for k in range(a0, a1):
         if not 48 <= <uint8_t>s[k] <= 57:
-            return _call_id_cseq(first)
+            return _call_id_cseq(_first_headers(found))
         number = number * 10 + (s[k] - 48)
     for k in range(b0, b1):
         if not _is_token_char(<uint8_t>s[k]):
-            return _call_id_cseq(first)
+            return _call_id_cseq(_first_headers(found))
     return call_id, number, PyUnicode_DecodeASCII(s + b0, b1 - b0, NULL)

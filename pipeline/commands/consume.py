@@ -101,6 +101,18 @@ def consume(
             help="Seconds before a batch that is not full is written.",
         ),
     ] = 1.0,
+    session_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="HEP_INGEST_SESSION_TIMEOUT",
+            min=1,
+            max=3600,
+            help="Seconds without a heartbeat before the group gives this worker's partitions "
+            "to another (heartbeats every third of it). The embedded broker holds a joining "
+            "worker for half of it, so shorter starts faster; Apache Kafka refuses values "
+            "below its group.min.session.timeout.ms (6 s by default).",
+        ),
+    ] = 10.0,
     retention_days: Annotated[
         int,
         typer.Option(
@@ -330,6 +342,7 @@ def consume(
         dsn=dsn,
         batch_size=batch_size,
         flush_interval=flush_interval,
+        session_timeout=session_timeout,
         retention_days=retention_days,
         partition_interval=partition_interval.value,
         partitions_ahead=partitions_ahead,

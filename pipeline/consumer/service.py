@@ -114,6 +114,8 @@ async def run_consumer(
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=settings.batch_size,
+            session_timeout_ms=round(settings.session_timeout * 1000),
+            heartbeat_interval_ms=round(settings.session_timeout * 1000 / 3),
             # Enough prefetch for a full batch of ~500-byte records per partition.
             max_partition_fetch_bytes=8 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
@@ -153,6 +155,7 @@ async def run_consumer(
             dead_letter_topic=settings.dead_letter_topic_name,
             batch_size=settings.batch_size,
             flush_interval=settings.flush_interval,
+            session_timeout=settings.session_timeout,
             implementation=IMPLEMENTATION,
             **_row_features(settings),
         )

@@ -38,6 +38,9 @@ class ConsumerSettings:
     dsn: str | None = None
     batch_size: int = 10_000
     flush_interval: float = 1.0
+    # The group's session timeout (heartbeats every third of it). tansu holds a new
+    # member's JoinGroup for half of it, so it is also the start-up wait.
+    session_timeout: float = 10.0
     retention_days: int = 14
     partition_interval: str = "daily"
     partitions_ahead: int = 2
@@ -69,6 +72,8 @@ class ConsumerSettings:
             raise ValueError("batch_size must be at least 1")
         if self.flush_interval <= 0:
             raise ValueError("flush_interval must be positive")
+        if self.session_timeout < 1:
+            raise ValueError("session_timeout must be at least 1 second")
         if self.sink == "postgres" and not self.dsn:
             raise ValueError("the postgres sink needs a DSN")
 

@@ -273,7 +273,10 @@ async def test_broker_paused_mid_stream(
     await create_topic(fresh_kafka.bootstrap_servers, topic_name, partitions=4)
     await publish(fresh_kafka.bootstrap_servers, topic_name, generated_sip(N))
     log = tmp_path / "consumer.log"
-    process = start_consumer(fresh_kafka.bootstrap_servers, topic_name, database_dsn, log, *FAST)
+    process = start_consumer(
+        fresh_kafka.bootstrap_servers, topic_name, database_dsn, log, *FAST,
+        "--session-timeout", "10",  # the product's default, longer than the pause
+    )  # fmt: skip
     try:
         await wait_until_rows_at_least(database_dsn, 3000)
         fresh_kafka.pause()

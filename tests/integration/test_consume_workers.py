@@ -20,6 +20,7 @@ from processes import alive, child_pids
 from pipeline.embedded import EmbeddedKafka, free_tcp_port
 from tests.conftest import create_topic
 from tests.integration.consume_support import (
+    TEST_SESSION_TIMEOUT,
     generated_sip,
     log_events,
     metric,
@@ -89,6 +90,9 @@ async def test_two_workers_split_the_partitions_and_stop_cleanly(
         assert len(started) == 1 and started[0]["workers"] == 2, tail(log)
         client_ids = {e["client_id"] for e in events if e.get("event") == "consumer_started"}
         assert len(client_ids) == 2, client_ids
+        # --session-timeout (start_consumer's) reaches every worker the supervisor starts.
+        timeouts = {e["session_timeout"] for e in events if e.get("event") == "consumer_started"}
+        assert timeouts == {TEST_SESSION_TIMEOUT}, timeouts
 
         assert stop_process(process, timeout=40) == 0, tail(log)
         assert not [pid for pid in workers if alive(pid)]

@@ -52,6 +52,8 @@ async def test_a_frozen_consumer_loses_no_packet_sent_meanwhile(
         consumer = start_consumer(
             kafka.bootstrap_servers, topic_name, database_dsn, consumer_log,
             "--flush-interval", "0.2",
+            # The product's default: the stall stays a pause, not a departure.
+            "--session-timeout", "10",
         )  # fmt: skip
         try:
             send_paced(packets[:warm_up], receiver.udp_port, RATE)

@@ -39,6 +39,7 @@ from pipeline.embedded import free_tcp_port, free_udp_port
 from pipeline.embedded.state import embedded_database
 from pipeline.hep.encode import encode_hep3
 from tests.implementations import clean_env
+from tests.integration.consume_support import TEST_SESSION_TIMEOUT
 
 pytestmark = pytest.mark.integration
 
@@ -207,6 +208,8 @@ def up_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     env = clean_env()
     env["HEP_INGEST_DATA_DIR"] = str(tmp_path / "unused-default")  # --data-dir must win
     env["PYTHONUNBUFFERED"] = "1"
+    # Read by up's `consume` children: tansu holds a joining member for half of it.
+    env["HEP_INGEST_SESSION_TIMEOUT"] = str(TEST_SESSION_TIMEOUT)
     yield env
 
 

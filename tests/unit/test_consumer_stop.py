@@ -12,8 +12,10 @@ import asyncio
 from datetime import datetime
 from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
 
+from pipeline.consumer.settings import ConsumerSettings
 from tests.unit.test_consumer_offsets import TP0, _Consumer, _OffsetSink, _worker
 
 
@@ -54,3 +56,9 @@ def test_stop_ends_the_loop_even_when_the_lag_query_swallows_its_cancellation() 
         assert queries == ["started", "swallowed"]
 
     asyncio.run(scenario())
+
+
+def test_a_session_timeout_below_one_second_is_refused() -> None:
+    with pytest.raises(ValueError, match="session_timeout"):
+        ConsumerSettings(sink="stdout", session_timeout=0.5)
+    assert ConsumerSettings(sink="stdout").session_timeout == 10.0

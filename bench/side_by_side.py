@@ -62,6 +62,18 @@ from pipeline.embedded import (  # noqa: E402
 LOAD = ROOT / "bench" / "load"
 
 
+def ratios(run: Run, base: Run) -> str:
+    """new/base per process, for what both measured (--receive-only has no consumer)."""
+    pairs = [
+        ("receive", run.receiver_us, base.receiver_us),
+        ("consume", run.consumer_us, base.consumer_us),
+        ("PostgreSQL backend", run.pg_backend_us_per_row, base.pg_backend_us_per_row),
+        ("all of PostgreSQL", run.pg_backend_us_per_row + run.pg_other_us_per_row,
+         base.pg_backend_us_per_row + base.pg_other_us_per_row),
+    ]
+    return ", ".join(f"{name} x{new / old:.2f}" for name, new, old in pairs if old and new)
+
+
 def build_sender(workdir: Path) -> Path:
     binary = workdir / "hep_send_seq"
     subprocess.run(["gcc", "-O2", "-o", str(binary), str(LOAD / "hep_send_seq.c")], check=True)
@@ -623,27 +635,7 @@ def main() -> None:
                         print(f"{'':>8} {'':>6}   pg-other: {run.pg_other_detail}", flush=True)
                 base = runs[0]
                 for run in runs[1:]:
-                    ratio = run.receiver_us / base.receiver_us if base.receiver_us else 0
-                    consume_ratio = (
-                        run.consumer_us / base.consumer_us if base.consumer_us else float("nan")
-                    )
-                    backend_ratio = (
-                        run.pg_backend_us_per_row / base.pg_backend_us_per_row
-                        if base.pg_backend_us_per_row else float("nan")
-                    )
-                    postgres_ratio = (
-                        (run.pg_backend_us_per_row + run.pg_other_us_per_row)
-                        / (base.pg_backend_us_per_row + base.pg_other_us_per_row)
-                        if base.pg_backend_us_per_row + base.pg_other_us_per_row
-                        else float("nan")
-                    )
-                    print(
-                        f"{'':>8} {run.tree}/{base.tree}: receive x{ratio:.2f}, "
-                        f"consume x{consume_ratio:.2f}, "
-                        f"PostgreSQL backend x{backend_ratio:.2f} (all of PostgreSQL "
-                        f"x{postgres_ratio:.2f})",
-                        flush=True,
-                    )
+                    print(f"{'':>8} {run.tree}/{base.tree}: {ratios(run, base)}", flush=True)
         finally:
             postgres.stop("fast")
 

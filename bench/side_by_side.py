@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -638,6 +639,17 @@ def main() -> None:
                     print(f"{'':>8} {run.tree}/{base.tree}: {ratios(run, base)}", flush=True)
         finally:
             postgres.stop("fast")
+            remove_databases(workdir)
+
+
+def remove_databases(workdir: Path) -> None:
+    """Delete the run's PostgreSQL data directories (gigabytes per run), keep the logs."""
+    for pgdata in [d.parent for d in workdir.rglob("PG_VERSION") if d.parent.name == "pgdata"]:
+        server_log = pgdata / "server.log"
+        if server_log.exists():
+            name = "-".join(pgdata.relative_to(workdir).parts[:-1])
+            shutil.copy(server_log, workdir / f"postgres-{name}.log")
+        shutil.rmtree(pgdata, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -81,14 +81,16 @@ def build_sender(workdir: Path) -> Path:
     return binary
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its reaped children so far (Linux)."""
+def cpu_seconds(pid: int, *, reaped_children: bool = True) -> float:
+    """User + system CPU seconds of a process (Linux), with those of its reaped children
+    so far unless told not to; 0 if it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    return sum(int(f) for f in fields[11:15]) / tick
+    # utime, stime, then cutime, cstime: the children's come after the process's own.
+    counted = fields[11:15] if reaped_children else fields[11:13]
+    return sum(int(f) for f in counted) / os.sysconf("SC_CLK_TCK")
 
 
 def descendants(parent: int) -> list[int]:
@@ -110,15 +112,6 @@ def descendants(parent: int) -> list[int]:
 
 def tree_cpu(pid: int) -> float:
     return sum(cpu_seconds(p) for p in descendants(pid))
-
-
-def own_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of the process alone (not its reaped children)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def postgres_role(pid: int, database: str) -> str:
@@ -204,7 +197,7 @@ class PostgresSampler:
                 self.roles[pid] = role
             if self.roles[pid] == "bench queries":
                 continue  # counted by stored_call_ids
-            seconds = own_cpu_seconds(pid)
+            seconds = cpu_seconds(pid, reaped_children=False)
             if seconds:
                 self.last[pid] = seconds
                 # Alive at the start: counted from there; born later: all of its CPU.
@@ -217,7 +210,7 @@ class PostgresSampler:
     def __enter__(self) -> PostgresSampler:
         self._sample()  # before the thread starts: processes alive now count from here
         self._postmaster_start = cpu_seconds(self.postmaster)
-        self._postmaster_own_start = own_cpu_seconds(self.postmaster)
+        self._postmaster_own_start = cpu_seconds(self.postmaster, reaped_children=False)
         self._bench_start = BENCH_QUERY_SECONDS[0]
         self._started = True
         self._thread.start()
@@ -228,7 +221,7 @@ class PostgresSampler:
         self._thread.join()
         self._sample()
         self._postmaster_end = cpu_seconds(self.postmaster)
-        self._postmaster_own_end = own_cpu_seconds(self.postmaster)
+        self._postmaster_own_end = cpu_seconds(self.postmaster, reaped_children=False)
 
     def split(self) -> dict[str, float]:
         by_role: dict[str, float] = {}
@@ -327,7 +320,7 @@ async def stored_call_ids(dsn: str) -> int:
         value = await conn.fetchval(f"SELECT count(DISTINCT call_id) FROM ({union}) r")
         return int(value or 0)
     finally:
-        BENCH_QUERY_SECONDS[0] += own_cpu_seconds(conn.get_server_pid())
+        BENCH_QUERY_SECONDS[0] += cpu_seconds(conn.get_server_pid(), reaped_children=False)
         await conn.close()
 
 

@@ -7,7 +7,6 @@ command and `hep-ingest up` own those and set `stop`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import socket
 from collections.abc import Awaitable, Callable
@@ -183,8 +182,12 @@ async def _bounded_close(what: str, close: Callable[[], Awaitable[None]]) -> Non
         waiting_in=pending_task_frames(),
     )
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
+    # Bounded too: a close that swallows its cancellation (see ConsumerWorker.run) must
+    # not hold the stop either; the process exits with it unfinished.
+    cancelled, _ = await asyncio.wait({task}, timeout=KAFKA_CLOSE_TIMEOUT)
+    for finished in cancelled:
+        if not finished.cancelled():
+            finished.exception()  # retrieved: the warning above already says it failed
 
 
 async def _stop_consumer(consumer: AIOKafkaConsumer) -> None:

@@ -62,3 +62,22 @@ async def test_pending_task_frames_names_each_waiting_task_and_its_frame() -> No
         waiter.cancel()
     [line] = [line for line in lines if line.startswith("leave-group: ")]
     assert "_leave_group_that_never_answers (test_consumer_close.py:" in line
+
+
+async def test_a_close_that_ignores_its_cancellation_still_cannot_hold_the_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(service, "KAFKA_CLOSE_TIMEOUT", 0.2)
+    release = asyncio.Event()
+
+    async def close_deaf_to_cancel() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await release.wait()  # what a swallowed cancellation looks like
+
+    started = time.monotonic()
+    await service._bounded_close("kafka_consumer", close_deaf_to_cancel)
+    assert time.monotonic() - started < 2
+    release.set()  # let the leftover task end before the loop closes
+    await asyncio.sleep(0)

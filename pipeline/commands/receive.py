@@ -23,6 +23,7 @@ that exits on its own stops the others); it restarts nothing.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import ssl
 from collections.abc import Callable, Sequence
@@ -543,13 +544,20 @@ def run(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        if metrics_address:
+            # Before the sockets: once `receiver_started` is logged, /metrics answers.
+            try:
+                serve_metrics(registry, metrics_address)
+            except OSError as exc:
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise OSError(
+                    exc.errno, f"cannot serve --metrics on {metrics_address}: {reason}"
+                ) from exc
+            log.info("metrics_serving", address=metrics_address)
         ready = asyncio.Event()
         receiver = asyncio.create_task(run_receiver(settings, registry, stop, ready))
         waiter = asyncio.create_task(ready.wait())
         await asyncio.wait({receiver, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if ready.is_set() and metrics_address:
-            serve_metrics(registry, metrics_address)
-            log.info("metrics_serving", address=metrics_address)
         waiter.cancel()
         writing = ready.is_set() and metrics_file is not None
         writer = MetricsFileWriter(registry, metrics_file) if writing and metrics_file else None

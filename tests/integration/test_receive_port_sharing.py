@@ -41,7 +41,9 @@ def start_second_receiver(
     return process, log_path
 
 
-def assert_refused(process: subprocess.Popen[bytes], log_path: Path, what: str) -> None:
+def assert_refused(
+    process: subprocess.Popen[bytes], log_path: Path, what: str, verb: str = "cannot bind"
+) -> None:
     try:
         code = process.wait(60)
     finally:
@@ -52,7 +54,7 @@ def assert_refused(process: subprocess.Popen[bytes], log_path: Path, what: str) 
     assert code == 1, logs[-3000:]
     failures = [line for line in logs.splitlines() if "receiver_failed" in line]
     assert len(failures) == 1, logs[-3000:]
-    assert f"cannot bind {what}: Address already in use" in failures[0], failures[0]
+    assert f"{verb} {what}: Address already in use" in failures[0], failures[0]
     assert "receiver_started" not in logs
 
 
@@ -79,4 +81,20 @@ def test_second_receiver_on_the_same_port_is_refused(
         assert {r["transport"] for _, r in records} == {transport}
         received = first.metric("hep_ingest_packets_received_total", {"transport": transport})
         assert received == len(packets)
+        assert first.terminate() == 0
+
+
+def test_a_metrics_address_another_process_holds_is_refused_before_capture_starts(
+    kafka: EmbeddedKafka, topic_name: str, tmp_path: Path
+) -> None:
+    with run_receiver_process(tmp_path, kafka.bootstrap_servers, topic_name) as first:
+        # /metrics answers as soon as `receiver_started` is logged (CI once raced the two).
+        names = [event.get("event") for event in first.events()]
+        assert names.index("metrics_serving") < names.index("receiver_started"), names
+        assert first.metric("hep_ingest_build_info") == 1
+        held = f"127.0.0.1:{first.metrics_port}"
+        second, log_path = start_second_receiver(
+            kafka, topic_name, tmp_path, "--udp", "127.0.0.1:0", "--no-tcp", "--metrics", held
+        )
+        assert_refused(second, log_path, f"--metrics on {held}", verb="cannot serve")
         assert first.terminate() == 0

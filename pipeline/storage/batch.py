@@ -47,6 +47,28 @@ def times_to_micros(record: dict[str, Any]) -> None:
             record[name] = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+class ChunkOrigin:
+    """The `RowOrigin` of the rows of one chunk: their values, built on demand from a
+    Kafka value of `partition` as `build_rows` builds them (headers are never
+    configured for rows in wire form)."""
+
+    __slots__ = ("codec", "partition", "store_auth_key")
+
+    def __init__(self, codec: RecordCodec, partition: int, store_auth_key: bool) -> None:
+        self.codec = codec
+        self.partition = partition
+        self.store_auth_key = store_auth_key
+
+    def values_of(self, value: bytes, offset: int) -> tuple[Any, ...]:
+        record = self.codec.decode(value)
+        if type(record["capture_time"]) is not int:
+            times_to_micros(record)
+        return build_row(
+            record, kafka_partition=self.partition, kafka_offset=offset,
+            store_auth_key=self.store_auth_key,
+        ).values
+
+
 def build_rows(
     values: Sequence[bytes | None],
     partition: int,

@@ -66,6 +66,11 @@ cdef object _to_int = None
 cdef object _param = None
 cdef object _SipSummary = None
 cdef object _uri_py = None
+cdef frozenset _CALL_METHODS = None
+cdef frozenset _REGISTRATION_METHODS = None
+cdef str _CALL_TABLE = None
+cdef str _REGISTRATION_TABLE = None
+cdef str _SIP_DEFAULT_TABLE = None
 cdef object _ChunkOrigin = None
 cdef object _facts_of = None
 cdef bint _wire_layout_ok = False
@@ -77,6 +82,8 @@ cdef int _rows_init() except -1:
     global _escape_json, _dumps, _summarise_sip, _SipParseError, _table_for
     global _proto_type_name, _UUID_fast, _CaptureRow, _start_line, _summary_from
     global _call_id_cseq, _party_py, _via_py, _contact_py, _pai_py, _to_int, _param
+    global _CALL_METHODS, _REGISTRATION_METHODS, _CALL_TABLE, _REGISTRATION_TABLE
+    global _SIP_DEFAULT_TABLE
     global _SipSummary, _uri_py, _ChunkOrigin, _facts_of, _wire_layout_ok
     if _rows_ready:
         return 0
@@ -122,6 +129,11 @@ cdef int _rows_init() except -1:
     _uri_py = parser._uri
     _SipParseError = SipParseError
     _table_for = rows.table_for
+    _CALL_METHODS = rows.CALL_METHODS
+    _REGISTRATION_METHODS = rows.REGISTRATION_METHODS
+    _CALL_TABLE = rows.CALL_TABLE
+    _REGISTRATION_TABLE = rows.REGISTRATION_TABLE
+    _SIP_DEFAULT_TABLE = rows.SIP_DEFAULT_TABLE
     _proto_type_name = proto_type_name
     _UUID_fast = rows._UUID
     _CaptureRow = rows.CaptureRow
@@ -1081,11 +1093,14 @@ cdef object _fused_row(const uint8_t* p, _Rec* r, object value, object partition
              cseq_number, cseq_method, from_user, from_domain, from_tag, to_user, to_domain,
              to_tag, via_branch, contact_user, contact_host, expires, user_agent, content_type,
              reason_header, pai_user) = sip
-            if is_request:
-                table = _table_for(r.proto_type.value if r.proto_type.present else None, method)
+            # rows.table_for of a SIP record, by its (CSeq) method.
+            routed_by = method if is_request else cseq_method
+            if routed_by in _CALL_METHODS:
+                table = _CALL_TABLE
+            elif routed_by in _REGISTRATION_METHODS:
+                table = _REGISTRATION_TABLE
             else:
-                table = _table_for(r.proto_type.value if r.proto_type.present else None,
-                                   cseq_method)
+                table = _SIP_DEFAULT_TABLE
             _put_text_field(b, call_id if len(call_id) <= 256 else call_id[:256], False)
         else:
             table = _table_for(r.proto_type.value, None)

@@ -4,7 +4,9 @@
 decode, row building (the SIP summary included) and, when the sink wants them, the
 rows' binary COPY tuples. `pipeline._speedups.build_rows` is the compiled twin with the
 same signature and output (`pipeline.accel` picks one; tests/unit/test_accel_rows.py
-proves them identical).
+proves them identical). For a sink that takes COPY tuples, the compiled one returns
+rows in wire form: tuple, facts and source, their values built here (`ChunkOrigin`)
+only if something reads them.
 
 A value that cannot become a row is a `RowFailure` (its position in `values`) with
 the dead-letter reason the consumer always gave: ``no_value`` (tombstone), the

@@ -20,6 +20,9 @@ class Rejected(Protocol):
 
 
 class Sink(Protocol):
+    # Whether write_batch stores the offsets it claims (stored_offsets then reads them).
+    stores_offsets: bool
+
     async def start(self) -> None: ...
 
     async def write_batch(

@@ -36,6 +36,8 @@ class StdoutSink:
     """Prints rows instead of storing them; never rejects any. It stores no offsets:
     the consumer relies on Kafka's committed offsets alone."""
 
+    stores_offsets = False
+
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream
 

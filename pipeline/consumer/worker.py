@@ -62,7 +62,7 @@ from pipeline.consumer.sink import Sink
 from pipeline.observability import get_logger
 from pipeline.records import RecordCodec
 from pipeline.sip.kpi import SipKpi
-from pipeline.storage.offsets import BatchOffsets, BatchOutcome, OffsetClaim
+from pipeline.storage.offsets import NO_STORED_OFFSET, BatchOffsets, BatchOutcome, OffsetClaim
 from pipeline.storage.rows import DUPLICATES_TABLE, UNKNOWN_TYPE_TABLE, CaptureRow
 
 log = get_logger("pipeline.consumer")
@@ -88,6 +88,12 @@ _DECODE_SLICE = 500
 # starts at Kafka's committed offsets: a claim made from there on a partition that has
 # a stored offset is fenced, and the worker then seeks to the stored offset.
 _STORED_OFFSETS_TIMEOUT = 15.0
+# How often an idle worker compares the offsets it believes stored with PostgreSQL's.
+# A claim checks its partitions itself, but a partition that gets no new record makes
+# no claim: after a crash that lost acknowledged commits (synchronous_commit=off, a
+# restore from backup) its lost rows would wait for the next record or a restart.
+_OFFSETS_CHECK_INTERVAL = 5.0
+_OFFSETS_CHECK_TIMEOUT = 2.0
 
 
 @dataclass(slots=True)
@@ -205,6 +211,7 @@ class ConsumerWorker:
         self._progress = _Progress()
         self._stop = asyncio.Event()
         self._next_maintain = 0.0
+        self._next_offsets_check = 0.0
         # Per partition, the offset of the first record fetched since its assignment:
         # what is stored when no write of it has completed yet.
         self._fetch_start: dict[TopicPartition, int] = {}
@@ -619,6 +626,15 @@ class ConsumerWorker:
         )
         if not assigned:
             return
+        if fenced.stored == NO_STORED_OFFSET:
+            # The row's creating commit was lost: start again where this worker began.
+            self._rewind(tp, self._fetch_start.get(tp), expected=None)
+        else:
+            self._rewind(tp, fenced.stored, expected=fenced.stored)
+
+    def _rewind(self, tp: TopicPartition, offset: int | None, *, expected: int | None) -> None:
+        """Continue partition `tp` from `offset` (None: from Kafka's position); the next
+        claim moves the stored offset from `expected` (None: no row is stored)."""
         dropped = self._building.drop([tp])
         # The partition's stream continues elsewhere than this worker read it: what it
         # remembers of the calls and captures seen there no longer follows on.
@@ -626,11 +642,14 @@ class ConsumerWorker:
             self._kpi.forget(tp.partition)
         if self._dedup is not None:
             self._dedup.forget(tp.partition)
-        self._expected[tp] = fenced.stored
-        self._durable[tp] = fenced.stored
-        if tp in self._consumer.assignment():
-            self._consumer.seek(tp, fenced.stored)
-        log.info("seek_to_stored_offset", partition=tp.partition, offset=fenced.stored,
+        self._expected[tp] = expected
+        if offset is None:
+            self._durable.pop(tp, None)
+        else:
+            self._durable[tp] = offset
+            if tp in self._consumer.assignment():
+                self._consumer.seek(tp, offset)
+        log.info("seek_to_stored_offset", partition=tp.partition, offset=offset,
                  dropped_unwritten=dropped)
 
     async def _complete_in_flight(self, *, backpressure: bool) -> None:
@@ -736,7 +755,57 @@ class ConsumerWorker:
             # Not alongside a write: both would compete for the same connections.
             await self._complete_in_flight(backpressure=True)
             await self._maintain()
+        if now >= self._next_offsets_check and self._sink.stores_offsets:
+            self._next_offsets_check = now + _OFFSETS_CHECK_INTERVAL
+            await self._check_stored_offsets()
         self._log_progress()
+
+    async def _check_stored_offsets(self) -> None:
+        """Go back to PostgreSQL's stored offset of each partition without a write in
+        flight whose stored offset is behind what this worker stored there: commits
+        acknowledged and then lost. A stored offset ahead is another worker's (its
+        next claim is fenced); an unreadable one waits for the next check."""
+        async with self._lock:
+            idle = {
+                tp: offset
+                for tp in self._assigned
+                if (offset := self._durable.get(tp)) is not None
+                and self._expected.get(tp) == offset  # no claim out for it
+            }
+            if not idle:
+                return
+            stored: dict[TopicPartition, int | None] = {}
+            try:
+                for topic in {tp.topic for tp in idle}:
+                    partitions = sorted(tp.partition for tp in idle if tp.topic == topic)
+                    found = await asyncio.wait_for(
+                        self._sink.stored_offsets(self._settings.group, topic, partitions),
+                        _OFFSETS_CHECK_TIMEOUT,
+                    )
+                    stored.update({TopicPartition(topic, p): found.get(p) for p in partitions})
+            except Exception as exc:  # the database is down: the next check, or a claim
+                log.debug("stored_offsets_check_failed", error=repr(exc)[:300])
+                return
+            for tp, believed in idle.items():
+                if tp not in self._assigned or self._durable.get(tp) != believed:
+                    continue  # revoked, or moved on, meanwhile
+                found_offset = stored[tp]
+                if found_offset is not None and found_offset >= believed:
+                    continue
+                # No row: even the claim that created it was lost; start where this
+                # worker started reading the partition.
+                rewind_to = found_offset if found_offset is not None else self._fetch_start.get(tp)
+                if rewind_to is None or rewind_to >= believed:
+                    continue
+                self._metrics.offsets_fenced.inc()
+                log.warning(
+                    "stored_offsets_behind",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    believed_stored=believed,
+                    stored=found_offset,
+                )
+                self._rewind(tp, rewind_to, expected=found_offset)
 
     async def _maintain(self) -> None:
         try:

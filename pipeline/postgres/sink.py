@@ -77,7 +77,7 @@ from pipeline.postgres.partitions import (
     drop_expired_partitions,
     ensure_partitions,
 )
-from pipeline.storage.offsets import BatchOffsets, BatchOutcome
+from pipeline.storage.offsets import NO_STORED_OFFSET, BatchOffsets, BatchOutcome
 from pipeline.storage.rows import CAPTURE_TABLES, COLUMNS, CaptureRow
 from pipeline.storage.wire import (
     COPY_HEADER,
@@ -307,6 +307,8 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 class PostgresSink:
     """Owns an asyncpg pool; see the module docstring for the write contract."""
+
+    stores_offsets = True
 
     def __init__(
         self,
@@ -573,8 +575,10 @@ class PostgresSink:
             )
             won.update(r["partition"] for r in advanced)
         # No row yet (a first batch, or rows deleted to fall back to Kafka's offsets):
-        # create it; a row another writer created first makes the claim fail.
-        unclaimed = [c for c in claims if c.partition not in won]
+        # create it; a row another writer created first makes the claim fail. A claim
+        # that expected a row never creates one: a missing row there means the commit
+        # that created it was lost, and so were the rows before this batch.
+        unclaimed = [c for c in claims if c.partition not in won and c.expected is None]
         if unclaimed:
             created = await conn.fetch(
                 _CREATE_OFFSETS, group, topic, [c.partition for c in unclaimed],
@@ -587,9 +591,11 @@ class PostgresSink:
                 r["partition"]: r["next_offset"]
                 for r in await conn.fetch(_READ_OFFSETS, group, topic, lost)
             }
-            if len(stored) < len(lost):  # deleted since the INSERT: claim again
+            creating = {c.partition for c in claims if c.expected is None}
+            if any(p not in stored for p in lost if p in creating):
+                # Deleted since the INSERT found it: claim again.
                 raise _OffsetRowGoneError(f"offset rows deleted meanwhile: {lost}")
-            raise _FencedError(stored)
+            raise _FencedError({p: stored.get(p, NO_STORED_OFFSET) for p in lost})
 
     async def _isolate(
         self,

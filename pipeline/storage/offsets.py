@@ -7,7 +7,12 @@ compare-and-set in the batch's transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
+
+#: In `BatchOutcome.fenced`: the partition has no stored offset row although its claim
+#: expected one (the commit that created the row was lost in a crash, or the row was
+#: deleted while the group ran).
+NO_STORED_OFFSET: Final = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +43,10 @@ class BatchOutcome:
     """What a batch write did.
 
     `rejected`: rows PostgreSQL refused (objects with .row and .reason), stored nowhere.
-    `fenced`: partition -> the next_offset stored for it, for every claim whose
-    expected offset was not the stored one; when any claim is fenced nothing of the
-    batch was written (the transaction rolled back) and the caller writes again
-    without those partitions.
+    `fenced`: partition -> the next_offset stored for it (`NO_STORED_OFFSET`: no row),
+    for every claim whose expected offset was not the stored one; when any claim is
+    fenced nothing of the batch was written (the transaction rolled back) and the
+    caller writes again without those partitions.
     """
 
     rejected: list[Any] = field(default_factory=list)

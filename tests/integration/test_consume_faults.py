@@ -118,8 +118,10 @@ async def test_postgres_crash_with_asynchronous_commit_stores_each_packet_once(
 ) -> None:
     """`--dsn ...?synchronous_commit=off` (docs/benchmarks.md, "PostgreSQL CPU per row"):
     a crash may lose the last commits, rows and offsets together; the consumer's next
-    claim then finds the stored offsets behind what it wrote, seeks back to them and
-    stores those records again: each once either way.
+    claim, or its periodic check of a partition that gets no new record, then finds the
+    stored offsets behind what it wrote, seeks back to them and stores those records
+    again: each once either way. (Before the check, a partition whose records had all
+    been read stayed short by its lost rows until a restart: CI saw 17,000 of 20,000.)
 
     Whether a commit is lost is up to the server: a process crash keeps what reached the
     kernel, and a backend that evicts a dirty page of COPY's ring flushes all WAL
@@ -145,8 +147,8 @@ async def test_postgres_crash_with_asynchronous_commit_stores_each_packet_once(
         await asyncio.to_thread(fresh_postgres.start)
         assert await wait_for_rows(dsn, N, 90, process) == (N, N), tail(log)
         assert process.poll() is None
-        rewound = [e for e in log_events(log) if e.get("event") == "offsets_fenced"
-                   and e["stored"] < e["claimed_from"]]
+        rewound = [e for e in log_events(log) if e.get("event") == "stored_offsets_behind"
+                   or (e.get("event") == "offsets_fenced" and e["stored"] < e["claimed_from"])]
         print(f"commits lost in the crash, then stored again: {len(rewound)} claim(s)")
     finally:
         assert stop_process(process) == 0, tail(log)

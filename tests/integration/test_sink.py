@@ -21,7 +21,7 @@ from pipeline.hep import decode_packet
 from pipeline.postgres.sink import PostgresSink, RetryPolicy, SinkSettings
 from pipeline.records import ReceiveContext, RecordIdGenerator, load_codec, packet_to_record
 from pipeline.storage import COLUMNS, CaptureRow, build_row
-from pipeline.storage.offsets import BatchOffsets, BatchOutcome, OffsetClaim
+from pipeline.storage.offsets import NO_STORED_OFFSET, BatchOffsets, BatchOutcome, OffsetClaim
 from pipeline.storage.rows import CAPTURE_TABLES
 from pipeline.storage.wire import WireFormat
 from tests.conftest import load_vectors
@@ -312,6 +312,28 @@ async def test_a_fenced_late_commit_changes_nothing(sink: PostgresSink, database
     assert await counts(database_dsn, *SIP_TABLES) == before
     assert await stored_offsets(database_dsn, "g") == {0: 20}
     assert sum(before.values()) == len(first) + len(theirs)
+
+
+async def test_a_claim_that_expects_a_lost_row_is_fenced_not_created(
+    sink: PostgresSink, database_dsn: str
+) -> None:
+    """A crash with synchronous_commit=off can lose the commit that created a
+    partition's row and the rows before it; the worker's next claim still expects the
+    row. Creating it there would skip those rows for good, so the claim is fenced with
+    NO_STORED_OFFSET and the worker reads the partition again from where it began."""
+    ids = RecordIdGenerator()
+    lost, later = (rows_of(vector_records("kamailio_hep3_udp", ids)) for _ in range(2))
+    assert await sink.write_batch(lost, claim(2, None, 10)) == BatchOutcome()
+    conn = await asyncpg.connect(database_dsn)
+    try:  # what the crash leaves: neither the rows nor their offset
+        await conn.execute("DELETE FROM hep_ingest_consumer_offsets WHERE partition = 2")
+    finally:
+        await conn.close()
+    before = await counts(database_dsn, *SIP_TABLES)
+    outcome = await sink.write_batch(later, claim(2, 10, 20))
+    assert outcome == BatchOutcome(fenced={2: NO_STORED_OFFSET})
+    assert await counts(database_dsn, *SIP_TABLES) == before
+    assert await stored_offsets(database_dsn, "g") == {}
 
 
 async def test_claims_race_one_winner(sink: PostgresSink, database_dsn: str) -> None:

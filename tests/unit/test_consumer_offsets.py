@@ -19,7 +19,7 @@ from pipeline.consumer.metrics import ConsumerMetrics
 from pipeline.consumer.settings import ConsumerSettings
 from pipeline.consumer.worker import ConsumerWorker
 from pipeline.records import load_codec
-from pipeline.storage.offsets import BatchOffsets, BatchOutcome, OffsetClaim
+from pipeline.storage.offsets import NO_STORED_OFFSET, BatchOffsets, BatchOutcome, OffsetClaim
 from pipeline.storage.rows import CaptureRow
 from tests.integration.consume_support import encode_packets, sip_packet
 
@@ -34,6 +34,7 @@ class _OffsetSink:
         self.written: list[CaptureRow] = []
         self.claims: list[tuple[OffsetClaim, ...]] = []
         self.wire_format = None  # rows keep their values only, as for the stdout sink
+        self.stores_offsets = True
 
     async def stored_offsets(
         self, group: str, topic: str, partitions: Sequence[int]
@@ -49,7 +50,7 @@ class _OffsetSink:
         assert offsets is not None
         self.claims.append(offsets.claims)
         lost = {
-            c.partition: self.stored[c.partition]
+            c.partition: self.stored.get(c.partition, NO_STORED_OFFSET)
             for c in offsets.claims
             if self.stored.get(c.partition) != c.expected
         }
@@ -213,5 +214,81 @@ def test_unreadable_stored_offsets_start_at_kafkas_and_the_first_claim_corrects(
         worker._add({TP0: _messages(0, 100, 2)})
         await _write_building(worker)
         assert sink.claims[-1] == (OffsetClaim(0, 100, 102),) and sink.stored == {0: 102}
+
+    asyncio.run(scenario())
+
+
+def test_an_idle_partition_whose_stored_commits_were_lost_is_read_again() -> None:
+    """A crash with synchronous_commit=off (or a restore) loses commits the worker saw
+    acknowledged. A partition that gets no new record makes no claim to be fenced: the
+    periodic check finds its stored offset behind and reads the lost records again."""
+
+    async def scenario() -> None:
+        sink = _OffsetSink({0: 100})
+        consumer = _Consumer({TP0, TP1})
+        worker, metrics = _worker(sink, consumer)
+        await worker.on_partitions_assigned({TP0, TP1})
+        worker._add({TP0: _messages(0, 100, 3), TP1: _messages(1, 7, 2)})
+        await _write_building(worker)
+        assert sink.stored == {0: 103, 1: 9}
+
+        await worker._check_stored_offsets()  # nothing lost: nothing moves
+        assert consumer.seeks == [(TP0, 100)]  # the assignment's
+
+        sink.stored = {0: 100}  # the crash: both commits lost, partition 1's row with it
+        await worker._check_stored_offsets()
+        assert sorted(consumer.seeks[1:]) == [(TP0, 100), (TP1, 7)]
+        assert metrics.offsets_fenced._value.get() == 2
+
+        worker._add({TP0: _messages(0, 100, 3), TP1: _messages(1, 7, 2)})
+        await _write_building(worker)
+        assert sink.claims[-1] == (OffsetClaim(0, 100, 103), OffsetClaim(1, None, 9))
+        assert sink.stored == {0: 103, 1: 9}
+        assert len(sink.written) == 10
+
+    asyncio.run(scenario())
+
+
+def test_the_check_leaves_a_partition_with_a_claim_out_or_stored_ahead() -> None:
+    async def scenario() -> None:
+        sink = _OffsetSink({0: 100, 1: 7})
+        consumer = _Consumer({TP0, TP1})
+        worker, _ = _worker(sink, consumer)
+        await worker.on_partitions_assigned({TP0, TP1})
+        worker._add({TP0: _messages(0, 100, 3), TP1: _messages(1, 7, 2)})
+        await _write_building(worker)
+        sink.stored[1] = 20  # another worker stored partition 1 further: its claim decides
+        worker._add({TP0: _messages(0, 103, 2)})
+        worker._launch(worker._building)  # partition 0's claim is out
+        sink.stored[0] = 100
+        await worker._check_stored_offsets()
+        assert sorted(consumer.seeks) == [(TP0, 100), (TP1, 7)]  # the assignment's only
+        await worker._settle_in_flight()  # the claim itself is fenced and seeks back
+        assert consumer.seeks[-1] == (TP0, 100)
+
+    asyncio.run(scenario())
+
+
+def test_a_claim_whose_expected_row_was_lost_reads_the_partition_again() -> None:
+    """The sink fences a claim whose expected row is gone (NO_STORED_OFFSET) instead of
+    creating it over the lost rows; the worker starts again where it began reading."""
+
+    async def scenario() -> None:
+        sink = _OffsetSink({})
+        consumer = _Consumer({TP0})
+        worker, _ = _worker(sink, consumer)
+        await worker.on_partitions_assigned({TP0})
+        worker._add({TP0: _messages(0, 40, 3)})
+        await _write_building(worker)
+        sink.stored.clear()  # the crash lost the commit that created the row
+        worker._add({TP0: _messages(0, 43, 2)})
+        await _write_building(worker)
+        assert sink.claims[-1] == (OffsetClaim(0, 43, 45),)
+        assert consumer.seeks == [(TP0, 40)]
+        worker._add({TP0: _messages(0, 40, 5)})
+        await _write_building(worker)
+        assert sink.claims[-1] == (OffsetClaim(0, None, 45),)
+        assert sink.stored == {0: 45}
+        assert len(sink.written) == 3 + 5
 
     asyncio.run(scenario())

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,14 +95,23 @@ class ReceiverProcess:
 
 def free_tcp_ports_in_a_row(count: int) -> int:
     """The first of `count` consecutive free loopback TCP ports."""
+    return _free_ports_in_a_row(count, socket.SOCK_STREAM, free_tcp_port)
+
+
+def free_udp_ports_in_a_row(count: int) -> int:
+    """The first of `count` consecutive free loopback UDP ports."""
+    return _free_ports_in_a_row(count, socket.SOCK_DGRAM, free_udp_port)
+
+
+def _free_ports_in_a_row(count: int, kind: int, free_port: Callable[[], int]) -> int:
     while True:
-        first = free_tcp_port()
+        first = free_port()
         if first + count > 65536:
             continue
         with contextlib.ExitStack() as held:
             try:
                 for port in range(first, first + count):
-                    sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                    sock = held.enter_context(socket.socket(socket.AF_INET, kind))
                     sock.bind(("127.0.0.1", port))
             except OSError:
                 continue

@@ -47,7 +47,9 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def backoff(policy: RetryPolicy) -> wait_base:
-    return wait_exponential_jitter(initial=policy.initial, max=policy.maximum, jitter=policy.jitter)
+    return wait_exponential_jitter(
+        multiplier=policy.initial, max=policy.maximum, jitter=policy.jitter
+    )
 
 
 # How long a stop waits for a cancelled start-up operation to unwind.

@@ -255,7 +255,7 @@ class KafkaPublisher:
         s = self._settings
         return AsyncRetrying(
             wait=wait_exponential_jitter(
-                initial=s.retry_initial_s, max=s.retry_max_s, jitter=s.retry_initial_s
+                multiplier=s.retry_initial_s, max=s.retry_max_s, jitter=s.retry_initial_s
             ),
             retry=retry_if_exception_type(Exception),
             stop=self._give_up,

@@ -19,6 +19,7 @@ from aiokafka import TopicPartition
 
 from pipeline.consumer import retry
 from pipeline.consumer.settings import ConsumerSettings
+from tests.unit.test_consumer_close import deaf_to_cancel
 from tests.unit.test_consumer_offsets import TP0, _Consumer, _OffsetSink, _worker
 
 
@@ -74,18 +75,11 @@ async def test_a_stop_during_a_start_that_ignores_its_cancellation_is_not_held(
     (Python 3.11's wait_for can) is left behind after UNWIND_TIMEOUT, not awaited."""
     monkeypatch.setattr(retry, "UNWIND_TIMEOUT", 0.2)
     release = asyncio.Event()
-
-    async def start_deaf_to_cancel() -> None:
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            await release.wait()  # what a swallowed cancellation looks like
-
     stop = asyncio.Event()
     asyncio.get_running_loop().call_later(0.05, stop.set)
     started = time.monotonic()
     with pytest.raises(retry.StopRequested):
-        await retry.unless_stopped(start_deaf_to_cancel(), stop)
+        await retry.unless_stopped(deaf_to_cancel(release), stop)
     # Before the bound the stop waited for the start for ever.
     assert time.monotonic() - started < 2
     release.set()  # let the leftover task end before the loop closes

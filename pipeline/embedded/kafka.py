@@ -92,8 +92,11 @@ class EmbeddedKafka:
         while True:
             if self._process.poll() is not None:
                 code, self._process = self._process.returncode, None
-                raise _ExitedEarly(f"the broker exited {code} before listening on "
-                                   f"{self.bootstrap_servers}")
+                where = f" (its log: {self.log_path})" if self.log_path else ""
+                raise _ExitedEarly(
+                    f"the embedded broker exited with status {code} before it listened on "
+                    f"{self.bootstrap_servers}: is that port in use?{where}"
+                )
             try:
                 wait_for_tcp(self.host, self.port, 0.0)
                 return

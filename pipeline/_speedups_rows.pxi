@@ -66,6 +66,14 @@ cdef object _to_int = None
 cdef object _param = None
 cdef object _SipSummary = None
 cdef object _uri_py = None
+cdef frozenset _CALL_METHODS = None
+cdef frozenset _REGISTRATION_METHODS = None
+cdef str _CALL_TABLE = None
+cdef str _REGISTRATION_TABLE = None
+cdef str _SIP_DEFAULT_TABLE = None
+cdef object _ChunkOrigin = None
+cdef object _facts_of = None
+cdef bint _wire_layout_ok = False
 
 
 cdef int _rows_init() except -1:
@@ -74,7 +82,9 @@ cdef int _rows_init() except -1:
     global _escape_json, _dumps, _summarise_sip, _SipParseError, _table_for
     global _proto_type_name, _UUID_fast, _CaptureRow, _start_line, _summary_from
     global _call_id_cseq, _party_py, _via_py, _contact_py, _pai_py, _to_int, _param
-    global _SipSummary, _uri_py
+    global _CALL_METHODS, _REGISTRATION_METHODS, _CALL_TABLE, _REGISTRATION_TABLE
+    global _SIP_DEFAULT_TABLE
+    global _SipSummary, _uri_py, _ChunkOrigin, _facts_of, _wire_layout_ok
     if _rows_ready:
         return 0
     from datetime import UTC
@@ -119,9 +129,18 @@ cdef int _rows_init() except -1:
     _uri_py = parser._uri
     _SipParseError = SipParseError
     _table_for = rows.table_for
+    _CALL_METHODS = rows.CALL_METHODS
+    _REGISTRATION_METHODS = rows.REGISTRATION_METHODS
+    _CALL_TABLE = rows.CALL_TABLE
+    _REGISTRATION_TABLE = rows.REGISTRATION_TABLE
+    _SIP_DEFAULT_TABLE = rows.SIP_DEFAULT_TABLE
     _proto_type_name = proto_type_name
     _UUID_fast = rows._UUID
     _CaptureRow = rows.CaptureRow
+    _ChunkOrigin = batch.ChunkOrigin
+    _facts_of = rows.facts_of
+    _wire_layout_ok = (_encoder_ok and tuple(wire.COLUMN_KINDS) == _WIRE_LAYOUT
+                       and rows.FACTS == _FACTS_LAYOUT)
     _rows_ready = True
     return 0
 
@@ -312,42 +331,58 @@ def build_rows(values, partition, offsets, *, codec, store_auth_key=False, heade
     cdef bint protocol_jsonb = False, data_jsonb = False
     cdef const uint8_t* p
     cdef _Rec rec
+    cdef Buf b
     _rows_init()
     if encode:
         protocol_jsonb = wire_format.protocol_header_jsonb
         data_jsonb = wire_format.data_header_jsonb
     cdef list rows = []
     cdef list failures = []
-    # Configured custom or A-leg headers: build_row itself (it extracts and counts them).
-    fused = _fused_fingerprint(codec) if headers is None or not headers.wanted else None
+    # Rows in wire form, for a sink that takes COPY tuples, and when no custom or A-leg
+    # headers are configured (build_row extracts and counts those).
+    fused = (_fused_fingerprint(codec)
+             if encode and _wire_layout_ok and (headers is None or not headers.wanted)
+             else None)
     cdef bytes fused_header = b"\xc3\x01" + fused if fused is not None else None
-    for index in range(n):
-        value = values[index]
-        offset = offsets[index]
-        row = None
-        try:
-            if (fused_header is not None and type(value) is bytes
-                    and len(<bytes>value) > 10
-                    and memcmp(PyBytes_AS_STRING(value), PyBytes_AS_STRING(fused_header),
-                               10) == 0):
-                p = <const uint8_t*>PyBytes_AS_STRING(value)
-                if _read_body(p, len(<bytes>value), &rec) == 0:
-                    row = _fused_row(p, &rec, value, partition, offset, store_auth_key)
-            if row is None:
-                row = _pure_row(value, codec, partition, offset, store_auth_key, headers)
-        except _RecordDecodeError as exc:
-            failures.append(_RowFailure(index, exc.reason, exc.detail))
-            continue
-        except Exception as exc:
-            failures.append(
-                _RowFailure(index, "row_build_error", f"{type(exc).__name__}: {exc}"))
-            continue
-        if encode:
+    origin = _ChunkOrigin(codec, partition, store_auth_key) if fused is not None else None
+    b.data = <char*>PyMem_Malloc(2048)
+    if b.data == NULL:
+        raise MemoryError()
+    b.size = 0
+    b.cap = 2048
+    try:
+        for index in range(n):
+            value = values[index]
+            offset = offsets[index]
+            row = None
             try:
-                row.wire = _row_tuple(row.values, protocol_jsonb, data_jsonb)
-            except (ValueError, TypeError, OverflowError):
-                pass
-        rows.append(row)
+                if (fused_header is not None and type(value) is bytes
+                        and len(<bytes>value) > 10
+                        and memcmp(PyBytes_AS_STRING(value), PyBytes_AS_STRING(fused_header),
+                                   10) == 0):
+                    p = <const uint8_t*>PyBytes_AS_STRING(value)
+                    if _read_body(p, len(<bytes>value), &rec) == 0:
+                        row = _fused_row(p, &rec, value, partition, offset, store_auth_key,
+                                         protocol_jsonb, data_jsonb, &b, origin)
+                        if row is not None:
+                            rows.append(row)
+                            continue
+                row = _pure_row(value, codec, partition, offset, store_auth_key, headers)
+            except _RecordDecodeError as exc:
+                failures.append(_RowFailure(index, exc.reason, exc.detail))
+                continue
+            except Exception as exc:
+                failures.append(
+                    _RowFailure(index, "row_build_error", f"{type(exc).__name__}: {exc}"))
+                continue
+            if encode:
+                try:
+                    row.wire = _row_tuple(row.values, protocol_jsonb, data_jsonb)
+                except (ValueError, TypeError, OverflowError):
+                    pass
+            rows.append(row)
+    finally:
+        PyMem_Free(b.data)
     return rows, failures
 
 
@@ -450,7 +485,7 @@ cdef object _fused_fingerprint(object codec):
     writer = codec.writer
     shapes = tuple((f["name"], _shape(f["type"])) for f in writer.parsed["fields"])
     fingerprint = None
-    if not _encoder_ok:
+    if not _wire_layout_ok:
         problem = "the capture columns changed: the compiled code predates them"
     elif shapes != _FUSED_FIELDS:
         problem = "the newest Avro schema is not the one the fused reader reads"
@@ -504,28 +539,59 @@ def _sample_records():
 cdef object _self_check(object codec, bytes header):
     """None if the fused builder gives the pure rows for the samples, else why not.
 
-    It is a translation of build_row: if that function changes and this one is not
+    It is a translation of build_row and copy_tuple: if they change and it is not
     changed alike, the rows would differ; the pure path then does all the work."""
     cdef const uint8_t* p
     cdef _Rec rec
-    for number, record in enumerate(_sample_records()):
-        value = codec.encode(record)
-        if value[:10] != header:
-            return f"sample {number}: not written with the newest schema"
-        p = <const uint8_t*>PyBytes_AS_STRING(value)
-        if _read_body(p, len(value), &rec) != 0:
-            return f"sample {number}: the fused reader cannot read it"
-        for store_auth_key in (False, True):
-            mine = _fused_row(p, &rec, value, 3, 42, store_auth_key)
-            theirs = _pure_row(value, codec, 3, 42, store_auth_key)
-            if mine is None:
-                return f"sample {number}: not a fused-path record"
-            if mine.table != theirs.table or mine.values != theirs.values:
-                for column, (a, b) in enumerate(zip(mine.values, theirs.values)):
-                    if a != b:
-                        return f"sample {number}: column {column} {a!r} != {b!r}"
-                return f"sample {number}: rows differ"
+    cdef Buf b
+    b.data = <char*>PyMem_Malloc(2048)
+    if b.data == NULL:
+        raise MemoryError()
+    b.size = 0
+    b.cap = 2048
+    try:
+        for number, record in enumerate(_sample_records()):
+            value = codec.encode(record)
+            if value[:10] != header:
+                return f"sample {number}: not written with the newest schema"
+            p = <const uint8_t*>PyBytes_AS_STRING(value)
+            if _read_body(p, len(value), &rec) != 0:
+                return f"sample {number}: the fused reader cannot read it"
+            for store_auth_key in (False, True):
+                for protocol_jsonb, data_jsonb in ((True, True), (False, False)):
+                    origin = _ChunkOrigin(codec, 3, store_auth_key)
+                    mine = _fused_row(p, &rec, value, 3, 42, store_auth_key,
+                                      protocol_jsonb, data_jsonb, &b, origin)
+                    theirs = _pure_row(value, codec, 3, 42, store_auth_key)
+                    if mine is None:
+                        return f"sample {number}: not a fused-path record"
+                    if mine.table != theirs.table:
+                        return f"sample {number}: table {mine.table} != {theirs.table}"
+                    if mine.facts != _facts_of(theirs.values):
+                        return f"sample {number}: facts {mine.facts} != {theirs.facts}"
+                    expected = _row_tuple(theirs.values, protocol_jsonb, data_jsonb)
+                    if mine.wire != expected:
+                        mine_fields = _tuple_fields(mine.wire)
+                        for column, field in enumerate(_tuple_fields(expected)):
+                            if column >= len(mine_fields) or mine_fields[column] != field:
+                                return (f"sample {number}: column {column} "
+                                        f"{mine_fields[column:column + 1]!r} != {field!r}")
+                        return f"sample {number}: COPY tuples differ"
+    finally:
+        PyMem_Free(b.data)
     return None
+
+
+def _tuple_fields(bytes data):
+    """The fields of a binary COPY tuple (None for NULL), for the self-check's report."""
+    fields = []
+    at = 2
+    while at + 4 <= len(data):
+        size = int.from_bytes(data[at:at + 4], "big", signed=True)
+        at += 4
+        fields.append(None if size < 0 else data[at:at + size])
+        at += max(size, 0)
+    return fields
 
 
 def fused_row_builder_problem(codec):
@@ -828,12 +894,157 @@ _DATA_KEYS[:] = [b',"ruri_user":', b',"ruri_domain":', b',"from_user":', b',"fro
                  b',"pid_user":', b',"content_type":', b',"reason":']
 
 
+# Microseconds from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
+DEF _PG_EPOCH_MICROS = 946684800000000
+
+
+cdef inline int _put_timestamp_micros(Buf* b, int64_t micros) except -1:
+    """A timestamptz field of the moment `micros` after 1970 (in datetime's range)."""
+    _put_be_int(b, 8, 4)
+    return _put_be_int(b, <uint64_t>(micros - _PG_EPOCH_MICROS), 8)
+
+
+cdef inline int _put_small_or_null(Buf* b, bint present, int64_t value) except -1:
+    """An int2 column build_row sets to None when the value does not fit it."""
+    if not present or not -32768 <= value <= 32767:
+        return _put_null(b)
+    _put_be_int(b, 2, 4)
+    return _put_be_int(b, <uint64_t>value, 2)
+
+
+cdef inline int _put_opt_int4(Buf* b, _OptInt v) except -1:
+    """An int4 column build_row passes on as it is (copy_tuple then refuses a value
+    that does not fit)."""
+    if not v.present:
+        return _put_null(b)
+    if not -2147483648 <= v.value <= 2147483647:
+        raise OverflowError("int4: value out of range")
+    _put_be_int(b, 4, 4)
+    return _put_be_int(b, <uint64_t>v.value, 4)
+
+
+cdef inline int _put_opt_int8(Buf* b, _OptInt v) except -1:
+    if not v.present:
+        return _put_null(b)
+    _put_be_int(b, 8, 4)
+    return _put_be_int(b, <uint64_t>v.value, 8)
+
+
+cdef inline int _put_opt_text(Buf* b, object value) except -1:
+    if value is None:
+        return _put_null(b)
+    return _put_text_field(b, value, False)
+
+
+cdef inline int _put_opt_int_obj(Buf* b, object value, int size) except -1:
+    if value is None:
+        return _put_null(b)
+    return _put_int_field(b, value, size)
+
+
+cdef inline Py_ssize_t _open_field(Buf* b, bint jsonb) except -1:
+    """Start a field whose length is known once it is written (`_close_field`)."""
+    cdef Py_ssize_t at = b.size
+    _reserve(b, 5)
+    b.size += 4
+    if jsonb:
+        b.data[b.size] = 1
+        b.size += 1
+    return at
+
+
+cdef inline int _close_field(Buf* b, Py_ssize_t at) except -1:
+    cdef Py_ssize_t n = b.size - at - 4
+    if n > 0x7FFFFFFF:
+        raise OverflowError("value too long for a COPY field")
+    _put_be(b.data + at, <uint64_t>n, 4)
+    return 0
+
+
+cdef int _check_text(const uint8_t* p, _Span s) except -1:
+    """Raise UnicodeDecodeError where the pure reader would (a string field that is
+    not UTF-8), without making the str of an ASCII one."""
+    if s.present and not _is_ascii(p + s.off, s.size):
+        PyUnicode_DecodeUTF8(<const char*>p + s.off, s.size, NULL)
+    return 0
+
+
+cdef int _put_json_span(Buf* b, const uint8_t* p, _Span s) except -1:
+    """`_put_json_str(b, text or "")` of a string field read with `_text`."""
+    cdef const char* c = <const char*>p + s.off
+    if not s.present:
+        return _put_raw(b, '""', 2)
+    if _is_ascii(p + s.off, s.size) and _json_plain(c, s.size):
+        _put_byte(b, 34)
+        _put_raw(b, c, s.size)
+        return _put_byte(b, 34)
+    return _put_json_str(b, _text(p, s) or "")
+
+
+cdef int _put_json_decimal(Buf* b, object number) except -1:
+    """`_put_json_str(b, str(number))` of an int."""
+    cdef int64_t v
+    if type(number) is int:
+        try:
+            v = number
+        except OverflowError:
+            pass
+        else:
+            _put_byte(b, 34)
+            _put_decimal(b, v)
+            return _put_byte(b, 34)
+    return _put_json_str(b, str(number))
+
+
+cdef int _put_json_cseq(Buf* b, object number, object method) except -1:
+    """`_put_json_str(b, f"{number} {method}")`."""
+    cdef int64_t v
+    cdef const char* s
+    if (type(number) is int and type(method) is str and PyUnicode_IS_ASCII(method)
+            and _json_plain(<const char*>PyUnicode_DATA(method), len(method))):
+        try:
+            v = number
+        except OverflowError:
+            pass
+        else:
+            _put_byte(b, 34)
+            _put_decimal(b, v)
+            _put_byte(b, 32)
+            _put_raw(b, <const char*>PyUnicode_DATA(method), len(method))
+            return _put_byte(b, 34)
+    return _put_json_str(b, f"{number} {method}")
+
+
+# The facts `_fused_row` gives a row, in this order (rows.FACTS).
+_FACTS_LAYOUT = (
+    "hep_type", "capture_time", "payload", "capture_id", "node_name", "src_ip", "dst_ip",
+    "call_id", "method", "status", "cseq_num", "cseq_method", "to_tag", "kafka_partition",
+)
+
+
+# The capture columns' kinds, in the order `_fused_row` writes them: it is used only
+# while pipeline.storage.wire.COLUMN_KINDS says the same.
+_WIRE_LAYOUT = (
+    "text", "timestamptz", "header", "header", "text", "bytea", "uuid", "int2", "int2",
+    "int8", "text", "text", "int2", "int2", "inet", "int4", "inet", "int4", "int4",
+    "timestamptz", "text", "text", "int2", "text", "int8", "text", "text", "text", "text",
+    "text", "text", "text", "text", "text", "text", "text", "text", "text", "int4", "text",
+    "int4", "int8", "jsonb",
+)
+
+
 cdef object _fused_row(const uint8_t* p, _Rec* r, object value, object partition,
-                       object offset, bint store_auth_key):
-    """The CaptureRow of the record at `p`, or None to take the pure path."""
-    cdef Buf h
+                       object offset, bint store_auth_key, bint protocol_jsonb,
+                       bint data_jsonb, Buf* b, object origin):
+    """The CaptureRow in wire form of the record at `p`, or None to take the pure path.
+
+    A translation of build_row + copy_tuple for the common case: the COPY tuple is
+    written from the record's bytes and the SIP summary (no values tuple, datetimes,
+    UUID or header strings), the row keeps its facts (rows.FACTS) and its source,
+    whose values the pure builder makes if something asks (`origin`)."""
     cdef int k
     cdef int64_t seconds, useconds, hep_type
+    cdef Py_ssize_t at
     cdef bint is_sip = not r.proto_type.present or r.proto_type.value == 1
     cdef const uint8_t* payload_p = p + r.payload.off
     if not _is_ascii_clean(payload_p, r.payload.size):
@@ -853,12 +1064,12 @@ cdef object _fused_row(const uint8_t* p, _Rec* r, object value, object partition
     try:
         src_ip = _text(p, r.src_ip)
         dst_ip = _text(p, r.dst_ip)
-        auth_key = _text(p, r.auth_key)
         correlation_id = _clean_nul(_text(p, r.correlation_id))
         node_name = _clean_nul(_text(p, r.node_name))
-        transport = _text(p, r.transport)
-        _text(p, r.sender_ip)
-        receiver_id = _text(p, r.receiver_id)
+        _check_text(p, r.auth_key)
+        _check_text(p, r.transport)
+        _check_text(p, r.sender_ip)
+        _check_text(p, r.receiver_id)
     except UnicodeDecodeError:
         return None
     sip = None
@@ -870,138 +1081,174 @@ cdef object _fused_row(const uint8_t* p, _Rec* r, object value, object partition
                     PyBytes_FromStringAndSize(<const char*>payload_p, r.payload.size))
         except _SipParseError:
             return None  # the pure path scans the Call-ID and keeps the reason
-
-    h.data = <char*>PyMem_Malloc(512)
-    if h.data == NULL:
-        raise MemoryError()
-    h.size = 0
-    h.cap = 512
+    hep_type = r.proto_type.value if r.proto_type.present else 1
+    hep_type_value = hep_type if -32768 <= hep_type <= 32767 else None
+    capture_id = _opt_int(r.capture_id)
+    b.size = 0
     try:
-        # protocol_header, as rows._protocol_header writes it.
-        _put_cstr(&h, '{"protocolFamily":')
-        _put_decimal(&h, r.ip_family.value if r.ip_family.present else 0)
-        _put_cstr(&h, ',"protocol":')
-        _put_decimal(&h, r.ip_proto.value if r.ip_proto.present else 0)
-        _put_cstr(&h, ',"srcIp":')
-        _put_json_str(&h, src_ip or "")
-        _put_cstr(&h, ',"dstIp":')
-        _put_json_str(&h, dst_ip or "")
-        _put_cstr(&h, ',"srcPort":')
-        _put_decimal(&h, r.src_port.value if r.src_port.present else 0)
-        _put_cstr(&h, ',"dstPort":')
-        _put_decimal(&h, r.dst_port.value if r.dst_port.present else 0)
-        seconds = _floor_div(r.capture_time, 1000000)
-        useconds = r.capture_time - seconds * 1000000
-        _put_cstr(&h, ',"timeSeconds":')
-        _put_decimal(&h, seconds)
-        _put_cstr(&h, ',"timeUseconds":')
-        _put_decimal(&h, useconds)
-        _put_cstr(&h, ',"payloadType":')
-        _put_decimal(&h, r.proto_type.value if r.proto_type.present else 1)
-        # homer-app casts captureId to int: always a decimal string, "0" without one.
-        _put_cstr(&h, ',"captureId":"')
-        _put_decimal(&h, r.capture_id.value if r.capture_id.present else 0)
-        _put_byte(&h, 34)
-        # HOMER's correlation id: the HEP chunk, else (SIP) the Call-ID.
-        homer_correlation = correlation_id
-        if sip is not None and not correlation_id:
-            homer_correlation = sip[6]
-        _put_cstr(&h, ',"correlation_id":')
-        _put_json_str(&h, homer_correlation or "")
-        _put_cstr(&h, ',"transport":')
-        _put_json_str(&h, transport or "")
-        _put_cstr(&h, ',"receiverId":')
-        _put_json_str(&h, receiver_id or "")
-        if node_name:
-            _put_cstr(&h, ',"nodeName":')
-            _put_json_str(&h, node_name)
-        if store_auth_key and auth_key is not None:
-            _put_cstr(&h, ',"capturePass":')
-            _put_json_str(&h, _clean_nul(auth_key) or "")
-        _put_byte(&h, 125)
-        protocol_header = _buf_text(&h)
-
-        record_id = _UUID_fast(PyBytes_FromStringAndSize(<const char*>p + r.record_id, 16))
-        hep_version = r.hep_version if -32768 <= r.hep_version <= 32767 else None
-        ip_family = r.ip_family.value if r.ip_family.present and -32768 <= r.ip_family.value <= 32767 else None
-        ip_proto = r.ip_proto.value if r.ip_proto.present and -32768 <= r.ip_proto.value <= 32767 else None
-        hep_type = r.proto_type.value if r.proto_type.present else 1
-        hep_type_value = hep_type if -32768 <= hep_type <= 32767 else None
-        create_date = _utc_datetime(r.capture_time)
-        receive_time = _utc_datetime(r.receive_time)
-
-        h.size = 0
+        _put_be_int(b, _NCOLUMNS, 2)
+        # sid
         if sip is not None:
             (is_request, method, status_code, reason, ruri_user, ruri_domain, call_id,
              cseq_number, cseq_method, from_user, from_domain, from_tag, to_user, to_domain,
              to_tag, via_branch, contact_user, contact_host, expires, user_agent, content_type,
              reason_header, pai_user) = sip
-            if is_request:
-                table = _table_for(r.proto_type.value if r.proto_type.present else None, method)
-                homer_method = method
+            # rows.table_for of a SIP record, by its (CSeq) method.
+            routed_by = method if is_request else cseq_method
+            if routed_by in _CALL_METHODS:
+                table = _CALL_TABLE
+            elif routed_by in _REGISTRATION_METHODS:
+                table = _REGISTRATION_TABLE
             else:
-                table = _table_for(r.proto_type.value if r.proto_type.present else None,
-                                   cseq_method)
-                homer_method = str(status_code)
+                table = _SIP_DEFAULT_TABLE
+            _put_text_field(b, call_id if len(call_id) <= 256 else call_id[:256], False)
+        else:
+            table = _table_for(r.proto_type.value, None)
+            sid = correlation_id or ""
+            _put_text_field(b, sid if len(sid) <= 256 else sid[:256], False)
+        _put_timestamp_micros(b, r.capture_time)
+
+        # protocol_header, as rows._protocol_header writes it.
+        at = _open_field(b, protocol_jsonb)
+        _put_cstr(b, '{"protocolFamily":')
+        _put_decimal(b, r.ip_family.value if r.ip_family.present else 0)
+        _put_cstr(b, ',"protocol":')
+        _put_decimal(b, r.ip_proto.value if r.ip_proto.present else 0)
+        _put_cstr(b, ',"srcIp":')
+        _put_json_str(b, src_ip or "")
+        _put_cstr(b, ',"dstIp":')
+        _put_json_str(b, dst_ip or "")
+        _put_cstr(b, ',"srcPort":')
+        _put_decimal(b, r.src_port.value if r.src_port.present else 0)
+        _put_cstr(b, ',"dstPort":')
+        _put_decimal(b, r.dst_port.value if r.dst_port.present else 0)
+        seconds = _floor_div(r.capture_time, 1000000)
+        useconds = r.capture_time - seconds * 1000000
+        _put_cstr(b, ',"timeSeconds":')
+        _put_decimal(b, seconds)
+        _put_cstr(b, ',"timeUseconds":')
+        _put_decimal(b, useconds)
+        _put_cstr(b, ',"payloadType":')
+        _put_decimal(b, r.proto_type.value if r.proto_type.present else 1)
+        # homer-app casts captureId to int: always a decimal string, "0" without one.
+        _put_cstr(b, ',"captureId":"')
+        _put_decimal(b, r.capture_id.value if r.capture_id.present else 0)
+        _put_byte(b, 34)
+        # HOMER's correlation id: the HEP chunk, else (SIP) the Call-ID.
+        homer_correlation = correlation_id
+        if sip is not None and not correlation_id:
+            homer_correlation = call_id
+        _put_cstr(b, ',"correlation_id":')
+        _put_json_str(b, homer_correlation or "")
+        _put_cstr(b, ',"transport":')
+        _put_json_span(b, p, r.transport)
+        _put_cstr(b, ',"receiverId":')
+        _put_json_span(b, p, r.receiver_id)
+        if node_name:
+            _put_cstr(b, ',"nodeName":')
+            _put_json_str(b, node_name)
+        if store_auth_key and r.auth_key.present:
+            _put_cstr(b, ',"capturePass":')
+            _put_json_str(b, _clean_nul(_text(p, r.auth_key)) or "")
+        _put_byte(b, 125)
+        _close_field(b, at)
+
+        # data_header
+        if sip is not None:
+            # As build_row writes it for SIP.
+            at = _open_field(b, data_jsonb)
+            _put_cstr(b, '{"callid":')
+            _put_json_str(b, call_id)
+            _put_cstr(b, ',"method":')
+            if is_request:
+                _put_json_str(b, method)
+            else:
+                # For a response HOMER's `method` is the status code.
+                _put_json_decimal(b, status_code)
                 method = None
-            # data_header, as build_row writes it for SIP.
-            _put_cstr(&h, '{"callid":')
-            _put_json_str(&h, call_id)
-            _put_cstr(&h, ',"method":')
-            _put_json_str(&h, homer_method)
-            _put_cstr(&h, ',"cseq":')
-            _put_json_str(&h, f"{cseq_number} {cseq_method}")
+            _put_cstr(b, ',"cseq":')
+            _put_json_cseq(b, cseq_number, cseq_method)
             fields = (ruri_user, ruri_domain, from_user, from_domain, from_tag, to_user,
                       to_domain, to_tag, contact_user, contact_host, user_agent, pai_user,
                       content_type, reason_header)
             for k in range(14):
-                _put_cstr(&h, _DATA_KEYS[k])
-                _put_json_str(&h, fields[k] or "")
-            _put_cstr(&h, ',"expires":')
-            _put_json_str(&h, str(expires) if expires is not None else "")
-            _put_byte(&h, 125)
-            data_header = _buf_text(&h)
+                _put_cstr(b, _DATA_KEYS[k])
+                _put_json_str(b, fields[k] or "")
+            _put_cstr(b, ',"expires":')
+            if expires is not None:
+                _put_json_decimal(b, expires)
+            else:
+                _put_raw(b, '""', 2)
+            _put_byte(b, 125)
+            _close_field(b, at)
+        else:
+            _put_text_field(b, _dumps({
+                "node": node_name or str(r.capture_id.value if r.capture_id.present else 0),
+                "proto": _proto_type_name(r.proto_type.value).lower(),
+            }), data_jsonb)
+        # raw (the payload is UTF-8 without NUL: its bytes are raw's), raw_bytes
+        _put_field_bytes(b, <const char*>payload_p, r.payload.size, False)
+        _put_null(b)
+        # The HEP envelope: record_id .. receive_time.
+        _put_field_bytes(b, <const char*>p + r.record_id, 16, False)
+        _put_small_or_null(b, True, r.hep_version)
+        _put_small_or_null(b, True, hep_type)
+        _put_opt_int8(b, r.capture_id)
+        _put_opt_text(b, node_name)
+        _put_opt_text(b, correlation_id)
+        _put_small_or_null(b, r.ip_family.present, r.ip_family.value)
+        _put_small_or_null(b, r.ip_proto.present, r.ip_proto.value)
+        if src_ip is None:
+            _put_null(b)
+        else:
+            _put_inet_field(b, src_ip)
+        _put_opt_int4(b, r.src_port)
+        if dst_ip is None:
+            _put_null(b)
+        else:
+            _put_inet_field(b, dst_ip)
+        _put_opt_int4(b, r.dst_port)
+        _put_opt_int4(b, r.vlan)
+        _put_timestamp_micros(b, r.receive_time)
+
+        if sip is not None:
             if status_code is not None and not -32768 <= status_code <= 32767:
                 status_code = None
             if cseq_number is not None and not -9223372036854775808 <= cseq_number <= 9223372036854775807:
                 cseq_number = None
             if expires is not None and not -2147483648 <= expires <= 2147483647:
                 expires = None
-            values = (
-                call_id if len(call_id) <= 256 else call_id[:256],
-                create_date, protocol_header, data_header, raw, None,
-                record_id, hep_version, hep_type_value, _opt_int(r.capture_id), node_name,
-                correlation_id, ip_family, ip_proto, src_ip, _opt_int(r.src_port), dst_ip,
-                _opt_int(r.dst_port), _opt_int(r.vlan), receive_time,
-                call_id, method, status_code, reason, cseq_number, cseq_method,
-                from_user, from_domain, from_tag, to_user, to_domain, to_tag,
-                ruri_user, ruri_domain, user_agent, via_branch, contact_user, contact_host,
-                expires, None, partition, offset, None,
-            )
+            _put_text_field(b, call_id, False)
+            _put_opt_text(b, method)
+            _put_opt_int_obj(b, status_code, 2)
+            _put_opt_text(b, reason)
+            _put_opt_int_obj(b, cseq_number, 8)
+            for text in (cseq_method, from_user, from_domain, from_tag, to_user, to_domain,
+                         to_tag, ruri_user, ruri_domain, user_agent, via_branch,
+                         contact_user, contact_host):
+                _put_opt_text(b, text)
+            _put_opt_int_obj(b, expires, 4)
+            facts = (hep_type_value, r.capture_time, raw, capture_id, node_name, src_ip,
+                     dst_ip, call_id, method, status_code, cseq_number, cseq_method,
+                     to_tag, partition)
         else:
-            proto_type = r.proto_type.value
-            table = _table_for(proto_type, None)
-            sid = correlation_id or ""
-            data_header = _dumps({
-                "node": node_name or str(r.capture_id.value if r.capture_id.present else 0),
-                "proto": _proto_type_name(proto_type).lower(),
-            })
-            values = (
-                sid if len(sid) <= 256 else sid[:256],
-                create_date, protocol_header, data_header, raw, None,
-                record_id, hep_version, hep_type_value, _opt_int(r.capture_id), node_name,
-                correlation_id, ip_family, ip_proto, src_ip, _opt_int(r.src_port), dst_ip,
-                _opt_int(r.dst_port), _opt_int(r.vlan), receive_time,
-                None, None, None, None, None, None, None, None, None, None, None, None,
-                None, None, None, None, None, None, None, None, partition, offset, None,
-            )
-    finally:
-        PyMem_Free(h.data)
-    # Strings, numbers, datetimes and a UUID: the tuple cannot be part of a cycle, and
-    # the cyclic GC need not scan the batch's tuples (CPython untracks such tuples
-    # itself, but only once a collection has scanned them).
-    PyObject_GC_UnTrack(values)
-    return _CaptureRow(table, values)
+            for k in range(19):
+                _put_null(b)
+            facts = (hep_type_value, r.capture_time, raw, capture_id, node_name, src_ip,
+                     dst_ip, None, None, None, None, None, None, partition)
+        _put_null(b)                        # parse_error
+        _put_int_field(b, partition, 4)
+        _put_int_field(b, offset, 8)
+        _put_null(b)                        # custom_headers
+    except (ValueError, TypeError, OverflowError):
+        # A value its column cannot hold: the pure path builds the row and leaves its
+        # wire None, as copy_tuple refuses it.
+        return None
+    # Strings, numbers and None: the facts cannot be part of a cycle, and the cyclic
+    # GC need not scan them while the batch is alive.
+    PyObject_GC_UnTrack(facts)
+    wire = PyBytes_FromStringAndSize(b.data, b.size)
+    return _CaptureRow(table, None, wire, facts, value, offset, origin)
 
 
 # -- SIP summary (pipeline.sip.parser.summarise_sip) ----------------------------------

@@ -24,17 +24,15 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Final
 
-from pipeline.storage.rows import COLUMNS, CaptureRow
+from pipeline.storage.rows import FACTS, CaptureRow
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_HEP_TYPE: Final = COLUMNS.index("hep_type")
-_CAPTURE_ID: Final = COLUMNS.index("capture_id")
-_CREATE_DATE: Final = COLUMNS.index("create_date")
-_RAW: Final = COLUMNS.index("raw")
-_RAW_BYTES: Final = COLUMNS.index("raw_bytes")
+# What the check reads of a row: its facts (`CaptureRow.facts`), not its values.
+_HEP_TYPE: Final = FACTS.index("hep_type")
+_CAPTURE_ID: Final = FACTS.index("capture_id")
+_CAPTURE_TIME: Final = FACTS.index("capture_time")
+_PAYLOAD: Final = FACTS.index("payload")
 _SIP: Final = 1
 
 
@@ -133,21 +131,21 @@ class DuplicateFilter:
         found = []
         evicted_before = recent.evicted_early
         for position, row in enumerate(rows):
-            values = row.values
-            if values[_HEP_TYPE] != _SIP:
+            facts = row.facts
+            if facts[_HEP_TYPE] != _SIP:
                 continue
-            key = self.key(values)
-            if recent.is_duplicate(key, _micros(values[_CREATE_DATE]), offsets[position]):
+            key = self.key(facts)
+            if recent.is_duplicate(key, _micros(facts[_CAPTURE_TIME]), offsets[position]):
                 found.append(position)
         self.evicted_early += recent.evicted_early - evicted_before
         return found
 
-    def key(self, values: Sequence[object]) -> Hashable:
-        payload = values[_RAW_BYTES]
-        if payload is None:
-            payload = values[_RAW]
+    def key(self, facts: Sequence[object]) -> Hashable:
+        """What two captures of one message share: the payload exactly (`FACTS`'s
+        ``payload``), and the capture id with --dedup-match-capture-id."""
+        payload = facts[_PAYLOAD]
         if self.settings.match_capture_id:
-            return (values[_CAPTURE_ID], payload)
+            return (facts[_CAPTURE_ID], payload)
         return payload
 
     def forget(self, partition: int) -> None:
@@ -160,9 +158,6 @@ class DuplicateFilter:
 
 
 def _micros(moment: object) -> int:
-    if isinstance(moment, datetime):
-        delta = moment - _EPOCH
-        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-    if isinstance(moment, int):
+    if type(moment) is int:
         return moment
-    raise TypeError(f"create_date is {type(moment).__name__}, not a datetime")
+    raise TypeError(f"capture time is {type(moment).__name__}, not microseconds")

@@ -24,17 +24,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from pipeline.storage.rows import COLUMNS, CaptureRow
+from pipeline.storage.rows import COLUMNS, FACTS, CaptureRow
 
 #: Reasons of ``hep_ingest_records_discarded_total`` (checked in this order).
 DISCARD_REASONS: Final = ("hep_type", "method", "source", "destination")
 
 _RAW: Final = COLUMNS.index("raw")
 _RAW_BYTES: Final = COLUMNS.index("raw_bytes")
-_HEP_TYPE: Final = COLUMNS.index("hep_type")
-_CSEQ_METHOD: Final = COLUMNS.index("cseq_method")
-_SRC_IP: Final = COLUMNS.index("src_ip")
-_DST_IP: Final = COLUMNS.index("dst_ip")
+# What a filter reads of a row: its facts (`CaptureRow.facts`), not its values.
+_HEP_TYPE: Final = FACTS.index("hep_type")
+_CSEQ_METHOD: Final = FACTS.index("cseq_method")
+_SRC_IP: Final = FACTS.index("src_ip")
+_DST_IP: Final = FACTS.index("dst_ip")
 
 # Addresses already judged, per direction; cleared when full (the set of agents'
 # addresses is small, a flood of distinct ones must not grow memory).
@@ -193,16 +194,17 @@ class Screen:
         self._source = _AddressMatcher(capture_filter.discard_sources)
         self._destination = _AddressMatcher(capture_filter.discard_destinations)
 
-    def reason(self, values: tuple[Any, ...]) -> str | None:
-        """Why the row with these values is dropped, or None to keep it."""
+    def reason(self, facts: tuple[Any, ...]) -> str | None:
+        """Why the row with these facts (`CaptureRow.facts`) is dropped, or None to
+        keep it."""
         f = self.filter
-        if f.discard_hep_types and values[_HEP_TYPE] in f.discard_hep_types:
+        if f.discard_hep_types and facts[_HEP_TYPE] in f.discard_hep_types:
             return "hep_type"
-        if f.discard_methods and values[_CSEQ_METHOD] in f.discard_methods:
+        if f.discard_methods and facts[_CSEQ_METHOD] in f.discard_methods:
             return "method"
-        if f.discard_sources and self._source(values[_SRC_IP]):
+        if f.discard_sources and self._source(facts[_SRC_IP]):
             return "source"
-        if f.discard_destinations and self._destination(values[_DST_IP]):
+        if f.discard_destinations and self._destination(facts[_DST_IP]):
             return "destination"
         return None
 
@@ -216,18 +218,17 @@ class Screen:
         censor = self.filter.censor_methods
         reason = self.reason
         for i, row in enumerate(rows):
-            values = row.values
-            why = reason(values)
+            facts = row.facts
+            why = reason(facts)
             if why is not None:
                 discarded[why] = discarded.get(why, 0) + 1
                 continue
             if censor:
-                method = values[_CSEQ_METHOD]
+                method = facts[_CSEQ_METHOD]
                 if method in censor:
-                    row.values = censor_values(values)
-                    # Its COPY tuple holds the values before censoring: the sink
-                    # encodes the censored ones instead.
-                    row.wire = None
+                    # Its COPY tuple holds the values before censoring (setting values
+                    # drops it): the sink encodes the censored ones instead.
+                    row.values = censor_values(row.values)
                     censored[method] = censored.get(method, 0) + 1
             kept.append(i)
         return result

@@ -10,18 +10,19 @@ from collections.abc import Iterable
 from typing import Final
 
 from pipeline.sip.kpi import Observations, SipKpi
-from pipeline.storage.rows import COLUMNS, CaptureRow
+from pipeline.storage.rows import FACTS, CaptureRow
 
-_CALL_ID: Final = COLUMNS.index("call_id")
-_METHOD: Final = COLUMNS.index("method")
-_STATUS: Final = COLUMNS.index("status")
-_CSEQ_NUMBER: Final = COLUMNS.index("cseq_num")
-_CSEQ_METHOD: Final = COLUMNS.index("cseq_method")
-_TO_TAG: Final = COLUMNS.index("to_tag")
-_NODE_NAME: Final = COLUMNS.index("node_name")
-_CAPTURE_ID: Final = COLUMNS.index("capture_id")
-_CREATE_DATE: Final = COLUMNS.index("create_date")
-_PARTITION: Final = COLUMNS.index("kafka_partition")
+# What the KPIs read of a row: its facts (`CaptureRow.facts`), not its values.
+_CALL_ID: Final = FACTS.index("call_id")
+_METHOD: Final = FACTS.index("method")
+_STATUS: Final = FACTS.index("status")
+_CSEQ_NUMBER: Final = FACTS.index("cseq_num")
+_CSEQ_METHOD: Final = FACTS.index("cseq_method")
+_TO_TAG: Final = FACTS.index("to_tag")
+_NODE_NAME: Final = FACTS.index("node_name")
+_CAPTURE_ID: Final = FACTS.index("capture_id")
+_CAPTURE_TIME: Final = FACTS.index("capture_time")
+_PARTITION: Final = FACTS.index("kafka_partition")
 
 
 def node_of(node_name: str | None, capture_id: int | None) -> str:
@@ -38,24 +39,25 @@ def observe_rows(kpi: SipKpi, rows: Iterable[CaptureRow]) -> Observations:
     observe = kpi.observe
     nodes: dict[tuple[str | None, int | None], str] = {}
     for row in rows:
-        values = row.values
-        call_id = values[_CALL_ID]
+        facts = row.facts
+        call_id = facts[_CALL_ID]
         if call_id is None:
             continue  # not SIP, or SIP that could not be parsed
-        source = (values[_NODE_NAME], values[_CAPTURE_ID])
+        source = (facts[_NODE_NAME], facts[_CAPTURE_ID])
         node = nodes.get(source)
         if node is None:
             node = nodes[source] = node_of(*source)
         observe(
             out,
-            values[_PARTITION] or 0,
+            facts[_PARTITION] or 0,
             node,
-            values[_METHOD],
-            values[_STATUS],
-            values[_CSEQ_NUMBER],
-            values[_CSEQ_METHOD],
+            facts[_METHOD],
+            facts[_STATUS],
+            facts[_CSEQ_NUMBER],
+            facts[_CSEQ_METHOD],
             call_id,
-            bool(values[_TO_TAG]),
-            values[_CREATE_DATE].timestamp(),
+            bool(facts[_TO_TAG]),
+            # create_date.timestamp(), exactly: both divide the microseconds.
+            facts[_CAPTURE_TIME] / 1_000_000,
         )
     return out

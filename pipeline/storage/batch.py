@@ -4,7 +4,9 @@
 decode, row building (the SIP summary included) and, when the sink wants them, the
 rows' binary COPY tuples. `pipeline._speedups.build_rows` is the compiled twin with the
 same signature and output (`pipeline.accel` picks one; tests/unit/test_accel_rows.py
-proves them identical).
+proves them identical). For a sink that takes COPY tuples, the compiled one returns
+rows in wire form: tuple, facts and source, their values built here (`ChunkOrigin`)
+only if something reads them.
 
 A value that cannot become a row is a `RowFailure` (its position in `values`) with
 the dead-letter reason the consumer always gave: ``no_value`` (tombstone), the
@@ -45,6 +47,28 @@ def times_to_micros(record: dict[str, Any]) -> None:
                 value = value.replace(tzinfo=UTC)
             delta = value - _EPOCH
             record[name] = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+class ChunkOrigin:
+    """The `RowOrigin` of the rows of one chunk: their values, built on demand from a
+    Kafka value of `partition` as `build_rows` builds them (headers are never
+    configured for rows in wire form)."""
+
+    __slots__ = ("codec", "partition", "store_auth_key")
+
+    def __init__(self, codec: RecordCodec, partition: int, store_auth_key: bool) -> None:
+        self.codec = codec
+        self.partition = partition
+        self.store_auth_key = store_auth_key
+
+    def values_of(self, value: bytes, offset: int) -> tuple[Any, ...]:
+        record = self.codec.decode(value)
+        if type(record["capture_time"]) is not int:
+            times_to_micros(record)
+        return build_row(
+            record, kafka_partition=self.partition, kafka_offset=offset,
+            store_auth_key=self.store_auth_key,
+        ).values
 
 
 def build_rows(

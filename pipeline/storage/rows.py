@@ -33,10 +33,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring_ascii
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 from pipeline.accel import scan_call_id
 from pipeline.hep.chunks import PROTO_TYPE_NAMES, proto_type_name
@@ -123,20 +122,120 @@ _CALL_ID_COLUMN: Final = COLUMNS.index("call_id")
 _escape = encode_basestring_ascii
 
 
-@dataclass(slots=True)
+#: What the consumer reads of a row besides writing it (duplicate check, capture
+#: filters, SIP KPIs): `CaptureRow.facts`, in this order. Each is the value of the
+#: column of that name, except ``capture_time`` (``create_date`` as microseconds since
+#: 1970) and ``payload`` (``raw_bytes`` when set, else ``raw``: the payload exactly).
+FACTS: Final[tuple[str, ...]] = (
+    "hep_type", "capture_time", "payload", "capture_id", "node_name", "src_ip", "dst_ip",
+    "call_id", "method", "status", "cseq_num", "cseq_method", "to_tag", "kafka_partition",
+)
+_FACT_COLUMNS: Final = tuple(
+    COLUMNS.index(name) for name in FACTS if name not in ("capture_time", "payload")
+)
+_CREATE_DATE: Final = COLUMNS.index("create_date")
+_RAW: Final = COLUMNS.index("raw")
+_RAW_BYTES: Final = COLUMNS.index("raw_bytes")
+
+
+def epoch_micros(moment: datetime) -> int:
+    """Microseconds since 1970 of an aware datetime (exact, unlike timestamp())."""
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def facts_of(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The `FACTS` of a row with these values."""
+    (hep_type, capture_id, node_name, src_ip, dst_ip, call_id, method, status, cseq_num,
+     cseq_method, to_tag, kafka_partition) = [values[i] for i in _FACT_COLUMNS]
+    create_date = values[_CREATE_DATE]
+    raw_bytes = values[_RAW_BYTES]
+    return (
+        hep_type,
+        epoch_micros(create_date) if isinstance(create_date, datetime) else create_date,
+        raw_bytes if raw_bytes is not None else values[_RAW],
+        capture_id, node_name, src_ip, dst_ip, call_id, method, status, cseq_num,
+        cseq_method, to_tag, kafka_partition,
+    )
+
+
+class RowOrigin(Protocol):
+    """Builds the values of a row from its Kafka value (`pipeline.storage.batch`)."""
+
+    def values_of(self, value: bytes, offset: int) -> tuple[Any, ...]: ...
+
+
 class CaptureRow:
     """One row for `table`; `values` follow `COLUMNS`. `wire` is the row's binary COPY
     tuple (`pipeline.storage.wire`) when the consumer encoded it as it built the row;
-    a sink encodes the values of a row without it. Whoever replaces `values` sets
-    `wire` to None (the tuple would still hold the old values)."""
+    a sink encodes the values of a row without it.
 
-    table: str
-    values: tuple[Any, ...]
-    wire: bytes | None = None
+    A row in wire form (what the compiled `build_rows` makes for a sink that takes
+    COPY tuples) holds only its tuple, its `facts` and its source (Kafka value,
+    offset and the `RowOrigin` that reads it): the ~40 objects of its values are only
+    made, by the pure builder, when something reads `values` (the stdout sink, a
+    censoring filter, an error report). Setting `values` sets `wire` to None (the
+    tuple would still hold the old values).
+    """
+
+    __slots__ = ("_facts", "_offset", "_origin", "_source", "_values", "table", "wire")
+
+    def __init__(
+        self,
+        table: str,
+        values: tuple[Any, ...] | None,
+        wire: bytes | None = None,
+        facts: tuple[Any, ...] | None = None,
+        source: bytes | None = None,
+        offset: int = -1,
+        origin: RowOrigin | None = None,
+    ) -> None:
+        if values is None and (source is None or origin is None):
+            raise ValueError("a row without values needs its source and origin")
+        self.table = table
+        self.wire = wire
+        self._values = values
+        self._facts = facts
+        self._source = source
+        self._offset = offset
+        self._origin = origin
+
+    @property
+    def values(self) -> tuple[Any, ...]:
+        values = self._values
+        if values is None:
+            values = self._values = cast(RowOrigin, self._origin).values_of(
+                cast(bytes, self._source), self._offset
+            )
+        return values
+
+    @values.setter
+    def values(self, values: tuple[Any, ...]) -> None:
+        self._values = values
+        self._facts = None
+        self.wire = None
+
+    @property
+    def facts(self) -> tuple[Any, ...]:
+        """The `FACTS` of the row (what dedup, filters and KPIs read)."""
+        facts = self._facts
+        if facts is None:
+            facts = self._facts = facts_of(self.values)
+        return facts
 
     def value(self, column: str) -> Any:
         """A value by column name (for tests and error reports, not the hot path)."""
         return self.values[COLUMNS.index(column)]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CaptureRow):
+            return NotImplemented
+        return (self.table, self.values, self.wire) == (other.table, other.values, other.wire)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"CaptureRow(table={self.table!r}, values={self.values!r}, wire={self.wire!r})"
 
 
 #: The table of each known non-SIP protocol type (created by migrations 0001 and 0003).

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from pipeline.embedded import free_tcp_port, free_udp_port
 from tests.integration.consume_support import cli, log_events, tail
@@ -19,14 +20,23 @@ def closed_port_address() -> str:
 
 def wait_for_event(log: Path, name: str, process: subprocess.Popen[bytes], within: float) -> None:
     """Until the JSON log has an event `name`; fails if the process exits first."""
+    wait_for_events(log, name, 1, process, within)
+
+
+def wait_for_events(
+    log: Path, name: str, count: int, process: subprocess.Popen[bytes], within: float
+) -> list[dict[str, Any]]:
+    """Until the JSON log has `count` events `name`, which it returns in log order; fails
+    if the process exits first. A test waits for retries this way, not for a fixed time."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        if any(e.get("event") == name for e in log_events(log)):
-            return
+        found = [e for e in log_events(log) if e.get("event") == name]
+        if len(found) >= count:
+            return found
         if process.poll() is not None:
             raise AssertionError(f"exited with {process.returncode}:\n{tail(log)}")
-        time.sleep(0.1)
-    raise AssertionError(f"no {name} event within {within}s:\n{tail(log)}")
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} {name} events within {within}s:\n{tail(log)}")
 
 
 def signal_and_time(

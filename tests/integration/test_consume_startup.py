@@ -30,7 +30,7 @@ from tests.integration.lifecycle_support import (
     closed_port_address,
     signal_and_time,
     start_up,
-    wait_for_event,
+    wait_for_events,
 )
 from tests.integration.receiver_process import run_receiver_process
 
@@ -40,6 +40,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 STOP_WITHIN_S = 3.0
 # The same for `up`, which stops its receiver and then its consumer, each a process.
 UP_STOP_WITHIN_S = 15.0
+# The retry a stop request is sent after. The backoff (0.2 s, doubling, plus jitter)
+# has grown to about 1.6 s by then: the state a fixed 3 s wait after the first retry
+# used to reach, without waiting for it.
+SEVERAL_RETRIES = 4
 # A configuration error must not be retried: it ends well before this (the old code
 # retried it forever).
 CONFIG_ERROR_WITHIN_S = 20.0
@@ -69,6 +73,14 @@ def event_time(log: Path, name: str, **fields: object) -> float:
     raise AssertionError(f"no {name} {fields} event:\n{tail(log)}")
 
 
+def assert_backoff_grows(retries: list[dict[str, object]]) -> None:
+    """Consecutive attempts of one operation, each waiting longer than the first."""
+    attempts = [r["attempt"] for r in retries[:SEVERAL_RETRIES]]
+    assert attempts == list(range(1, SEVERAL_RETRIES + 1)), retries
+    sleeps = [float(str(r["sleep"])) for r in retries[:SEVERAL_RETRIES]]
+    assert sleeps[-1] > 2 * sleeps[0], sleeps
+
+
 def assert_stopped_before_start(log: Path) -> None:
     stopped = [e for e in log_events(log) if e.get("event") == "consumer_stopped_before_start"]
     assert len(stopped) == 1, tail(log)
@@ -82,8 +94,8 @@ def test_stop_ends_postgres_retries_at_start(
     dsn = f"postgresql://postgres@{closed_port_address()}/hep"
     process = start_consumer(kafka.bootstrap_servers, topic_name, dsn, log)
     try:
-        wait_for_event(log, "write_retry", process, 30)
-        time.sleep(3)  # several retries, the backoff growing
+        retries = wait_for_events(log, "write_retry", SEVERAL_RETRIES, process, 30)
+        assert_backoff_grows(retries)
         assert process.poll() is None, tail(log)
         assert_stops_promptly(process, log, signum)
         assert_stopped_before_start(log)
@@ -97,8 +109,7 @@ def test_sigterm_ends_broker_retries_at_start(
     log = tmp_path / "consumer.log"
     process = start_consumer(closed_port_address(), topic_name, database_dsn, log)
     try:
-        wait_for_event(log, "dead_letter_retry", process, 60)
-        time.sleep(3)
+        wait_for_events(log, "dead_letter_retry", SEVERAL_RETRIES, process, 60)
         assert process.poll() is None, tail(log)
         assert_stops_promptly(process, log)
         assert_stopped_before_start(log)
@@ -192,8 +203,9 @@ async def test_sigterm_ends_postgres_retries_mid_run_and_loses_nothing(
         assert await wait_for_rows(dsn, len(first), 60, process) == (2000, 2000), tail(log)
         await asyncio.to_thread(fresh_postgres.stop, "fast")
         await publish(kafka.bootstrap_servers, topic_name, second)
-        await asyncio.to_thread(wait_for_event, log, "write_retry", process, 60)
-        await asyncio.sleep(3)
+        await asyncio.to_thread(
+            wait_for_events, log, "write_retry", SEVERAL_RETRIES, process, 60
+        )
         assert process.poll() is None, tail(log)
         await asyncio.to_thread(assert_stops_promptly, process, log)
     finally:
@@ -234,8 +246,7 @@ def test_up_stops_promptly_while_its_consumer_cannot_reach_the_broker(
         "--dsn", database_dsn, "--log-format", "json", "--log-level", "info",
     )
     try:
-        wait_for_event(log, "dead_letter_retry", process, 60)
-        time.sleep(3)
+        wait_for_events(log, "dead_letter_retry", SEVERAL_RETRIES, process, 60)
         assert process.poll() is None, tail(log)
         code, took = signal_and_time(process)
         # `up` stops its receiver, then its consumer: two processes end one after the
@@ -259,7 +270,11 @@ def test_receive_stops_promptly_while_the_broker_is_unreachable(
     """The receiver's publisher retries in the background; the stop is not held by it."""
     with run_receiver_process(tmp_path, closed_port_address(), topic_name) as receiver:
         receiver.wait_for_event("broker_unreachable")
-        time.sleep(3)
+        # Retries until the backoff (0.05 s, doubling) has reached its 0.5 s maximum.
+        deadline = time.monotonic() + 30
+        while receiver.metric("hep_ingest_publish_retries_total") < 6:
+            assert time.monotonic() < deadline, receiver.log()
+            time.sleep(0.05)
         code, took = signal_and_time(receiver.process)
         assert took < STOP_WITHIN_S, f"took {took:.1f}s to stop:\n{receiver.log}"
         assert code == 0, receiver.log

@@ -41,8 +41,13 @@ CONTEXT = ReceiveContext("udp", "127.0.0.1", 9060, "r-1")
 FORMATS = [None, wire.WireFormat(), wire.WireFormat(False, False), wire.WireFormat(True, False)]
 
 
-def assert_same_rows(values: list[bytes | None], *, store_auth_key: bool = False) -> None:
+def assert_same_rows(values: list[bytes | None], *, store_auth_key: bool = False) -> int:
+    """Compiled and pure rows are the same: table, COPY tuple, facts, values (a row in
+    wire form builds its values with the pure builder when asked, so its COPY tuple
+    and facts are what the compiled code made). Returns how many compiled rows were in
+    wire form."""
     offsets = [1000 + i for i in range(len(values))]
+    in_wire_form = 0
     for wire_format in FORMATS:
         pure = batch.build_rows(values, 7, offsets, codec=CODEC, store_auth_key=store_auth_key,
                                 wire_format=wire_format)
@@ -53,9 +58,19 @@ def assert_same_rows(values: list[bytes | None], *, store_auth_key: bool = False
         assert len(compiled[0]) == len(pure[0])
         for mine, theirs in zip(compiled[0], pure[0], strict=True):
             assert mine.table == theirs.table
+            assert mine.wire == theirs.wire
+            if mine._values is None:
+                in_wire_form += 1
+                assert wire_format is not None
+                facts = mine.facts
+                assert mine._values is None  # the facts were made with the row
+            else:
+                facts = mine.facts
+            assert facts == theirs.facts
+            assert [type(v) for v in facts] == [type(v) for v in theirs.facts]
             assert mine.values == theirs.values
             assert [type(v) for v in mine.values] == [type(v) for v in theirs.values]
-            assert mine.wire == theirs.wire
+    return in_wire_form
 
 
 def vector_values() -> list[bytes]:
@@ -97,7 +112,8 @@ def test_distinct_call_load_gives_identical_rows() -> None:
                                receive_time_us=1_800_000_000_000_000, context=CONTEXT)
         values.append(CODEC.encode(rec))
     assert len(values) >= 1000
-    assert_same_rows(values)
+    # Every row of the load takes the compiled path, in wire form, for each format.
+    assert assert_same_rows(values) == 3 * len(values)
 
 
 def test_hostile_corpus_gives_identical_rows() -> None:
@@ -397,3 +413,31 @@ def test_the_fused_row_builder_turns_itself_off_when_build_row_changes(
     pure = batch.build_rows(VECTOR_VALUES, 0, offsets, codec=codec)
     compiled = _speedups.build_rows(VECTOR_VALUES, 0, offsets, codec=codec)
     assert [(r.table, r.values) for r in compiled[0]] == [(r.table, r.values) for r in pure[0]]
+
+
+def test_dedup_filters_and_kpis_decide_alike_on_rows_in_wire_form() -> None:
+    """The consumer's features read rows' facts: rows in wire form (compiled) and the
+    pure rows give the same duplicates, filter decisions, censored values and KPIs."""
+    from pipeline.consumer.dedup import DedupSettings, DuplicateFilter
+    from pipeline.consumer.filters import CaptureFilter, Screen
+    from pipeline.consumer.kpi_rows import observe_rows
+    from pipeline.sip.kpi import SipKpi
+
+    # Each message twice: the second copies are duplicates within any window.
+    values: list[bytes | None] = [v for v in VECTOR_VALUES for _ in range(2)]
+    offsets = list(range(len(values)))
+    outcomes = []
+    for build in (batch.build_rows, _speedups.build_rows):
+        rows, failures = build(values, 7, offsets, codec=CODEC, wire_format=wire.WireFormat())
+        assert not failures
+        dedup = DuplicateFilter(DedupSettings(window_ms=500, match_capture_id=True))
+        duplicates = dedup.duplicates(7, rows, offsets)
+        kpis = observe_rows(SipKpi(), rows)
+        screen = Screen(CaptureFilter(
+            discard_methods=frozenset({"OPTIONS"}), censor_methods=frozenset({"INVITE"}),
+            discard_sources=(ipaddress.ip_network("192.0.2.0/24"),),
+        )).screen(rows)
+        outcomes.append((duplicates, kpis, screen, [(r.table, r.wire, r.values) for r in rows]))
+    assert outcomes[0][0]  # the copies were found
+    assert outcomes[0][2].censored  # and some rows censored (their wire dropped)
+    assert outcomes[0] == outcomes[1]

@@ -9,11 +9,19 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.embedded.net import free_tcp_port, wait_for_tcp
 from pipeline.lifetime import die_with_parent
+
+# Starts on a port we chose, tried on a new port when the broker cannot bind it.
+_PORT_TRIES = 3
+
+
+class _ExitedEarly(RuntimeError):
+    """The broker process exited before it listened (its port taken, most likely)."""
 
 
 def broker_binary() -> str:
@@ -42,8 +50,21 @@ class EmbeddedKafka:
         return self._process.pid if self._process else None
 
     def start(self, timeout: float = 30.0) -> None:
-        if self.port == 0:
-            self.port = free_tcp_port(self.host)
+        chosen = self.port == 0
+        for attempt in range(1, _PORT_TRIES + 1):
+            if chosen:
+                self.port = free_tcp_port(self.host)
+            self._spawn()
+            try:
+                self._wait_listening(timeout)
+                return
+            except _ExitedEarly:
+                # A port we chose was only free when asked: another process may bind it
+                # before the broker does. Tried again on a new one; a given port is not.
+                if not chosen or attempt == _PORT_TRIES:
+                    raise
+
+    def _spawn(self) -> None:
         url = f"tcp://{self.host}:{self.port}"
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
@@ -62,7 +83,28 @@ class EmbeddedKafka:
         finally:
             if log is not subprocess.DEVNULL:
                 log.close()  # type: ignore[union-attr]
-        wait_for_tcp(self.host, self.port, timeout)
+
+    def _wait_listening(self, timeout: float) -> None:
+        """Until the broker accepts connections; _ExitedEarly if it exits first (then a
+        connection that succeeds would be another process's listener, not ours)."""
+        assert self._process is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._process.poll() is not None:
+                code, self._process = self._process.returncode, None
+                where = f" (its log: {self.log_path})" if self.log_path else ""
+                raise _ExitedEarly(
+                    f"the embedded broker exited with status {code} before it listened on "
+                    f"{self.bootstrap_servers}: is that port in use?{where}"
+                )
+            try:
+                wait_for_tcp(self.host, self.port, 0.0)
+                return
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise
+                time.sleep(0.05)
 
     def pause(self) -> None:
         assert self._process is not None

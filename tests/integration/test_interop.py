@@ -41,7 +41,11 @@ import pytest
 from pipeline.embedded import EmbeddedKafka, free_udp_port
 from tests.conftest import VECTORS_DIR
 from tests.integration.consume_support import start_consumer, stop_process, tail, wait_for_rows
-from tests.integration.receiver_process import ReceiverProcess, run_receiver_process
+from tests.integration.receiver_process import (
+    ReceiverProcess,
+    free_udp_ports_in_a_row,
+    run_receiver_process,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.interop]
 
@@ -91,6 +95,19 @@ def udp_port_bound(port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+def free_udp_and_tcp_port() -> int:
+    """A loopback port free for UDP and for TCP: Kamailio listens on both with one port
+    when it sends HEP over TCP."""
+    while True:
+        port = free_udp_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
 
 
 def wait_udp_bound(
@@ -213,8 +230,11 @@ def sipp(binary: str, scenario: str, port: int, *extra: str) -> list[str]:
         str(port),
         "-cp",
         str(free_udp_port()),
+        # SIPp binds its audio RTP socket on this port and the video one two above:
+        # all four free (a free port whose +2 another socket holds failed a CI-like run:
+        # "Unable to bind video RTP socket ... errno = 98").
         "-mp",
-        str(free_udp_port()),
+        str(free_udp_ports_in_a_row(4)),
         "-m",
         str(CALLS),
         "-nostdin",
@@ -243,7 +263,7 @@ async def test_kamailio_siptrace_calls_between_sipp_agents(
 ) -> None:
     kamailio = require("kamailio", "kamailio")
     sipp_binary = require("sipp", "sip-tester")
-    sip_port, uas_port, uac_port = free_udp_port(), free_udp_port(), free_udp_port()
+    sip_port, uas_port, uac_port = free_udp_and_tcp_port(), free_udp_port(), free_udp_port()
     consumer_log = tmp_path / "consumer.log"
     with ingest_pipeline(kafka, database_dsn, topic_name, tmp_path) as (receiver, consumer):
         cfg = tmp_path / "kamailio.cfg"

@@ -12,6 +12,15 @@ from pipeline.consumer import service
 from pipeline.observability.tasks import pending_task_frames
 
 
+async def deaf_to_cancel(release: asyncio.Event) -> None:
+    """Waits for ever; once cancelled, until `release` is set: what a swallowed
+    cancellation looks like to whoever awaits it."""
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        await release.wait()
+
+
 async def _leave_group_that_never_answers() -> None:
     await asyncio.Event().wait()
 
@@ -69,15 +78,8 @@ async def test_a_close_that_ignores_its_cancellation_still_cannot_hold_the_stop(
 ) -> None:
     monkeypatch.setattr(service, "KAFKA_CLOSE_TIMEOUT", 0.2)
     release = asyncio.Event()
-
-    async def close_deaf_to_cancel() -> None:
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            await release.wait()  # what a swallowed cancellation looks like
-
     started = time.monotonic()
-    await service._bounded_close("kafka_consumer", close_deaf_to_cancel)
+    await service._bounded_close("kafka_consumer", lambda: deaf_to_cancel(release))
     assert time.monotonic() - started < 2
     release.set()  # let the leftover task end before the loop closes
     await asyncio.sleep(0)

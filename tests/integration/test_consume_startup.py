@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.embedded import EmbeddedKafka, EmbeddedPostgres
+from pipeline.postgres.sink import RetryPolicy as SinkRetryPolicy
 from tests.conftest import create_topic
 from tests.integration.consume_support import (
     generated_sip,
@@ -74,11 +75,16 @@ def event_time(log: Path, name: str, **fields: object) -> float:
 
 
 def assert_backoff_grows(retries: list[dict[str, object]]) -> None:
-    """Consecutive attempts of one operation, each waiting longer than the first."""
+    """Consecutive attempts of one operation, each sleeping the sink policy's
+    exponential part at least and that plus its jitter at most. (Comparing two sleeps
+    with each other is a coin toss: the jitter, up to 1 s, exceeds the first steps.)"""
     attempts = [r["attempt"] for r in retries[:SEVERAL_RETRIES]]
     assert attempts == list(range(1, SEVERAL_RETRIES + 1)), retries
     sleeps = [float(str(r["sleep"])) for r in retries[:SEVERAL_RETRIES]]
-    assert sleeps[-1] > 2 * sleeps[0], sleeps
+    policy = SinkRetryPolicy()
+    for attempt, sleep in enumerate(sleeps, start=1):
+        exponential = min(policy.initial * 2 ** (attempt - 1), policy.maximum)
+        assert exponential - 0.01 <= sleep <= exponential + policy.jitter + 0.01, sleeps
 
 
 def assert_stopped_before_start(log: Path) -> None:

@@ -272,22 +272,29 @@ class ConsumerWorker:
         )
 
     async def _read_stored_offsets(
-        self, partitions: set[TopicPartition]
+        self, partitions: Iterable[TopicPartition]
     ) -> dict[TopicPartition, int]:
+        try:
+            return await self._stored_offsets_of(partitions, _STORED_OFFSETS_TIMEOUT)
+        except Exception as exc:  # the first claims are fenced and correct the position
+            log.warning("stored_offsets_unreadable", error=repr(exc)[:300])
+            return {}
+
+    async def _stored_offsets_of(
+        self, partitions: Iterable[TopicPartition], wait_s: float
+    ) -> dict[TopicPartition, int]:
+        """The offsets stored in PostgreSQL for `partitions` that have a row; raises
+        what the sink raises, TimeoutError past `wait_s` per topic."""
         by_topic: dict[str, list[int]] = {}
         for tp in partitions:
             by_topic.setdefault(tp.topic, []).append(tp.partition)
         found: dict[TopicPartition, int] = {}
-        try:
-            for topic, numbers in by_topic.items():
-                offsets = await asyncio.wait_for(
-                    self._sink.stored_offsets(self._settings.group, topic, sorted(numbers)),
-                    _STORED_OFFSETS_TIMEOUT,
-                )
-                found.update({TopicPartition(topic, p): o for p, o in offsets.items()})
-        except Exception as exc:  # the first claims are fenced and correct the position
-            log.warning("stored_offsets_unreadable", error=repr(exc)[:300])
-            return {}
+        for topic, numbers in by_topic.items():
+            offsets = await asyncio.wait_for(
+                self._sink.stored_offsets(self._settings.group, topic, sorted(numbers)),
+                wait_s,
+            )
+            found.update({TopicPartition(topic, p): o for p, o in offsets.items()})
         return found
 
     # -- main loop -----------------------------------------------------------------
@@ -774,27 +781,18 @@ class ConsumerWorker:
             }
             if not idle:
                 return
-            stored: dict[TopicPartition, int | None] = {}
             try:
-                for topic in {tp.topic for tp in idle}:
-                    partitions = sorted(tp.partition for tp in idle if tp.topic == topic)
-                    found = await asyncio.wait_for(
-                        self._sink.stored_offsets(self._settings.group, topic, partitions),
-                        _OFFSETS_CHECK_TIMEOUT,
-                    )
-                    stored.update({TopicPartition(topic, p): found.get(p) for p in partitions})
+                stored = await self._stored_offsets_of(idle, _OFFSETS_CHECK_TIMEOUT)
             except Exception as exc:  # the database is down: the next check, or a claim
                 log.debug("stored_offsets_check_failed", error=repr(exc)[:300])
                 return
             for tp, believed in idle.items():
-                if tp not in self._assigned or self._durable.get(tp) != believed:
-                    continue  # revoked, or moved on, meanwhile
-                found_offset = stored[tp]
-                if found_offset is not None and found_offset >= believed:
-                    continue
-                # No row: even the claim that created it was lost; start where this
-                # worker started reading the partition.
-                rewind_to = found_offset if found_offset is not None else self._fetch_start.get(tp)
+                if tp not in self._assigned:
+                    continue  # revoked meanwhile
+                found = stored.get(tp)
+                # No row: even the claim that created it was lost; go back to where
+                # this worker began reading the partition.
+                rewind_to = found if found is not None else self._fetch_start.get(tp)
                 if rewind_to is None or rewind_to >= believed:
                     continue
                 self._metrics.offsets_fenced.inc()
@@ -803,9 +801,9 @@ class ConsumerWorker:
                     topic=tp.topic,
                     partition=tp.partition,
                     believed_stored=believed,
-                    stored=found_offset,
+                    stored=found,
                 )
-                self._rewind(tp, rewind_to, expected=found_offset)
+                self._rewind(tp, rewind_to, expected=found)
 
     async def _maintain(self) -> None:
         try:

@@ -20,14 +20,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Final, NamedTuple
+from typing import Any, NamedTuple
 
 from pipeline.records import RecordCodec, RecordDecodeError
 from pipeline.storage.headers import HeaderExtraction
-from pipeline.storage.rows import CaptureRow, build_row
+from pipeline.storage.rows import CaptureRow, build_row, epoch_micros
 from pipeline.storage.wire import WireFormat, copy_tuple
-
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class RowFailure(NamedTuple):
@@ -45,8 +43,7 @@ def times_to_micros(record: dict[str, Any]) -> None:
         if isinstance(value, datetime):
             if value.tzinfo is None:
                 value = value.replace(tzinfo=UTC)
-            delta = value - _EPOCH
-            record[name] = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+            record[name] = epoch_micros(value)
 
 
 class ChunkOrigin:

@@ -296,3 +296,50 @@ async def test_broker_paused_mid_stream(
         assert process.poll() is None
     finally:
         assert stop_process(process) == 0, tail(log)
+
+
+async def test_an_idle_partitions_lost_commits_are_stored_again(
+    kafka: EmbeddedKafka, database_dsn: str, topic_name: str, tmp_path: Path
+) -> None:
+    """What a crash with synchronous_commit=off (or a restore) can leave, made by hand so
+    that it happens every time: the last rows of a partition and their offsets gone
+    together, after the consumer read everything. No new record comes, so no claim is
+    fenced; the consumer's periodic check finds the stored offset behind and stores
+    those records again, once."""
+    await create_topic(kafka.bootstrap_servers, topic_name, partitions=4)
+    await publish(kafka.bootstrap_servers, topic_name, generated_sip(2000, prefix="idle"))
+    log = tmp_path / "consumer.log"
+    process = start_consumer(kafka.bootstrap_servers, topic_name, database_dsn, log, *FAST)
+    try:
+        assert await wait_for_rows(database_dsn, 2000, 60, process) == (2000, 2000), tail(log)
+        conn = await asyncpg.connect(database_dsn)
+        try:
+            partition, next_offset = await conn.fetchrow(
+                "SELECT partition, next_offset FROM hep_ingest_consumer_offsets "
+                "WHERE topic = $1 ORDER BY next_offset DESC LIMIT 1", topic_name,
+            )
+            cut = next_offset // 2
+            tables = [r["table_name"] for r in
+                      await conn.fetch("SELECT table_name FROM hep_ingest_capture_tables")]
+            async with conn.transaction():
+                lost = 0
+                for table in tables:
+                    status = await conn.execute(
+                        f"DELETE FROM {table} WHERE kafka_partition = $1 AND kafka_offset >= $2",
+                        partition, cut,
+                    )
+                    lost += int(status.split()[-1])
+                await conn.execute(
+                    "UPDATE hep_ingest_consumer_offsets SET next_offset = $1 "
+                    "WHERE topic = $2 AND partition = $3", cut, topic_name, partition,
+                )
+        finally:
+            await conn.close()
+        assert lost == next_offset - cut > 0
+        assert await wait_for_rows(database_dsn, 2000, 30, process) == (2000, 2000), tail(log)
+        behind = [e for e in log_events(log) if e.get("event") == "stored_offsets_behind"]
+        assert [(e["partition"], e["believed_stored"], e["stored"]) for e in behind] == [
+            (partition, next_offset, cut)
+        ], tail(log)
+    finally:
+        assert stop_process(process) == 0, tail(log)
